@@ -1,0 +1,256 @@
+/* backward.c: gradients of the activations only (no weight gradients), from dMetric/dlogits to
+ * every destination input, reduced layer by layer into edge, node and neuron scores:
+ *   S[u,v] += sum_{b,p} <diff[u,b,p,:], G[v,b,p,:]>   (one GEMM per layer and destination kind)
+ * so the destination gradients G are never stored whole unless asked for.
+ *
+ * Patching deltas are constants for the backward: a patched destination's gradient is taken at
+ * its own input, and the residual stream's gradient is the sum of its readers' gradients.
+ *
+ * B = batch rows, P = positions, N = B*P, D = d_model, H = heads, KV = kv heads, Dh = d_head,
+ * F = d_mlp, V = vocab, L = layers, NF = source nodes, NB = destinations, J = 3H+1,
+ * Bd = rows of the difference buffer (B = k * Bd for k batched integrated-gradient steps).
+ */
+#include <cblas.h>
+#include <string.h>
+
+#include "ops.h"
+#include "run.h"
+
+typedef struct {
+    float *g;      /* (N,D) residual gradient at the current point */
+    float *g_mid;  /* (N,D) residual gradient between attention and MLP */
+    float *dxn;    /* (N,D) gradient of a normalised input */
+    float *dz, *dq, *dk, *dv; /* (N, H*Dh) */
+    float *dh, *dpre, *dup;   /* (N,F) */
+    float *scratch;           /* (P,P) */
+    float *G;      /* (J,N,D) the current layer's destination gradients */
+    float *red;    /* (J,Nd,D) the same summed over batched steps */
+    float *dxf, *Gf; /* (rows,D) */
+} bwd_scratch;
+
+typedef struct {
+    const eapig_model *m;
+    const eapig_workspace *ws;
+    const eapig_backward_opts *o;
+    bwd_scratch s;
+    size_t B, P, N, D, Bd, steps, NB;
+} bwd_run;
+
+static float *carve(float **p, size_t n) {
+    float *r = *p;
+    *p += n;
+    return r;
+}
+
+/* Sums the batched integrated-gradient steps of n_blocks gradient blocks (each (N,D), step-major
+ * rows) into (Nd,D) blocks; returns src itself when there is one step. */
+static const float *reduce_steps(bwd_run *r, const float *src, size_t n_blocks) {
+    if (r->steps == 1) return src;
+    size_t nd = r->N * r->D, ndr = nd / r->steps;
+    for (size_t j = 0; j < n_blocks; j++) {
+        float *dst = r->s.red + j * ndr;
+        memcpy(dst, src + j * nd, ndr * sizeof(float));
+        for (size_t k = 1; k < r->steps; k++) {
+            const float *blk = src + j * nd + k * ndr;
+            for (size_t i = 0; i < ndr; i++) dst[i] += blk[i];
+        }
+    }
+    return r->s.red;
+}
+
+/* S[0:n_up, col:col+ncols] += diff[0:n_up] @ G^T for ncols destination gradients G (N,D). */
+static void accumulate_edges(bwd_run *r, const float *G, size_t ncols, size_t n_up, size_t col) {
+    if (!r->o->scores) return;
+    const float *g = reduce_steps(r, G, ncols);
+    size_t ndr = r->N * r->D / r->steps;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_up, (int)ncols, (int)ndr, 1.0f, r->o->diff,
+                (int)ndr, g, (int)ndr, 1.0f, r->o->scores + col, (int)r->NB);
+}
+
+/* Node and neuron scores of sources [u0, u0+n) whose outputs all meet the residual gradient g. */
+static void accumulate_nodes(bwd_run *r, const float *g_res, int32_t u0, size_t n) {
+    if (!r->o->node_scores && !r->o->neuron_scores) return;
+    size_t ndr = r->N * r->D / r->steps, D = r->D;
+    const float *g;
+    if (r->steps == 1) {
+        g = g_res;
+    } else { /* reduce into the last block of red, which edge scores do not use at this point */
+        float *dst = r->s.red;
+        memcpy(dst, g_res, ndr * sizeof(float));
+        for (size_t k = 1; k < r->steps; k++)
+            for (size_t i = 0; i < ndr; i++) dst[i] += g_res[k * ndr + i];
+        g = dst;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t u = (size_t)u0 + i;
+        const float *d = r->o->diff + u * ndr;
+        if (r->o->node_scores) {
+            double acc = 0.0;
+            for (size_t e = 0; e < ndr; e++) acc += (double)d[e] * g[e];
+            r->o->node_scores[u] += (float)acc;
+        }
+        if (r->o->neuron_scores) {
+            float *ns = r->o->neuron_scores + u * D;
+            for (size_t e = 0; e < ndr; e++) ns[e % D] += d[e] * g[e];
+        }
+    }
+}
+
+static void output_node_grads(bwd_run *r, const float *g, int32_t u0, size_t n) {
+    if (!r->o->node_grads) return;
+    size_t nd = r->N * r->D;
+    for (size_t i = 0; i < n; i++) memcpy(r->o->node_grads + ((size_t)u0 + i) * nd, g, nd * sizeof(float));
+}
+
+/* Gradient at a destination's input from the gradient dxn of its normalised input. */
+static void dest_grad(bwd_run *r, float *G, const layer_state *st, size_t j, int is_mlp, const float *w) {
+    const eapig_config *c = &r->m->cfg;
+    size_t N = r->N, D = r->D;
+    const float *hat, *rstd;
+    if (st->own_flags[j]) {
+        hat = st->own_hat + j * N * D;
+        rstd = st->own_rstd + j * N;
+    } else {
+        hat = is_mlp ? st->mlp_hat : st->attn_hat;
+        rstd = is_mlp ? st->mlp_rstd : st->attn_rstd;
+    }
+    norm_backward(G, r->s.dxn, hat, rstd, w, N, D, c->norm == EAPIG_NORM_RMSNORM);
+}
+
+/* G_m (N,D) from the gradient g at the MLP's output. */
+static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *g, float *G_m) {
+    const eapig_config *c = &r->m->cfg;
+    const eapig_layer_weights *lw = &r->m->layers[l];
+    size_t N = r->N, D = r->D, F = c->d_mlp;
+    if (r->ws->override_group == 2 + 2 * l) { /* a constant output: nothing flows back */
+        memset(G_m, 0, N * D * sizeof(float));
+        return;
+    }
+    linear_backward_input(r->s.dh, g, lw->w_out, N, D, F, D, 0);
+    act_backward(r->s.dpre, r->s.dup, r->s.dh, st->mlp_pre, st->mlp_up, N * F, c->act);
+    if (c->act == EAPIG_ACT_SILU_GATED) {
+        linear_backward_input(r->s.dxn, r->s.dpre, lw->w_gate, N, F, D, F, 0);
+        linear_backward_input(r->s.dxn, r->s.dup, lw->w_in, N, F, D, F, 1);
+    } else {
+        linear_backward_input(r->s.dxn, r->s.dpre, lw->w_in, N, F, D, F, 0);
+    }
+    dest_grad(r, G_m, st, 3 * (size_t)c->n_heads, 1, lw->ln2_w);
+}
+
+/* G (3H,N,D) for every head's q, k and v input from the gradient g at the attention's output. */
+static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, const float *g, float *G) {
+    const eapig_config *c = &r->m->cfg;
+    const eapig_layer_weights *lw = &r->m->layers[l];
+    size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head, group = H / KV;
+    if (r->ws->override_group == 1 + 2 * l) {
+        memset(G, 0, 3 * H * N * D * sizeof(float));
+        return;
+    }
+    linear_backward_input(r->s.dz, g, lw->wo, N, D, H * Dh, D, 0);
+    attention_backward(r->s.dq, r->s.dk, r->s.dv, r->s.scratch, r->s.dz, st->att, st->q, st->k, st->v,
+                       r->ws->lengths, r->B, r->P, H, Dh);
+    if (c->pos == EAPIG_POS_ROPE) {
+        rope_apply(r->s.dq, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 1);
+        rope_apply(r->s.dk, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 1);
+    }
+    const float *dproj[3] = {r->s.dq, r->s.dk, r->s.dv};
+    const float *w[3] = {lw->wq, lw->wk, lw->wv};
+    for (size_t t = 0; t < 3; t++)
+        for (size_t h = 0; h < H; h++) {
+            size_t gi = t == 0 ? h : h / group;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)D, (int)Dh, 1.0f, dproj[t] + h * Dh,
+                        (int)(H * Dh), w[t] + gi * Dh * D, (int)D, 0.0f, r->s.dxn, (int)D);
+            dest_grad(r, G + (t * H + h) * N * D, st, t * H + h, 0, lw->ln1_w);
+        }
+}
+
+static int check_backward(const eapig_model *m, const eapig_workspace *ws, const eapig_backward_opts *o) {
+    if (!m || !ws || !o) return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: NULL argument");
+    if (!ws->kept || ws->model != m)
+        return eapig_set_error(EAPIG_ERR_STATE,
+                               "eapig_backward: the workspace holds no forward run of this model with "
+                               "keep_for_backward and logits");
+    if (!o->dlogits) return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: dlogits is required");
+    if ((o->scores || o->node_scores || o->neuron_scores) && !o->diff)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: scores need the difference buffer diff");
+    int32_t bd = o->diff_B ? o->diff_B : ws->B;
+    if (bd < 1 || ws->B % bd != 0)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: batch %d is not a whole number of diff_B %d rows",
+                               ws->B, bd);
+    return EAPIG_OK;
+}
+
+int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backward_opts *o) {
+    int status = check_backward(m, ws, o);
+    if (status != EAPIG_OK) return status;
+    const eapig_config *c = &m->cfg;
+    bwd_run r = {.m = m, .ws = ws, .o = o};
+    r.B = (size_t)ws->B, r.P = (size_t)ws->P, r.N = r.B * r.P, r.D = (size_t)c->d_model;
+    r.Bd = o->diff_B ? (size_t)o->diff_B : r.B;
+    r.steps = r.B / r.Bd;
+    r.NB = (size_t)eapig_model_n_backward(m);
+    size_t N = r.N, D = r.D, H = c->n_heads, Dh = c->d_head, F = c->d_mlp, J = 3 * H + 1, L = c->n_layers;
+    size_t V = c->vocab, rows = ws->logit_pos ? r.B : N, nd = N * D;
+    size_t ndr = nd / r.steps, NF = (size_t)eapig_model_n_forward(m);
+
+    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + r.P * r.P + J * nd + J * ndr + 2 * rows * D;
+    if (eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, need, sizeof(float), "gradients") != EAPIG_OK)
+        return EAPIG_ERR_NOMEM;
+    float *p = ws->bwd;
+    r.s.g = carve(&p, nd), r.s.g_mid = carve(&p, nd), r.s.dxn = carve(&p, nd);
+    r.s.dz = carve(&p, N * H * Dh), r.s.dq = carve(&p, N * H * Dh), r.s.dk = carve(&p, N * H * Dh);
+    r.s.dv = carve(&p, N * H * Dh);
+    r.s.dh = carve(&p, N * F), r.s.dpre = carve(&p, N * F), r.s.dup = carve(&p, N * F);
+    r.s.scratch = carve(&p, r.P * r.P);
+    r.s.G = carve(&p, J * nd), r.s.red = carve(&p, J * ndr);
+    r.s.dxf = carve(&p, rows * D), r.s.Gf = carve(&p, rows * D);
+
+    /* Logits: dL/dx_final = norm backward of dlogits @ W_U, at the unembedded rows only. */
+    linear_backward_input(r.s.dxf, o->dlogits, m->w.w_unembed, rows, V, D, V, 0);
+    norm_backward(r.s.Gf, r.s.dxf, ws->final_hat, ws->final_rstd, m->w.lnf_w, rows, D,
+                  c->norm == EAPIG_NORM_RMSNORM);
+    memset(r.s.g, 0, nd * sizeof(float));
+    for (size_t q = 0; q < rows; q++) {
+        size_t dst = ws->logit_pos ? q * r.P + (size_t)ws->logit_pos[q] : q;
+        memcpy(r.s.g + dst * D, r.s.Gf + q * D, D * sizeof(float));
+    }
+    if (o->dest_grads) memcpy(o->dest_grads + (r.NB - 1) * nd, r.s.g, nd * sizeof(float));
+    accumulate_edges(&r, r.s.g, 1, NF, r.NB - 1);
+
+    for (size_t li = L; li-- > 0;) {
+        int l = (int)li;
+        const layer_state *st = &ws->layers[l];
+        int32_t first_head = 1 + l * (c->n_heads + 1), mlp_node = first_head + c->n_heads;
+        float *G_att = r.s.G, *G_m = r.s.G + 3 * H * nd;
+        /* r.s.g is the gradient after the layer; the MLP's output meets it there. */
+        accumulate_nodes(&r, r.s.g, mlp_node, 1);
+        output_node_grads(&r, r.s.g, mlp_node, 1);
+        mlp_backward(&r, l, st, r.s.g, G_m);
+        const float *g_heads = r.s.g;
+        if (!c->parallel_attn_mlp) {
+            for (size_t i = 0; i < nd; i++) r.s.g_mid[i] = r.s.g[i] + G_m[i];
+            g_heads = r.s.g_mid;
+        }
+        accumulate_nodes(&r, g_heads, first_head, H);
+        output_node_grads(&r, g_heads, first_head, H);
+        attention_backward_layer(&r, l, st, g_heads, G_att);
+
+        size_t n_up = (size_t)first_head, col = (size_t)l * J;
+        accumulate_edges(&r, G_att, 3 * H, n_up, col);
+        accumulate_edges(&r, G_m, 1, n_up + (c->parallel_attn_mlp ? 0 : H), col + 3 * H);
+        if (o->dest_grads) memcpy(o->dest_grads + col * nd, r.s.G, J * nd * sizeof(float));
+
+        /* The gradient before the layer: everything after it plus every reader's gradient. */
+        if (c->parallel_attn_mlp)
+            for (size_t i = 0; i < nd; i++) r.s.g[i] += G_m[i];
+        else
+            memcpy(r.s.g, r.s.g_mid, nd * sizeof(float));
+        for (size_t j = 0; j < 3 * H; j++) {
+            const float *Gj = G_att + j * nd;
+            for (size_t i = 0; i < nd; i++) r.s.g[i] += Gj[i];
+        }
+    }
+    accumulate_nodes(&r, r.s.g, 0, 1);
+    output_node_grads(&r, r.s.g, 0, 1);
+    return EAPIG_OK;
+}

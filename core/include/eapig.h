@@ -1,0 +1,194 @@
+/* eapig.h: the one public header of libeapig, and the FFI contract.
+ *
+ * The Lua side generates its ffi.cdef from this file at build time (tools/gen_cdef.lua strips
+ * the preprocessor lines and the EAPIG_API macro), so everything below the guard is plain C
+ * declarations that LuaJIT's C parser accepts: no macros in declarations, constants as enums.
+ *
+ * Dimension glossary (used in every shape comment):
+ *   B = batch rows, P = positions, N = B*P tokens, D = d_model, H = query heads, KV = key/value
+ *   heads, Dh = d_head, F = d_mlp, V = vocab, L = layers, C = context length,
+ *   NF = n_forward = 1 + L*(H+1) source nodes, NB = n_backward = L*(3H+1) + 1 destinations.
+ *
+ * Node order (EAP-IG's): forward node 0 is `input`; layer l's heads are 1 + l*(H+1) + h and its
+ * MLP is 1 + l*(H+1) + H. Destination order: layer l occupies l*(3H+1) .. l*(3H+1)+3H: all q
+ * inputs, all k inputs, all v inputs, then the MLP input; the logits input is last.
+ *
+ * Activation buffers are node-major: capture, reference and difference buffers are (NF, B, P, D)
+ * so that the patching deltas and the score accumulation are each one GEMM per layer.
+ *
+ * Every function returns 0 (EAPIG_OK) or a negative status and leaves a message for
+ * eapig_last_error(); the library never prints and never exits.
+ */
+#ifndef EAPIG_H
+#define EAPIG_H
+#include <stddef.h>
+#include <stdint.h>
+#if defined(EAPIG_BUILD)
+#define EAPIG_API __attribute__((visibility("default")))
+#else
+#define EAPIG_API
+#endif
+
+enum {
+    EAPIG_OK = 0,
+    EAPIG_ERR_ARG = -1,     /* bad argument or shape */
+    EAPIG_ERR_NOMEM = -2,   /* allocation failed */
+    EAPIG_ERR_IO = -3,      /* file missing, unreadable or malformed */
+    EAPIG_ERR_STATE = -4    /* e.g. backward without a forward that kept its activations */
+};
+
+/* ---- errors and threads ---------------------------------------------------------------- */
+EAPIG_API const char *eapig_last_error(void);
+EAPIG_API void eapig_set_num_threads(int n);
+EAPIG_API int eapig_get_num_threads(void);
+
+/* ---- model configuration ------------------------------------------------------------- */
+enum { EAPIG_NORM_LAYERNORM = 0, EAPIG_NORM_RMSNORM = 1 };
+enum {
+    EAPIG_ACT_GELU_TANH = 0,  /* GPT-2's gelu_new */
+    EAPIG_ACT_GELU_ERF = 1,   /* exact gelu (GPT-NeoX) */
+    EAPIG_ACT_RELU = 2,
+    EAPIG_ACT_SILU_GATED = 3  /* SwiGLU: down(silu(gate(x)) * up(x)) (llama, mistral, qwen2) */
+};
+enum { EAPIG_POS_LEARNED = 0, EAPIG_POS_ROPE = 1 };
+
+typedef struct eapig_config {
+    int32_t n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, vocab, n_ctx;
+    int32_t norm;              /* EAPIG_NORM_* */
+    int32_t act;               /* EAPIG_ACT_* */
+    int32_t pos;               /* EAPIG_POS_* */
+    int32_t rotary_dim;        /* dims rotated in each head (half-split layout); d_head for full RoPE */
+    int32_t parallel_attn_mlp; /* 1: attention and MLP both read the layer's input (GPT-NeoX) */
+    float norm_eps;
+    float rope_theta;
+} eapig_config;
+
+/* Weights, float32, in PyTorch Linear layout (out, in). Every bias exists (zero when the
+ * checkpoint has none) so the kernels have one code path; w_gate exists only for gated MLPs
+ * and wpe only for learned positions (NULL otherwise). */
+typedef struct eapig_layer_weights {
+    float *ln1_w, *ln1_b;   /* (D), (D): norm before attention (ln1_b unused by RMSNorm) */
+    float *wq, *bq;         /* (H*Dh, D), (H*Dh) */
+    float *wk, *bk;         /* (KV*Dh, D), (KV*Dh) */
+    float *wv, *bv;         /* (KV*Dh, D), (KV*Dh) */
+    float *wo, *bo;         /* (D, H*Dh), (D) */
+    float *ln2_w, *ln2_b;   /* (D), (D): norm before the MLP */
+    float *w_in, *b_in;     /* (F, D), (F): fc (gpt2) or up_proj (gated) */
+    float *w_gate;          /* (F, D): gate_proj, gated MLPs only, else NULL */
+    float *w_out, *b_out;   /* (D, F), (D): proj / down_proj */
+} eapig_layer_weights;
+
+typedef struct eapig_weights {
+    float *wte;                  /* (V, D) token embedding */
+    float *wpe;                  /* (C, D) learned positions, or NULL */
+    float *lnf_w, *lnf_b;        /* (D), (D) final norm */
+    float *w_unembed;            /* (V, D) its own copy, also when the checkpoint ties it to wte */
+    eapig_layer_weights *layers; /* (L) */
+} eapig_weights;
+
+typedef struct eapig_model eapig_model;
+
+/* Allocates zeroed weights for cfg (checked: positive sizes, no overflow). NULL on error. */
+EAPIG_API eapig_model *eapig_model_new(const eapig_config *cfg);
+EAPIG_API void eapig_model_free(eapig_model *m);
+EAPIG_API const eapig_config *eapig_model_config(const eapig_model *m);
+EAPIG_API eapig_weights *eapig_model_weights(eapig_model *m);
+/* After the weights are filled: fold value biases into bo and, on LayerNorm models, centre the
+ * writing weights (wte, wpe, wo, bo, w_out, b_out) as TransformerLens does on load. Call once. */
+EAPIG_API int eapig_model_finalize(eapig_model *m);
+EAPIG_API int32_t eapig_model_n_forward(const eapig_model *m);
+EAPIG_API int32_t eapig_model_n_backward(const eapig_model *m);
+/* Number of real edges u->v (u upstream of v). */
+EAPIG_API int64_t eapig_model_n_edges(const eapig_model *m);
+/* Fills mask (NF, NB) with 1 where the edge u->v exists, else 0. */
+EAPIG_API int eapig_model_edge_mask(const eapig_model *m, uint8_t *mask);
+
+/* ---- files: memory-mapped, every read bounds-checked ------------------------------------ */
+enum { EAPIG_DTYPE_F32 = 0, EAPIG_DTYPE_F16 = 1, EAPIG_DTYPE_BF16 = 2, EAPIG_DTYPE_I32 = 3 };
+
+typedef struct eapig_file eapig_file;
+EAPIG_API eapig_file *eapig_file_open(const char *path);
+EAPIG_API void eapig_file_close(eapig_file *f);
+EAPIG_API uint64_t eapig_file_size(const eapig_file *f);
+/* Copies n bytes at offset into dst; error (naming the file) if the range leaves the file. */
+EAPIG_API int eapig_file_read(const eapig_file *f, uint64_t offset, uint64_t n, void *dst);
+/* Converts the tensor stored at [begin, end) with the given dtype into float32 dst of rows*cols
+ * elements; end - begin must equal rows*cols*element size. transpose != 0 reads a stored
+ * (cols, rows) matrix and writes its transpose (GPT-2's Conv1D weights). */
+EAPIG_API int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t dtype,
+                                float *dst, int64_t rows, int64_t cols, int32_t transpose);
+/* Reorders the rows of a (n_heads*d_head, d_in) projection from the interleaved RoPE layout
+ * (pairs 2i, 2i+1) into the half-split layout (i, i + d_head/2), in place. */
+EAPIG_API int eapig_rope_permute_rows(float *w, int32_t n_heads, int32_t d_head, int32_t d_in);
+
+/* ---- forward and backward -------------------------------------------------------------- */
+typedef struct eapig_workspace eapig_workspace;
+EAPIG_API eapig_workspace *eapig_workspace_new(void);
+EAPIG_API void eapig_workspace_free(eapig_workspace *ws);
+
+typedef struct eapig_batch {
+    const int32_t *tokens;   /* (B, P) right-padded token ids, each < V */
+    const int32_t *lengths;  /* (B) real tokens per row, 1..P */
+    int32_t B, P;            /* P <= C */
+} eapig_batch;
+
+enum {
+    EAPIG_GROUP_NONE = -1
+    /* group g: 0 = input; 1 + 2l = all heads of layer l; 2 + 2l = MLP of layer l */
+};
+
+typedef struct eapig_forward_opts {
+    /* Logits: with logit_pos (B), one row per batch row at that position -> logits (B, V);
+     * without, every position -> logits (B, P, V). logits may be NULL (no unembedding). */
+    const int32_t *logit_pos;
+    float *logits;
+    float *capture;          /* optional out (NF, B, P, D): every source node's output */
+    /* Patching: destination v reads its clean input + sum_u W[u,v] (R_u - current_u). */
+    const float *patch_ref;  /* (NF, B, P, D) reference activations R, or NULL */
+    const float *patch_w;    /* (NF, NB) edge weights W, or NULL */
+    /* Override: the outputs of one node group are replaced by constants (no gradient flows
+     * into the group's own computation). override_value is (nodes in group, B, P, D). */
+    int32_t override_group;  /* EAPIG_GROUP_NONE or a group index */
+    const float *override_value;
+    int32_t keep_for_backward; /* 1: keep the activations eapig_backward needs */
+} eapig_forward_opts;
+
+typedef struct eapig_backward_opts {
+    const float *dlogits;    /* same shape as the forward's logits */
+    /* Score accumulation (all optional; diff is needed by any of the three):
+     *   scores[u,v]        += sum_{b,p} <diff[u,b,p,:], G[v,b,p,:]>
+     *   node_scores[u]     += sum_{b,p} <diff[u,b,p,:], g_u[b,p,:]>
+     *   neuron_scores[u,d] += sum_{b,p} diff[u,b,p,d] g_u[b,p,d]
+     * G[v] is the gradient at destination v's input, g_u the residual gradient where u's output
+     * is added. diff has diff_B rows (0 = B); when B = k*diff_B (k integrated-gradient steps
+     * batched as one batch), batch row r pairs with diff row r % diff_B and gradients are summed
+     * over the steps before the one score GEMM. */
+    const float *diff;       /* (NF, diff_B, P, D) */
+    int32_t diff_B;
+    float *scores;           /* (NF, NB), += */
+    float *node_scores;      /* (NF), += */
+    float *neuron_scores;    /* (NF, D), += */
+    float *dest_grads;       /* optional out (NB, B, P, D): every destination gradient G, = */
+    float *node_grads;       /* optional out (NF, B, P, D): every g_u, = */
+} eapig_backward_opts;
+
+EAPIG_API int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *batch,
+                            const eapig_forward_opts *opts);
+/* Backward of the activations only (no weight gradients), for the last forward run in ws,
+ * which must have had keep_for_backward set. */
+EAPIG_API int eapig_backward(const eapig_model *m, eapig_workspace *ws,
+                             const eapig_backward_opts *opts);
+
+/* ---- BLAS, exposed for benchmarks ------------------------------------------------------ */
+/* C (M,N) = A (M,K) @ B (K,N), row-major, through cblas_sgemm. */
+EAPIG_API int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const float *B, float *C);
+
+/* ---- graph selection (core/graph.c) ----------------------------------------------------- */
+/* (section owned by the graph work; keep declarations here) */
+
+/* ---- tokenizers (core/tokenizer.c) ------------------------------------------------------ */
+/* (section owned by the tokenizer work; keep declarations here) */
+
+/* ---- training (core/train.c) ------------------------------------------------------------ */
+
+#endif /* EAPIG_H */

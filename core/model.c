@@ -1,0 +1,217 @@
+/* model.c: model configuration checks, the weight arena, TransformerLens-style weight
+ * processing on load, and the residual graph's sizes and edge mask.
+ *
+ * L = layers, H = heads, KV = key/value heads, D = d_model, Dh = d_head, F = d_mlp, V = vocab,
+ * C = context length, NF = 1 + L*(H+1) source nodes, NB = L*(3H+1) + 1 destinations.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static int check_config(const eapig_config *c) {
+    if (c->n_layers < 1 || c->n_heads < 1 || c->n_kv_heads < 1 || c->d_model < 1 || c->d_head < 1 ||
+        c->d_mlp < 1 || c->vocab < 1 || c->n_ctx < 1)
+        return eapig_set_error(EAPIG_ERR_ARG,
+                               "eapig_model_new: every size must be positive (layers %d, heads %d, kv_heads %d, "
+                               "d_model %d, d_head %d, d_mlp %d, vocab %d, n_ctx %d)",
+                               c->n_layers, c->n_heads, c->n_kv_heads, c->d_model, c->d_head, c->d_mlp,
+                               c->vocab, c->n_ctx);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: n_heads %d is not a multiple of n_kv_heads %d",
+                               c->n_heads, c->n_kv_heads);
+    if (c->norm != EAPIG_NORM_LAYERNORM && c->norm != EAPIG_NORM_RMSNORM)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown norm %d", c->norm);
+    if (c->act < EAPIG_ACT_GELU_TANH || c->act > EAPIG_ACT_SILU_GATED)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown activation %d", c->act);
+    if (c->pos != EAPIG_POS_LEARNED && c->pos != EAPIG_POS_ROPE)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown positional encoding %d", c->pos);
+    if (c->pos == EAPIG_POS_ROPE && (c->rotary_dim < 2 || c->rotary_dim > c->d_head || c->rotary_dim % 2))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: rotary_dim %d must be even and in [2, d_head %d]",
+                               c->rotary_dim, c->d_head);
+    if (!(c->norm_eps > 0.0f) || (c->pos == EAPIG_POS_ROPE && !(c->rope_theta > 0.0f)))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: norm_eps and rope_theta must be positive");
+    /* Keep every index product far inside size_t and int32 GEMM dimensions. */
+    if ((int64_t)c->n_heads * c->d_head > (1 << 20) || c->d_model > (1 << 20) || c->d_mlp > (1 << 22) ||
+        c->vocab > (1 << 24) || c->n_layers > 4096 || c->n_heads > 4096 || c->n_ctx > (1 << 24))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: model dimensions are implausibly large");
+    return EAPIG_OK;
+}
+
+/* Hands out consecutive slices of the arena; a NULL arena only counts. */
+typedef struct {
+    float *base;
+    size_t used;
+} carver;
+
+static float *carve(carver *cv, size_t n) {
+    float *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += n;
+    return p;
+}
+
+static void point_weights(eapig_model *m, carver *cv) {
+    const eapig_config *c = &m->cfg;
+    size_t D = c->d_model, F = c->d_mlp, V = c->vocab, Cx = c->n_ctx;
+    size_t qd = (size_t)c->n_heads * c->d_head, kvd = (size_t)c->n_kv_heads * c->d_head;
+    m->w.wte = carve(cv, V * D);
+    m->w.wpe = c->pos == EAPIG_POS_LEARNED ? carve(cv, Cx * D) : NULL;
+    m->w.lnf_w = carve(cv, D);
+    m->w.lnf_b = carve(cv, D);
+    m->w.w_unembed = carve(cv, V * D);
+    for (int l = 0; l < c->n_layers; l++) {
+        eapig_layer_weights *lw = &m->layers[l];
+        lw->ln1_w = carve(cv, D), lw->ln1_b = carve(cv, D);
+        lw->wq = carve(cv, qd * D), lw->bq = carve(cv, qd);
+        lw->wk = carve(cv, kvd * D), lw->bk = carve(cv, kvd);
+        lw->wv = carve(cv, kvd * D), lw->bv = carve(cv, kvd);
+        lw->wo = carve(cv, D * qd), lw->bo = carve(cv, D);
+        lw->ln2_w = carve(cv, D), lw->ln2_b = carve(cv, D);
+        lw->w_in = carve(cv, F * D), lw->b_in = carve(cv, F);
+        lw->w_gate = c->act == EAPIG_ACT_SILU_GATED ? carve(cv, F * D) : NULL;
+        lw->w_out = carve(cv, D * F), lw->b_out = carve(cv, D);
+    }
+}
+
+eapig_model *eapig_model_new(const eapig_config *cfg) {
+    if (!cfg) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: cfg is NULL");
+        return NULL;
+    }
+    if (check_config(cfg) != EAPIG_OK) return NULL;
+    eapig_model *m = calloc(1, sizeof *m);
+    if (!m) goto nomem;
+    m->cfg = *cfg;
+    m->layers = calloc((size_t)cfg->n_layers, sizeof *m->layers);
+    if (!m->layers) goto nomem;
+    carver count = {NULL, 0};
+    point_weights(m, &count);
+    m->arena_floats = count.used;
+    m->arena = calloc(count.used, sizeof(float));
+    if (!m->arena) goto nomem;
+    carver cv = {m->arena, 0};
+    point_weights(m, &cv);
+    m->w.layers = m->layers;
+    return m;
+nomem:
+    eapig_model_free(m);
+    eapig_set_error(EAPIG_ERR_NOMEM, "eapig_model_new: out of memory for the weights");
+    return NULL;
+}
+
+void eapig_model_free(eapig_model *m) {
+    if (!m) return;
+    free(m->arena);
+    free(m->layers);
+    free(m);
+}
+
+const eapig_config *eapig_model_config(const eapig_model *m) { return &m->cfg; }
+eapig_weights *eapig_model_weights(eapig_model *m) { return &m->w; }
+
+/* Subtracts, from each output (a row of a (rows, D) matrix laid out as out-major columns),
+ * its mean over d_model. w is (D, cols) row-major: centre every column. */
+static void centre_columns(float *w, size_t D, size_t cols) {
+    for (size_t j = 0; j < cols; j++) {
+        double mean = 0;
+        for (size_t i = 0; i < D; i++) mean += w[i * cols + j];
+        mean /= (double)D;
+        for (size_t i = 0; i < D; i++) w[i * cols + j] -= (float)mean;
+    }
+}
+
+/* w is (rows, D): centre every row. */
+static void centre_rows(float *w, size_t rows, size_t D) {
+    for (size_t r = 0; r < rows; r++) centre_columns(w + r * D, D, 1);
+}
+
+int eapig_model_finalize(eapig_model *m) {
+    if (!m) return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_finalize: model is NULL");
+    if (m->finalized) return eapig_set_error(EAPIG_ERR_STATE, "eapig_model_finalize: called twice");
+    const eapig_config *c = &m->cfg;
+    size_t D = c->d_model, qd = (size_t)c->n_heads * c->d_head;
+    int group = c->n_heads / c->n_kv_heads;
+    for (int l = 0; l < c->n_layers; l++) {
+        eapig_layer_weights *lw = &m->layers[l];
+        /* Fold value biases: softmax rows sum to one, so b_V reaches the output as W_O b_V. */
+        for (size_t i = 0; i < D; i++) {
+            double acc = 0;
+            for (int h = 0; h < c->n_heads; h++) {
+                const float *bv = lw->bv + (size_t)(h / group) * c->d_head;
+                const float *wo = lw->wo + i * qd + (size_t)h * c->d_head;
+                for (int e = 0; e < c->d_head; e++) acc += (double)wo[e] * bv[e];
+            }
+            lw->bo[i] += (float)acc;
+        }
+        memset(lw->bv, 0, sizeof(float) * (size_t)c->n_kv_heads * c->d_head);
+        if (c->norm == EAPIG_NORM_LAYERNORM) {
+            /* Every reader normalises away the mean, so centring writes changes no output. */
+            centre_columns(lw->wo, D, qd);
+            centre_columns(lw->bo, D, 1);
+            centre_columns(lw->w_out, D, (size_t)c->d_mlp);
+            centre_columns(lw->b_out, D, 1);
+        }
+    }
+    if (c->norm == EAPIG_NORM_LAYERNORM) {
+        centre_rows(m->w.wte, (size_t)c->vocab, D);
+        if (m->w.wpe) centre_rows(m->w.wpe, (size_t)c->n_ctx, D);
+    }
+    m->finalized = 1;
+    return EAPIG_OK;
+}
+
+int32_t eapig_model_n_forward(const eapig_model *m) {
+    return 1 + m->cfg.n_layers * (m->cfg.n_heads + 1);
+}
+
+int32_t eapig_model_n_backward(const eapig_model *m) {
+    return m->cfg.n_layers * (3 * m->cfg.n_heads + 1) + 1;
+}
+
+/* Layer of a source node (-1 for input) and whether it is a head. */
+static int forward_layer(const eapig_config *c, int32_t u, int *is_head) {
+    if (u == 0) {
+        *is_head = 0;
+        return -1;
+    }
+    int l = (u - 1) / (c->n_heads + 1);
+    *is_head = (u - 1) % (c->n_heads + 1) < c->n_heads;
+    return l;
+}
+
+/* Layer of a destination (L for logits) and whether it is an MLP input. */
+static int backward_layer(const eapig_config *c, int32_t v, int *is_mlp) {
+    int per = 3 * c->n_heads + 1;
+    int l = v / per;
+    *is_mlp = l < c->n_layers && v % per == 3 * c->n_heads;
+    return l;
+}
+
+int eapig_model_edge_mask(const eapig_model *m, uint8_t *mask) {
+    if (!m || !mask) return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_edge_mask: NULL argument");
+    const eapig_config *c = &m->cfg;
+    int32_t nf = eapig_model_n_forward(m), nb = eapig_model_n_backward(m);
+    for (int32_t u = 0; u < nf; u++) {
+        int u_head;
+        int lu = forward_layer(c, u, &u_head);
+        for (int32_t v = 0; v < nb; v++) {
+            int v_mlp;
+            int lv = backward_layer(c, v, &v_mlp);
+            int real = lu < lv || (lu == lv && u_head && v_mlp && !c->parallel_attn_mlp);
+            mask[(size_t)u * nb + v] = (uint8_t)real;
+        }
+    }
+    return EAPIG_OK;
+}
+
+int64_t eapig_model_n_edges(const eapig_model *m) {
+    const eapig_config *c = &m->cfg;
+    int64_t H = c->n_heads, L = c->n_layers, total = 0;
+    for (int64_t l = 0; l < L; l++) {
+        int64_t upstream = 1 + l * (H + 1);
+        total += upstream * 3 * H;                                  /* q, k, v of layer l */
+        total += upstream + (c->parallel_attn_mlp ? 0 : H);         /* MLP of layer l */
+    }
+    total += 1 + L * (H + 1); /* logits */
+    return total;
+}

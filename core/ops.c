@@ -1,0 +1,206 @@
+/* ops.c: kernels for one op each, forward and backward. Dense products go through
+ * cblas_sgemm (OpenBLAS threads them); pointwise loops stay simple and single-threaded.
+ *
+ * N = token rows, D = model width, F = MLP width, H = heads, Dh = head width, P = positions.
+ */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "eapig.h"
+
+void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t M, size_t N,
+                    size_t K, size_t ld_out) {
+    if (bias) {
+        for (size_t i = 0; i < M; i++) memcpy(out + i * ld_out, bias, N * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, inp, (int)K, w, (int)K,
+                bias ? 1.0f : 0.0f, out, (int)ld_out);
+}
+
+void linear_backward_input(float *dinp, const float *dout, const float *w, size_t M, size_t N, size_t K,
+                           size_t ld_dout, int accumulate) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, 1.0f, dout, (int)ld_dout, w,
+                (int)K, accumulate ? 1.0f : 0.0f, dinp, (int)K);
+}
+
+void linear_forward_naive(float *out, const float *inp, const float *w, const float *bias, size_t M,
+                          size_t N, size_t K) {
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            double acc = bias ? bias[j] : 0.0;
+            for (size_t k = 0; k < K; k++) acc += (double)inp[i * K + k] * w[j * K + k];
+            out[i * N + j] = (float)acc;
+        }
+}
+
+void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
+                  size_t N, size_t D, int rms, float eps) {
+    for (size_t n = 0; n < N; n++) {
+        const float *x = inp + n * D;
+        double mean = 0.0, var = 0.0;
+        if (!rms) {
+            for (size_t i = 0; i < D; i++) mean += x[i];
+            mean /= (double)D;
+        }
+        for (size_t i = 0; i < D; i++) var += (x[i] - mean) * (x[i] - mean);
+        var /= (double)D;
+        float r = (float)(1.0 / sqrt(var + eps));
+        float *xh = xhat + n * D, *o = out + n * D;
+        for (size_t i = 0; i < D; i++) {
+            xh[i] = (float)((x[i] - mean) * r);
+            o[i] = xh[i] * w[i] + (rms ? 0.0f : b[i]);
+        }
+        rstd[n] = r;
+    }
+}
+
+void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
+                   size_t N, size_t D, int rms) {
+    for (size_t n = 0; n < N; n++) {
+        const float *dy = dout + n * D, *xh = xhat + n * D;
+        double mean_dxh = 0.0, mean_dxh_xh = 0.0;
+        for (size_t i = 0; i < D; i++) {
+            double dxh = (double)dy[i] * w[i];
+            mean_dxh += dxh;
+            mean_dxh_xh += dxh * xh[i];
+        }
+        mean_dxh /= (double)D;
+        mean_dxh_xh /= (double)D;
+        if (rms) mean_dxh = 0.0; /* RMSNorm does not subtract the mean */
+        float *dx = dinp + n * D;
+        for (size_t i = 0; i < D; i++)
+            dx[i] = (float)(rstd[n] * ((double)dy[i] * w[i] - mean_dxh - xh[i] * mean_dxh_xh));
+    }
+}
+
+static const double GELU_C = 0.7978845608028654; /* sqrt(2/pi) */
+
+void act_forward(float *out, const float *pre, const float *up, size_t n, int act) {
+    for (size_t i = 0; i < n; i++) {
+        double x = pre[i], y;
+        switch (act) {
+        case EAPIG_ACT_GELU_TANH: y = 0.5 * x * (1.0 + tanh(GELU_C * (x + 0.044715 * x * x * x))); break;
+        case EAPIG_ACT_GELU_ERF: y = 0.5 * x * (1.0 + erf(x * 0.7071067811865476)); break;
+        case EAPIG_ACT_RELU: y = x > 0 ? x : 0; break;
+        default: y = x / (1.0 + exp(-x)) * up[i]; break; /* SiLU-gated */
+        }
+        out[i] = (float)y;
+    }
+}
+
+void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
+                  int act) {
+    for (size_t i = 0; i < n; i++) {
+        double x = pre[i], g = dout[i], d;
+        switch (act) {
+        case EAPIG_ACT_GELU_TANH: {
+            double u = GELU_C * (x + 0.044715 * x * x * x), t = tanh(u);
+            d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
+            break;
+        }
+        case EAPIG_ACT_GELU_ERF:
+            d = 0.5 * (1.0 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
+            break;
+        case EAPIG_ACT_RELU: d = x > 0 ? 1.0 : 0.0; break;
+        default: {
+            double s = 1.0 / (1.0 + exp(-x));
+            dup[i] = (float)(g * x * s);
+            d = (s * (1.0 + x * (1.0 - s))) * up[i];
+            break;
+        }
+        }
+        dpre[i] = (float)(g * d);
+    }
+}
+
+void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, float theta, int inverse) {
+    size_t half = rot / 2;
+    for (size_t p = 0; p < P; p++) {
+        for (size_t i = 0; i < half; i++) {
+            /* Hugging Face computes inv_freq in float32; follow it so logits agree to 1e-6. */
+            float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)rot));
+            float angle = (float)p * inv_freq;
+            float c = cosf(angle), s = inverse ? -sinf(angle) : sinf(angle);
+            for (size_t b = 0; b < B; b++)
+                for (size_t h = 0; h < H; h++) {
+                    float *v = x + ((b * P + p) * H + h) * Dh;
+                    float x1 = v[i], x2 = v[i + half];
+                    v[i] = x1 * c - x2 * s;
+                    v[i + half] = x2 * c + x1 * s;
+                }
+        }
+    }
+}
+
+/* Number of keys row i of sequence b may see: causal and inside the real length. */
+static size_t visible_keys(size_t i, int32_t len) {
+    size_t n = i + 1;
+    return n < (size_t)len ? n : (size_t)len;
+}
+
+void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
+                       const int32_t *len, size_t B, size_t P, size_t H, size_t Dh) {
+    size_t ld = H * Dh;
+    float scale = 1.0f / sqrtf((float)Dh);
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) {
+            const float *qb = q + b * P * ld + h * Dh, *kb = k + b * P * ld + h * Dh, *vb = v + b * P * ld + h * Dh;
+            float *a = att + (b * H + h) * P * P;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, scale, qb, (int)ld, kb,
+                        (int)ld, 0.0f, a, (int)P);
+            for (size_t i = 0; i < P; i++) {
+                float *row = a + i * P;
+                size_t n = visible_keys(i, len[b]);
+                float mx = row[0];
+                for (size_t j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+                double sum = 0.0;
+                for (size_t j = 0; j < n; j++) {
+                    row[j] = expf(row[j] - mx);
+                    sum += row[j];
+                }
+                for (size_t j = 0; j < n; j++) row[j] = (float)(row[j] / sum);
+                for (size_t j = n; j < P; j++) row[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, vb,
+                        (int)ld, 0.0f, z + b * P * ld + h * Dh, (int)ld);
+        }
+}
+
+void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
+                        const float *q, const float *k, const float *v, const int32_t *len, size_t B, size_t P,
+                        size_t H, size_t Dh) {
+    size_t ld = H * Dh;
+    float scale = 1.0f / sqrtf((float)Dh);
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) {
+            size_t off = b * P * ld + h * Dh;
+            const float *a = att + (b * H + h) * P * P;
+            /* dV = A^T dZ; dA = dZ V^T */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, dz + off,
+                        (int)ld, 0.0f, dv + off, (int)ld);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, 1.0f, dz + off, (int)ld,
+                        v + off, (int)ld, 0.0f, scratch, (int)P);
+            /* softmax backward: dS = A * (dA - sum_j A dA) */
+            for (size_t i = 0; i < P; i++) {
+                const float *ar = a + i * P;
+                float *dr = scratch + i * P;
+                double dot = 0.0;
+                for (size_t j = 0; j < P; j++) dot += (double)ar[j] * dr[j];
+                for (size_t j = 0; j < P; j++) dr[j] = (float)(ar[j] * (dr[j] - dot));
+            }
+            (void)len; /* masked entries have A = 0, so their dS is already 0 */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, scale, scratch, (int)P,
+                        k + off, (int)ld, 0.0f, dq + off, (int)ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, scale, scratch, (int)P,
+                        q + off, (int)ld, 0.0f, dk + off, (int)ld);
+        }
+}
+
+int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const float *B, float *C) {
+    if (M < 1 || N < 1 || K < 1 || !A || !B || !C) return -1;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+    return 0;
+}

@@ -1,0 +1,48 @@
+/* ops.h: the forward and backward kernels of one transformer op each (STYLE 1: outputs first,
+ * then saved statistics, inputs, weights, dimensions). Backward kernels write (=) their input
+ * gradient unless the name says _acc.
+ *
+ * N = token rows, D = model width, F = MLP width, Dh = head width, P = positions.
+ */
+#ifndef EAPIG_OPS_H
+#define EAPIG_OPS_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* C (M,N) = A (M,K) @ W^T for W (N,K) in PyTorch Linear layout, + bias (N) when not NULL. */
+void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t M, size_t N,
+                    size_t K, size_t ld_out);
+/* dinp (M,K) (+)= dout (M,N) @ W (N,K); accumulate chooses beta = 1. */
+void linear_backward_input(float *dinp, const float *dout, const float *w, size_t M, size_t N, size_t K,
+                           size_t ld_dout, int accumulate);
+/* The naive reference of linear_forward, for tests of the fast path. */
+void linear_forward_naive(float *out, const float *inp, const float *w, const float *bias, size_t M,
+                          size_t N, size_t K);
+
+/* Norms. xhat (N,D) and rstd (N) are saved for the backward; out = xhat*w (+ b for LayerNorm). */
+void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
+                  size_t N, size_t D, int rms, float eps);
+/* dinp (N,D) = gradient of the norm's input from dout (N,D). */
+void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
+                   size_t N, size_t D, int rms);
+
+/* Pointwise MLP activations: act is EAPIG_ACT_*. For gated, out = silu(pre) * up. */
+void act_forward(float *out, const float *pre, const float *up, size_t n, int act);
+/* dpre = d out/d pre * dout; for gated also dup (else NULL). */
+void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
+                  int act);
+
+/* Rotary embedding, half-split layout, on x (B*P rows of H heads of Dh) at positions 0..P-1.
+ * inverse != 0 applies the transposed rotation (the backward). */
+void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, float theta, int inverse);
+
+/* Causal attention with right padding, per row b and head h. q, k, v, z are (B*P, H*Dh) rows;
+ * att is (B, H, P, P) probabilities (saved); keys j <= i and j < len[b] are visible. */
+void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
+                       const int32_t *len, size_t B, size_t P, size_t H, size_t Dh);
+/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (P, P). */
+void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
+                        const float *q, const float *k, const float *v, const int32_t *len, size_t B, size_t P,
+                        size_t H, size_t Dh);
+
+#endif

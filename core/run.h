@@ -1,0 +1,47 @@
+/* run.h: the workspace that carries one forward run's saved activations to its backward.
+ *
+ * B = batch rows, P = positions, N = B*P, D = d_model, H = heads, Dh = d_head, F = d_mlp,
+ * L = layers, NF = source nodes, NB = destinations, J = 3H+1 destinations per layer.
+ */
+#ifndef EAPIG_RUN_H
+#define EAPIG_RUN_H
+#include "internal.h"
+
+/* What the backward needs of one layer. */
+typedef struct layer_state {
+    float *attn_hat, *attn_rstd; /* (N,D), (N): shared normalised attention input */
+    float *mlp_hat, *mlp_rstd;   /* (N,D), (N): shared normalised MLP input */
+    float *own_hat, *own_rstd;   /* (J,N,D), (J,N): destinations with their own (patched) input */
+    uint8_t *own_flags;          /* (J) 1 where destination j read its own input */
+    float *q, *k, *v;            /* (N, H*Dh) after RoPE, one k and v per query head */
+    float *att;                  /* (B, H, P, P) attention probabilities */
+    float *mlp_pre, *mlp_up;     /* (N,F) pre-activation; up projection (gated only) */
+} layer_state;
+
+struct eapig_workspace {
+    /* Forward arena: saved state plus scratch, regrown when a run needs more. */
+    float *fwd;
+    size_t fwd_cap;
+    uint8_t *flags;  /* (L*J) own-input flags */
+    size_t flags_cap;
+    layer_state *layers; /* (L) when keeping for backward, else one shared slot */
+    size_t layers_cap;
+    /* Backward arena. */
+    float *bwd;
+    size_t bwd_cap;
+    /* The run kept for backward. */
+    int kept;
+    const eapig_model *model;
+    int32_t B, P;
+    int32_t *lengths;   /* (B) copy */
+    int32_t *logit_pos; /* (B) copy, or NULL when every position was unembedded */
+    int override_group;
+    int patched;        /* the run had any patched destination */
+    float *final_hat, *final_rstd; /* (rows, D), (rows) */
+    size_t len_cap;
+};
+
+/* Grows *buf (freeing the old contents) to hold n elements of elem bytes. */
+int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what);
+
+#endif

@@ -1,0 +1,46 @@
+-- The FFI binding to libeapig: the generated cdef, the loaded library and the error check.
+-- Every other module reaches C through here (STYLE 14: cdef and load once, at module level).
+local ffi = require("ffi")
+
+ffi.cdef(require("eapig.cdef"))
+
+local function find_library()
+  local path = package.searchpath("libeapig", package.cpath)
+  if not path then
+    error("eapig: libeapig.so not found on package.cpath (" .. package.cpath .. "); build it first", 0)
+  end
+  return path
+end
+
+local C = ffi.load(find_library())
+
+local core = { C = C, ffi = ffi }
+
+-- Raises the core's last error message when a status is not EAPIG_OK (STYLE 15).
+function core.check(status, context)
+  if status ~= 0 then
+    local msg = ffi.string(C.eapig_last_error())
+    if context then msg = context .. ": " .. msg end
+    error(msg, 2)
+  end
+end
+
+-- Same for constructors that return NULL on failure.
+function core.check_ptr(ptr, context)
+  if ptr == nil then
+    local msg = ffi.string(C.eapig_last_error())
+    if context then msg = context .. ": " .. msg end
+    error(msg, 2)
+  end
+  return ptr
+end
+
+-- Float buffers owned by Lua (zeroed by ffi.new).
+local float_array = ffi.typeof("float[?]")
+local int32_array = ffi.typeof("int32_t[?]")
+local uint8_array = ffi.typeof("uint8_t[?]")
+function core.floats(n) return float_array(n) end
+function core.int32s(n) return int32_array(n) end
+function core.bytes(n) return uint8_array(n) end
+
+return core

@@ -1,0 +1,128 @@
+-- The Model object: a loaded checkpoint plus the workspace its runs reuse, with thin wrappers
+-- over eapig_forward / eapig_backward. Buffers are Lua-owned (ffi.new); C fills them.
+local core = require("eapig.core")
+local ffi, C = core.ffi, core.C
+
+local Model = {}
+Model.__index = Model
+
+local batch_t = ffi.typeof("eapig_batch")
+local fwd_opts_t = ffi.typeof("eapig_forward_opts")
+local bwd_opts_t = ffi.typeof("eapig_backward_opts")
+
+local FAMILY_NORM = { [0] = "layernorm", [1] = "rmsnorm" }
+
+-- handle: eapig_model* (already finalized, owned by ffi.gc); info: the loader's description.
+function Model.new(handle, info, extra)
+  local self = setmetatable({}, Model)
+  self.handle = handle
+  self.workspace = ffi.gc(core.check_ptr(C.eapig_workspace_new(), "workspace"), C.eapig_workspace_free)
+  local cfg = C.eapig_model_config(handle)
+  self.cfg = cfg
+  self.n_layers, self.n_heads, self.n_kv_heads = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads
+  self.d_model, self.d_head, self.d_mlp = cfg.d_model, cfg.d_head, cfg.d_mlp
+  self.vocab, self.n_ctx = cfg.vocab, cfg.n_ctx
+  self.parallel_attn_mlp = cfg.parallel_attn_mlp ~= 0
+  self.n_forward = C.eapig_model_n_forward(handle)
+  self.n_backward = C.eapig_model_n_backward(handle)
+  self.family = info and info.family or "model"
+  self.source = extra and extra.path
+  self.folder = extra and extra.folder
+  return self
+end
+
+function Model:info()
+  local cfg = self.cfg
+  return {
+    family = self.family, n_layers = self.n_layers, n_heads = self.n_heads, n_kv_heads = self.n_kv_heads,
+    d_model = self.d_model, d_head = self.d_head, d_mlp = self.d_mlp, vocab = self.vocab,
+    n_ctx = self.n_ctx, context_length = self.n_ctx, parallel_attn_mlp = self.parallel_attn_mlp,
+    norm = FAMILY_NORM[cfg.norm], n_forward = self.n_forward, n_backward = self.n_backward,
+    n_edges = tonumber(C.eapig_model_n_edges(self.handle)),
+  }
+end
+
+function Model:__tostring()
+  return string.format("[eapig.Model %s: %d layers, %d heads (%d kv), d_model %d, vocab %d]",
+    self.family, self.n_layers, self.n_heads, self.n_kv_heads, self.d_model, self.vocab)
+end
+
+-- Floats in one (B, P, D) activation block and in a node-major (NF, B, P, D) buffer.
+function Model:block_size(B, P) return B * P * self.d_model end
+function Model:nodes_buffer(B, P) return core.floats(self.n_forward * B * P * self.d_model) end
+
+-- Runs the forward. batch = {tokens = int32[B*P], lengths = int32[B], B =, P =}; opts:
+--   logit_pos (int32[B] or nil: every position), logits (float buffer or nil: allocated),
+--   capture (float buffer (NF,B,P,D) or nil), patch_ref + patch_w, override_group + override_value,
+--   keep (keep activations for :backward), no_logits (skip the unembedding).
+-- Returns the logits buffer.
+function Model:forward(batch, opts)
+  opts = opts or {}
+  local B, P = batch.B, batch.P
+  local rows = opts.logit_pos and B or B * P
+  local logits = opts.logits
+  if not logits and not opts.no_logits then logits = core.floats(rows * self.vocab) end
+  local b = batch_t()
+  b.tokens, b.lengths, b.B, b.P = batch.tokens, batch.lengths, B, P
+  local o = fwd_opts_t()
+  o.logit_pos = opts.logit_pos
+  o.logits = logits
+  o.capture = opts.capture
+  o.patch_ref, o.patch_w = opts.patch_ref, opts.patch_w
+  o.override_group = opts.override_group or -1
+  o.override_value = opts.override_value
+  o.keep_for_backward = opts.keep and 1 or 0
+  core.check(C.eapig_forward(self.handle, self.workspace, b, o), "forward")
+  return logits
+end
+
+-- Backward from dlogits (same shape as the last kept forward's logits). opts: diff, diff_B,
+-- scores, node_scores, neuron_scores, dest_grads, node_grads (float buffers, see eapig.h).
+function Model:backward(dlogits, opts)
+  opts = opts or {}
+  local o = bwd_opts_t()
+  o.dlogits = dlogits
+  o.diff, o.diff_B = opts.diff, opts.diff_B or 0
+  o.scores, o.node_scores, o.neuron_scores = opts.scores, opts.node_scores, opts.neuron_scores
+  o.dest_grads, o.node_grads = opts.dest_grads, opts.node_grads
+  core.check(C.eapig_backward(self.handle, self.workspace, o), "backward")
+end
+
+-- Builds a one-row batch from a Lua array of ids.
+local function single_batch(ids)
+  local n = #ids
+  local tokens, lengths = core.int32s(n), core.int32s(1)
+  for i = 1, n do tokens[i - 1] = ids[i] end
+  lengths[0] = n
+  return { tokens = tokens, lengths = lengths, B = 1, P = n }
+end
+
+-- Greedy decoding: appends `steps` argmax tokens to ids (a Lua array); returns the new ids.
+-- Each step reruns the prefix (no KV cache): fine for the checks it exists for.
+function Model:generate(ids, steps)
+  local out = {}
+  for i = 1, #ids do out[i] = ids[i] end
+  local logit_pos = core.int32s(1)
+  local logits = core.floats(self.vocab)
+  for _ = 1, steps do
+    if #out >= self.n_ctx then break end
+    local batch = single_batch(out)
+    logit_pos[0] = #out - 1
+    self:forward(batch, { logit_pos = logit_pos, logits = logits })
+    local best, best_v = 0, logits[0]
+    for v = 1, self.vocab - 1 do
+      if logits[v] > best_v then best, best_v = v, logits[v] end
+    end
+    out[#out + 1] = best
+  end
+  return out
+end
+
+-- Drops the C buffers now rather than at garbage collection (STYLE 12).
+function Model:free()
+  if self.handle then C.eapig_model_free(ffi.gc(self.handle, nil)) end
+  if self.workspace then C.eapig_workspace_free(ffi.gc(self.workspace, nil)) end
+  self.handle, self.workspace = nil, nil
+end
+
+return Model

@@ -1,0 +1,107 @@
+-- Test support: random in-memory models built straight through the C API (no files), and a
+-- small deterministic PRNG, so engine tests do not depend on the loaders.
+local core = require("eapig.core")
+local Model = require("eapig.model")
+local ffi, C = core.ffi, core.C
+
+local tiny = {}
+
+-- xorshift-based uniform and Box-Muller normal, deterministic across platforms.
+function tiny.rng(seed)
+  local state = seed * 2654435761 % 4294967296 + 1
+  local r = {}
+  function r.uniform()
+    state = (state * 1103515245 + 12345) % 2147483648
+    return state / 2147483648
+  end
+  function r.normal()
+    local u1, u2 = r.uniform(), r.uniform()
+    if u1 < 1e-12 then u1 = 1e-12 end
+    return math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
+  end
+  function r.int(n) return math.floor(r.uniform() * n) % n end
+  return r
+end
+
+local function fill(ptr, n, rng, scale, offset)
+  if ptr == nil then return end
+  for i = 0, n - 1 do ptr[i] = (offset or 0) + scale * rng.normal() end
+end
+
+local PRESETS = {
+  gpt2 = { norm = 0, act = 0, pos = 0, heads = 4, kv = 4, bias = true },
+  llama = { norm = 1, act = 3, pos = 1, heads = 4, kv = 2, bias = false },
+  qwen2 = { norm = 1, act = 3, pos = 1, heads = 4, kv = 1, bias = true },
+  neox = { norm = 0, act = 1, pos = 1, heads = 4, kv = 4, bias = true, parallel = true, rot = 4 },
+}
+
+-- Builds a finalized model of a preset ("gpt2", "llama", "qwen2", "neox").
+function tiny.model(kind, seed, overrides)
+  local p = PRESETS[kind]
+  overrides = overrides or {}
+  local cfg = ffi.new("eapig_config")
+  cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = overrides.layers or 2, p.heads, p.kv
+  cfg.d_model, cfg.d_head, cfg.d_mlp = 16, 4, overrides.d_mlp or 24
+  cfg.vocab, cfg.n_ctx = overrides.vocab or 32, 16
+  cfg.norm, cfg.act, cfg.pos = p.norm, p.act, p.pos
+  cfg.rotary_dim = p.rot or 4
+  cfg.parallel_attn_mlp = p.parallel and 1 or 0
+  cfg.norm_eps, cfg.rope_theta = 1e-5, 10000
+  local h = ffi.gc(core.check_ptr(C.eapig_model_new(cfg)), C.eapig_model_free)
+  local w = C.eapig_model_weights(h)
+  local rng = tiny.rng(seed)
+  local D, V, F = cfg.d_model, cfg.vocab, cfg.d_mlp
+  local qd, kvd = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
+  local s = 0.3
+  fill(w.wte, V * D, rng, s); fill(w.wpe, cfg.n_ctx * D, rng, s)
+  fill(w.lnf_w, D, rng, 0.2, 1); fill(w.lnf_b, D, rng, 0.2)
+  fill(w.w_unembed, V * D, rng, s)
+  for l = 0, cfg.n_layers - 1 do
+    local lw = w.layers[l]
+    fill(lw.ln1_w, D, rng, 0.2, 1); fill(lw.ln2_w, D, rng, 0.2, 1)
+    fill(lw.wq, qd * D, rng, s); fill(lw.wk, kvd * D, rng, s); fill(lw.wv, kvd * D, rng, s)
+    fill(lw.wo, D * qd, rng, s); fill(lw.w_in, F * D, rng, s); fill(lw.w_out, D * F, rng, s)
+    fill(lw.w_gate, F * D, rng, s)
+    if p.bias then
+      fill(lw.ln1_b, D, rng, 0.2); fill(lw.ln2_b, D, rng, 0.2)
+      fill(lw.bq, qd, rng, 0.2); fill(lw.bk, kvd, rng, 0.2); fill(lw.bv, kvd, rng, 0.2)
+      fill(lw.bo, D, rng, 0.2); fill(lw.b_in, F, rng, 0.2); fill(lw.b_out, D, rng, 0.2)
+    end
+  end
+  core.check(C.eapig_model_finalize(h))
+  return Model.new(h, { family = kind })
+end
+
+-- A right-padded batch of random tokens with the given lengths.
+function tiny.batch(model, lengths, seed)
+  local rng = tiny.rng(seed)
+  local B, P = #lengths, 0
+  for _, n in ipairs(lengths) do P = math.max(P, n) end
+  local tokens, lens = core.int32s(B * P), core.int32s(B)
+  for b = 0, B - 1 do
+    lens[b] = lengths[b + 1]
+    for p = 0, lengths[b + 1] - 1 do tokens[b * P + p] = rng.int(model.vocab) end
+  end
+  return { tokens = tokens, lengths = lens, B = B, P = P }
+end
+
+-- Same lengths, tokens redrawn at a few positions (a corrupted input).
+function tiny.corrupt(model, batch, seed)
+  local rng = tiny.rng(seed)
+  local tokens = core.int32s(batch.B * batch.P)
+  ffi.copy(tokens, batch.tokens, ffi.sizeof("int32_t") * batch.B * batch.P)
+  for b = 0, batch.B - 1 do
+    for p = 0, batch.lengths[b] - 1 do
+      if rng.uniform() < 0.5 then tokens[b * batch.P + p] = rng.int(model.vocab) end
+    end
+  end
+  return { tokens = tokens, lengths = batch.lengths, B = batch.B, P = batch.P }
+end
+
+function tiny.last_pos(batch)
+  local pos = core.int32s(batch.B)
+  for b = 0, batch.B - 1 do pos[b] = batch.lengths[b] - 1 end
+  return pos
+end
+
+return tiny
