@@ -41,8 +41,10 @@ function tiny.model(kind, seed, overrides)
   overrides = overrides or {}
   local cfg = ffi.new("eapig_config")
   cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = overrides.layers or 2, p.heads, p.kv
-  cfg.d_model, cfg.d_head, cfg.d_mlp = 16, 4, overrides.d_mlp or 24
-  cfg.vocab, cfg.n_ctx = overrides.vocab or 32, 16
+  cfg.n_heads = overrides.heads or p.heads
+  cfg.n_kv_heads = overrides.kv_heads or p.kv
+  cfg.d_model, cfg.d_head, cfg.d_mlp = overrides.d_model or 16, overrides.d_head or 4, overrides.d_mlp or 24
+  cfg.vocab, cfg.n_ctx = overrides.vocab or 32, overrides.n_ctx or 16
   cfg.norm, cfg.act, cfg.pos = p.norm, p.act, p.pos
   cfg.rotary_dim = p.rot or 4
   cfg.parallel_attn_mlp = p.parallel and 1 or 0
@@ -52,7 +54,7 @@ function tiny.model(kind, seed, overrides)
   local rng = tiny.rng(seed)
   local D, V, F = cfg.d_model, cfg.vocab, cfg.d_mlp
   local qd, kvd = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
-  local s = 0.3
+  local s = overrides.scale or 0.3
   fill(w.wte, V * D, rng, s); fill(w.wpe, cfg.n_ctx * D, rng, s)
   fill(w.lnf_w, D, rng, 0.2, 1); fill(w.lnf_b, D, rng, 0.2)
   fill(w.w_unembed, V * D, rng, s)

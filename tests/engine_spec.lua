@@ -1,0 +1,196 @@
+-- The core engine on random in-memory models of every family: finite differences for the
+-- destination gradients and scores, the patching identities, batched steps, bad input.
+package.path = "./tests/?.lua;" .. package.path
+local tiny = require("support.tiny")
+local core = require("eapig.core")
+local C = core.C
+
+local KINDS = { "gpt2", "llama", "qwen2", "neox" }
+
+-- Everything one attribution-style check needs: clean and corrupted captures and a linear
+-- metric sum_{b,v} c[b,v] logits[b,v] at the last real positions (its dlogits is c).
+local function setup(kind, seed)
+  local m = tiny.model(kind, seed)
+  local batch = tiny.batch(m, { 5, 3, 4 }, seed + 1)
+  local corr = tiny.corrupt(m, batch, seed + 2)
+  local pos = tiny.last_pos(batch)
+  local n = m.n_forward * m:block_size(batch.B, batch.P)
+  local t = { m = m, batch = batch, corr = corr, pos = pos, n = n }
+  t.cap_c, t.cap_r, t.diff = core.floats(n), core.floats(n), core.floats(n)
+  t.logits_c = m:forward(batch, { logit_pos = pos, capture = t.cap_c })
+  t.logits_r = m:forward(corr, { logit_pos = pos, capture = t.cap_r })
+  for i = 0, n - 1 do t.diff[i] = t.cap_r[i] - t.cap_c[i] end
+  local rng = tiny.rng(seed + 3)
+  t.c = core.floats(batch.B * m.vocab)
+  for i = 0, batch.B * m.vocab - 1 do t.c[i] = rng.normal() end
+  function t.metric(logits)
+    local s = 0
+    for i = 0, batch.B * m.vocab - 1 do s = s + t.c[i] * logits[i] end
+    return s
+  end
+  t.mask = core.bytes(m.n_forward * m.n_backward)
+  core.check(C.eapig_model_edge_mask(m.handle, t.mask))
+  return t
+end
+
+local function max_abs_diff(a, b, n)
+  local d = 0
+  for i = 0, n - 1 do d = math.max(d, math.abs(a[i] - b[i])) end
+  return d
+end
+
+describe("engine", function()
+  for _, kind in ipairs(KINDS) do
+    describe(kind, function()
+      local t = setup(kind, 11)
+      local m, NF, NB = t.m, t.m.n_forward, t.m.n_backward
+      local S, node, neuron = core.floats(NF * NB), core.floats(NF), core.floats(NF * m.d_model)
+      local blk = m:block_size(t.batch.B, t.batch.P)
+      local G, g = core.floats(NB * blk), core.floats(NF * blk)
+      m:forward(t.batch, { logit_pos = t.pos, keep = true })
+      m:backward(t.c, { diff = t.diff, scores = S, node_scores = node, neuron_scores = neuron,
+        dest_grads = G, node_grads = g })
+
+      it("scores match central differences of the patched forward on every real edge", function()
+        -- d/dw metric(destination v reads + w (R_u - current_u)) at w = 0 is exactly S[u,v].
+        -- Richardson extrapolation of two step sizes cancels the eps^2 error of float32 FD.
+        local W = core.floats(NF * NB)
+        local function fd(idx, eps)
+          W[idx] = eps
+          local fp = t.metric(m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W }))
+          W[idx] = -eps
+          local fm = t.metric(m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W }))
+          W[idx] = 0
+          return (fp - fm) / (2 * eps)
+        end
+        local worst, scale = 0, 0
+        for u = 0, NF - 1 do
+          for v = 0, NB - 1 do
+            local idx = u * NB + v
+            if t.mask[idx] == 1 then
+              local est = (4 * fd(idx, 2e-3) - fd(idx, 4e-3)) / 3
+              worst = math.max(worst, math.abs(est - S[idx]))
+              scale = math.max(scale, math.abs(S[idx]))
+            else
+              assert.are.equal(0, S[idx]) -- no score on edges that do not exist
+            end
+          end
+        end
+        assert.is_true(scale > 0.1)
+        assert.is_true(worst / scale < 1e-3, ("relative error %g"):format(worst / scale))
+      end)
+
+      it("scores are <diff_u, G_v> of the returned destination gradients", function()
+        local worst = 0
+        for u = 0, NF - 1 do
+          for v = 0, NB - 1 do
+            if t.mask[u * NB + v] == 1 then
+              local s = 0
+              for i = 0, blk - 1 do s = s + t.diff[u * blk + i] * G[v * blk + i] end
+              worst = math.max(worst, math.abs(s - S[u * NB + v]) / (1 + math.abs(s)))
+            end
+          end
+        end
+        assert.is_true(worst < 1e-4, tostring(worst))
+      end)
+
+      it("node scores are the sums of out-edge scores and of neuron scores", function()
+        for u = 0, NF - 1 do
+          local edges, neurons, direct = 0, 0, 0
+          for v = 0, NB - 1 do edges = edges + S[u * NB + v] end
+          for d = 0, m.d_model - 1 do neurons = neurons + neuron[u * m.d_model + d] end
+          for i = 0, blk - 1 do direct = direct + t.diff[u * blk + i] * g[u * blk + i] end
+          local tol = 1e-4 * (1 + math.abs(node[u]))
+          assert.is_true(math.abs(edges - node[u]) < tol, ("node %d: %g vs %g"):format(u, edges, node[u]))
+          assert.is_true(math.abs(neurons - node[u]) < tol)
+          assert.is_true(math.abs(direct - node[u]) < tol)
+        end
+      end)
+
+      it("W = 0 gives exactly the plain forward", function()
+        local W = core.floats(NF * NB)
+        local l = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W })
+        assert.are.equal(0, max_abs_diff(l, t.logits_c, t.batch.B * m.vocab))
+      end)
+
+      it("patching every edge with the corrupted capture reproduces the corrupted run", function()
+        local W = core.floats(NF * NB)
+        for i = 0, NF * NB - 1 do W[i] = t.mask[i] end
+        local l = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W })
+        assert.is_true(max_abs_diff(l, t.logits_r, t.batch.B * m.vocab) < 1e-4)
+      end)
+
+      it("patching the edges out of input equals running on the corrupted embeddings", function()
+        local W = core.floats(NF * NB)
+        for v = 0, NB - 1 do W[v] = 1 end
+        local l = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W })
+        local emb = t.cap_r -- node 0 is the first block of the corrupted capture
+        local o = m:forward(t.batch, { logit_pos = t.pos, override_group = 0, override_value = emb })
+        assert.is_true(max_abs_diff(l, o, t.batch.B * m.vocab) < 1e-4)
+        if kind ~= "neox" then -- every position was corrupted only through its token
+          assert.is_true(max_abs_diff(o, t.logits_r, t.batch.B * m.vocab) < 1e-4)
+        end
+      end)
+
+      it("batched integrated-gradient steps equal separate runs", function()
+        -- Two steps (the clean batch twice) in one batch with diff_B = B sum like two backwards.
+        local B, P = t.batch.B, t.batch.P
+        local tokens, lengths, pos = core.int32s(2 * B * P), core.int32s(2 * B), core.int32s(2 * B)
+        for k = 0, 1 do
+          for i = 0, B * P - 1 do tokens[k * B * P + i] = t.batch.tokens[i] end
+          for b = 0, B - 1 do lengths[k * B + b], pos[k * B + b] = t.batch.lengths[b], t.pos[b] end
+        end
+        local c2 = core.floats(2 * B * m.vocab)
+        for i = 0, B * m.vocab - 1 do c2[i], c2[B * m.vocab + i] = t.c[i], t.c[i] end
+        local S2 = core.floats(NF * NB)
+        m:forward({ tokens = tokens, lengths = lengths, B = 2 * B, P = P }, { logit_pos = pos, keep = true })
+        m:backward(c2, { diff = t.diff, diff_B = B, scores = S2 })
+        local worst = 0
+        for i = 0, NF * NB - 1 do worst = math.max(worst, math.abs(S2[i] - 2 * S[i]) / (1 + math.abs(S[i]))) end
+        assert.is_true(worst < 1e-4, tostring(worst))
+      end)
+
+      it("an overridden group passes no gradient into its own inputs", function()
+        -- Replace layer 0's heads by their own clean outputs: same logits, zero q/k/v gradients.
+        local H = m.n_heads
+        local value = core.floats(H * blk)
+        for i = 0, H * blk - 1 do value[i] = t.cap_c[blk + i] end
+        local l = m:forward(t.batch, { logit_pos = t.pos, override_group = 1, override_value = value, keep = true })
+        assert.is_true(max_abs_diff(l, t.logits_c, t.batch.B * m.vocab) < 1e-5)
+        local G2 = core.floats(NB * blk)
+        m:backward(t.c, { dest_grads = G2 })
+        for i = 0, 3 * H * blk - 1 do assert.are.equal(0, G2[i]) end
+        assert.is_true(max_abs_diff(G2 + 3 * H * blk, G + 3 * H * blk, (NB - 3 * H) * blk) < 1e-4)
+      end)
+    end)
+  end
+
+  describe("bad input", function()
+    local m = tiny.model("gpt2", 5)
+    it("rejects a token id outside the vocabulary, naming row and position", function()
+      local batch = tiny.batch(m, { 3, 2 }, 1)
+      batch.tokens[1 * batch.P + 1] = m.vocab
+      assert.has_error(function() m:forward(batch) end,
+        ("forward: eapig_forward: token id %d at row 2, position 2 is outside the vocabulary (0..%d)")
+          :format(m.vocab, m.vocab - 1))
+    end)
+    it("rejects a sequence longer than the context", function()
+      local lengths = { m.n_ctx + 1 }
+      local batch = tiny.batch(m, lengths, 1)
+      assert.has_error(function() m:forward(batch) end,
+        ("forward: eapig_forward: sequence length %d is longer than the context (%d)"):format(m.n_ctx + 1, m.n_ctx))
+    end)
+    it("rejects a backward without a kept forward", function()
+      local batch = tiny.batch(m, { 3 }, 1)
+      m:forward(batch)
+      local ok, err = pcall(m.backward, m, core.floats(3 * m.vocab))
+      assert.is_false(ok)
+      assert.matches("keep_for_backward", err)
+    end)
+    it("rejects a bad length", function()
+      local batch = tiny.batch(m, { 3 }, 1)
+      batch.lengths[0] = 0
+      assert.has_error(function() m:forward(batch) end, "forward: eapig_forward: row 1 has length 0, outside 1..3")
+    end)
+  end)
+end)
