@@ -1,0 +1,528 @@
+-- eapig.graph_io: graphs to and from files.
+--   JSON         EAP-IG's to_json layout ({"cfg", "nodes": {name: {"in_graph"}}, "edges":
+--                {name: {"score", "in_graph"}}}), which EAP-IG's Graph.from_json and MIB load.
+--   safetensors  the compact form for big graphs: the score and mask matrices as tensors, cfg and
+--                names in the header's __metadata__ (a plain safetensors file any reader opens).
+--   DOT / draw   Graphviz source with EAP-IG's edge colours, rendered by the `dot` program.
+-- Every writer goes through a temporary file renamed into place, so a failure leaves no partial
+-- output (and an existing file untouched).
+local ffi = require("ffi")
+local cjson = require("cjson.safe") -- returns nil, err on bad input: we name the file ourselves
+local Graph = require("eapig.graph")
+
+local floor, huge = math.floor, math.huge
+local fmt, concat = string.format, table.concat
+
+local M = {}
+
+local function fail(template, ...)
+  error(fmt(template, ...), 0)
+end
+
+-- ---- writing through a temporary file ---------------------------------------------------------
+
+local function unique_suffix()
+  -- a table's address is unique within the process; the time separates processes
+  return fmt("%d-%s", os.time(), tostring({}):match("0x(%x+)") or "0")
+end
+
+-- Calls fill(write) with write(s) appending to a temporary file beside path, then renames it over
+-- path. Any error (from fill or from the file system) removes the temporary file and is raised.
+local function write_atomic(path, where, fill)
+  if type(path) ~= "string" or path == "" then fail("%s: path must be a non-empty string", where) end
+  local tmp = path .. ".part-" .. unique_suffix()
+  local fh, err = io.open(tmp, "wb")
+  if not fh then fail("%s: cannot write '%s': %s", where, path, tostring(err)) end
+  local function write(s)
+    local ok, werr = fh:write(s)
+    if not ok then error(fmt("%s: writing '%s' failed: %s", where, path, tostring(werr)), 0) end
+  end
+  local ok, perr = pcall(fill, write)
+  local closed, cerr = fh:close()
+  if ok and not closed then
+    ok, perr = false, fmt("%s: writing '%s' failed: %s", where, path, tostring(cerr))
+  end
+  if not ok then
+    os.remove(tmp)
+    error(perr, 0)
+  end
+  local renamed, rerr = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    fail("%s: cannot move the output into '%s': %s", where, path, tostring(rerr))
+  end
+  return path
+end
+
+local function read_all(path, where)
+  if type(path) ~= "string" then fail("%s: path must be a string, got %s", where, type(path)) end
+  local fh, err = io.open(path, "rb")
+  if not fh then fail("%s: cannot open '%s': %s", where, path, tostring(err)) end
+  local data = fh:read("*a")
+  fh:close()
+  return data
+end
+
+-- ---- JSON ---------------------------------------------------------------------------------------
+
+-- A float32 score as JSON: 9 significant digits read back to the same float32. NaN and infinities
+-- are written as Python's json module writes them (EAP-IG reads them back; so does cjson).
+local function json_number(x)
+  if x ~= x then return "NaN" end
+  if x == huge then return "Infinity" end
+  if x == -huge then return "-Infinity" end
+  return fmt("%.9g", x)
+end
+
+local function json_bool(b)
+  return b and "true" or "false"
+end
+
+-- EAP-IG's four keys first (as it writes them), then any others in sorted order.
+local CFG_FIRST = { "n_layers", "n_heads", "parallel_attn_mlp", "d_model" }
+
+local function cfg_json(cfg)
+  local keys, seen = {}, {}
+  for _, k in ipairs(CFG_FIRST) do
+    keys[#keys + 1], seen[k] = k, true
+  end
+  local rest = {}
+  for k in pairs(cfg) do
+    if not seen[k] then rest[#rest + 1] = k end
+  end
+  table.sort(rest, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(rest) do keys[#keys + 1] = k end
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local v, text = cfg[k], nil
+    if type(v) == "number" and v == floor(v) and math.abs(v) < 2 ^ 53 then
+      text = fmt("%d", v)
+    elseif type(v) == "number" then
+      text = fmt("%.17g", v)
+    else
+      local err
+      text, err = cjson.encode(v)
+      if not text then error(fmt("cfg.%s cannot be written as JSON: %s", tostring(k), tostring(err)), 0) end
+    end
+    parts[#parts + 1] = fmt("%s: %s", cjson.encode(tostring(k)), text)
+  end
+  return "{" .. concat(parts, ", ") .. "}"
+end
+
+-- Writes pieces through `write` in chunks: a 1.6M-edge graph is ~100 MB of JSON.
+local function chunked(write)
+  local buf, n = {}, 0
+  return function(s)
+    n = n + 1
+    buf[n] = s
+    if n >= 4096 then
+      write(concat(buf, "", 1, n))
+      n = 0
+    end
+  end, function()
+    if n > 0 then write(concat(buf, "", 1, n)) end
+    n = 0
+  end
+end
+
+-- graph:to_json(path): EAP-IG's layout, nodes and edges in EAP-IG's order. Node- and neuron-level
+-- graphs (those EAP-IG gives node scores) also write each node's `score`, and neuron-level ones
+-- its `neurons` and `neurons_scores` lists, as EAP-IG names them; logits has none of these.
+function M.to_json(g, path)
+  local where = "Graph:to_json"
+  local NF, D = g.n_forward, g.cfg.d_model
+  local with_scores = g.level ~= "edge"
+  local nig, nsc = g.neurons_in_graph, g.neuron_scores
+  return write_atomic(path, where, function(write)
+    local put, flush = chunked(write)
+    put('{"cfg": ' .. cfg_json(g.cfg) .. ', "nodes": {')
+    for u = 0, NF do
+      local name = u == NF and "logits" or g.forward_names[u]
+      local entry = fmt('%s"%s": {"in_graph": %s', u == 0 and "" or ", ", name,
+        json_bool(g.nodes_in_graph[u] ~= 0))
+      if u < NF and with_scores then entry = entry .. ', "score": ' .. json_number(g.node_scores[u]) end
+      if u < NF and nig then
+        local flags, values = {}, {}
+        for d = 0, D - 1 do
+          flags[d + 1] = json_bool(nig[u * D + d] ~= 0)
+          values[d + 1] = json_number(nsc[u * D + d])
+        end
+        entry = entry .. ', "neurons": [' .. concat(flags, ", ") .. '], "neurons_scores": [' ..
+          concat(values, ", ") .. "]"
+      end
+      put(entry .. "}")
+    end
+    put('}, "edges": {')
+    local first = true
+    for name, score, in_graph in g:edges() do
+      put(fmt('%s\n"%s": {"score": %s, "in_graph": %s}', first and "" or ",", name, json_number(score),
+        json_bool(in_graph)))
+      first = false
+    end
+    put("}}\n")
+    flush()
+  end)
+end
+
+-- true/false for a JSON boolean (or 0/1); nil for anything else.
+local function as_flag(x)
+  if x == true or x == 1 then return true end
+  if x == false or x == 0 then return false end
+  return nil
+end
+
+local function detect_level(nodes)
+  local level = "edge"
+  for _, info in pairs(nodes) do
+    if type(info) == "table" then
+      if info.neurons ~= nil or info.neurons_scores ~= nil then return "neuron" end
+      if info.score ~= nil then level = "node" end
+    end
+  end
+  return level
+end
+
+local function read_node(g, path, name, info)
+  local function bad(msg, ...) fail("Graph.from_json: '%s': node '%s': " .. msg, path, name, ...) end
+  local u = g._findex[name]
+  if u == nil then bad("unknown node (this cfg has no such node)") end
+  if type(info) ~= "table" then bad("expected an object, got %s", type(info)) end
+  local flag = as_flag(info.in_graph)
+  if flag == nil then bad("in_graph must be a boolean, got %s", tostring(info.in_graph)) end
+  if name == "logits" then return end -- always in
+  g.nodes_in_graph[u] = flag and 1 or 0
+  if info.score ~= nil then
+    if type(info.score) ~= "number" then bad("score must be a number, got %s", tostring(info.score)) end
+    g.node_scores[u] = info.score
+  end
+  local D = g.cfg.d_model
+  for _, key in ipairs({ "neurons", "neurons_scores" }) do
+    local list = info[key]
+    if list ~= nil then
+      if type(list) ~= "table" or #list ~= D then
+        bad("%s must be a list of d_model (%d) entries", key, D)
+      end
+      for d = 1, D do
+        local x = list[d]
+        if key == "neurons" then
+          local f = as_flag(x)
+          if f == nil then bad("neurons[%d] must be a boolean, got %s", d, tostring(x)) end
+          g.neurons_in_graph[u * D + d - 1] = f and 1 or 0
+        else
+          if type(x) ~= "number" then bad("neurons_scores[%d] must be a number, got %s", d, tostring(x)) end
+          g.neuron_scores[u * D + d - 1] = x
+        end
+      end
+    end
+  end
+end
+
+-- Graph.from_json(path): reads EAP-IG's layout (its own files and ours). Edges missing from the
+-- file keep score 0 and stay out, as in EAP-IG; an unknown or impossible edge is an error.
+function M.from_json(path)
+  local where = "Graph.from_json"
+  local text = read_all(path, where)
+  local d, err = cjson.decode(text)
+  if d == nil then fail("%s: '%s' is not valid JSON: %s", where, path, tostring(err)) end
+  if type(d) ~= "table" then fail("%s: '%s': expected a JSON object", where, path) end
+  for _, key in ipairs({ "cfg", "nodes", "edges" }) do
+    if type(d[key]) ~= "table" then fail("%s: '%s': missing or malformed key '%s'", where, path, key) end
+  end
+  local ok, g = pcall(Graph.new, d.cfg, { level = detect_level(d.nodes) })
+  if not ok then fail("%s: '%s': bad cfg: %s", where, path, tostring(g)) end
+
+  for name, info in pairs(d.nodes) do
+    read_node(g, path, name, info)
+  end
+  local NB, scores, ig = g.n_backward, g.scores, g.in_graph
+  for name, info in pairs(d.edges) do
+    local u, v = g:find_edge(name)
+    if u == nil then fail("%s: '%s': %s", where, path, v) end
+    if type(info) ~= "table" then fail("%s: '%s': edge '%s': expected an object", where, path, name) end
+    if type(info.score) ~= "number" then
+      fail("%s: '%s': edge '%s': score must be a number, got %s", where, path, name, tostring(info.score))
+    end
+    local flag = as_flag(info.in_graph)
+    if flag == nil then
+      fail("%s: '%s': edge '%s': in_graph must be a boolean, got %s", where, path, name, tostring(info.in_graph))
+    end
+    scores[u * NB + v] = info.score
+    ig[u * NB + v] = flag and 1 or 0
+  end
+  return g
+end
+
+-- ---- safetensors --------------------------------------------------------------------------------
+-- 8-byte little-endian header length, a JSON header ({name: {dtype, shape, data_offsets}} plus
+-- string-valued __metadata__), padded with spaces to a multiple of 8, then the raw tensor bytes.
+
+local function u64le(n)
+  local t = {}
+  for i = 1, 8 do
+    t[i] = string.char(n % 256)
+    n = floor(n / 256)
+  end
+  return concat(t)
+end
+
+local function read_u64le(s)
+  local n = 0
+  for i = 8, 1, -1 do n = n * 256 + s:byte(i) end
+  return n
+end
+
+local function names_json(names, first, last)
+  local t = {}
+  for i = first, last do t[#t + 1] = cjson.encode(names[i]) end
+  return "[" .. concat(t, ",") .. "]"
+end
+
+-- The tensors of a graph, float32 first so every F32 tensor starts 4-byte aligned.
+local function tensor_list(g)
+  local NF, NB, D = g.n_forward, g.n_backward, g.cfg.d_model
+  local list = {
+    { name = "scores", dtype = "F32", shape = { NF, NB }, buf = g.scores, size = 4 },
+    { name = "node_scores", dtype = "F32", shape = { NF }, buf = g.node_scores, size = 4 },
+  }
+  if g.neurons_in_graph then
+    list[#list + 1] = { name = "neuron_scores", dtype = "F32", shape = { NF, D }, buf = g.neuron_scores, size = 4 }
+  end
+  list[#list + 1] = { name = "in_graph", dtype = "U8", shape = { NF, NB }, buf = g.in_graph, size = 1 }
+  -- nodes_in_graph holds the source nodes only, as EAP-IG's tensor does (logits is always in)
+  list[#list + 1] = { name = "nodes_in_graph", dtype = "U8", shape = { NF }, buf = g.nodes_in_graph, size = 1 }
+  if g.neurons_in_graph then
+    list[#list + 1] = { name = "neurons_in_graph", dtype = "U8", shape = { NF, D }, buf = g.neurons_in_graph, size = 1 }
+  end
+  for _, t in ipairs(list) do
+    local n = 1
+    for _, s in ipairs(t.shape) do n = n * s end
+    t.nbytes = n * t.size
+  end
+  return list
+end
+
+function M.to_safetensors(g, path)
+  local where = "Graph:to_safetensors"
+  if not ffi.abi("le") then fail("%s: only little-endian machines are supported", where) end
+  local tensors = tensor_list(g)
+  local meta = {
+    fmt("%s: %s", cjson.encode("format"), cjson.encode("eapig.graph")),
+    fmt("%s: %s", cjson.encode("level"), cjson.encode(g.level)),
+    fmt("%s: %s", cjson.encode("cfg"), cjson.encode(cfg_json(g.cfg))),
+    fmt("%s: %s", cjson.encode("forward_names"), cjson.encode(names_json(g.forward_names, 0, g.n_forward - 1))),
+    fmt("%s: %s", cjson.encode("backward_names"), cjson.encode(names_json(g.backward_names, 0, g.n_backward - 1))),
+  }
+  local entries, offset = { '"__metadata__": {' .. concat(meta, ", ") .. "}" }, 0
+  for _, t in ipairs(tensors) do
+    entries[#entries + 1] = fmt('"%s": {"dtype": "%s", "shape": [%s], "data_offsets": [%d, %d]}', t.name,
+      t.dtype, concat(t.shape, ", "), offset, offset + t.nbytes)
+    offset = offset + t.nbytes
+  end
+  local header = "{" .. concat(entries, ", ") .. "}"
+  header = header .. string.rep(" ", (8 - #header % 8) % 8)
+  return write_atomic(path, where, function(write)
+    write(u64le(#header))
+    write(header)
+    for _, t in ipairs(tensors) do write(ffi.string(t.buf, t.nbytes)) end
+  end)
+end
+
+function M.from_safetensors(path)
+  local where = "Graph.from_safetensors"
+  if not ffi.abi("le") then fail("%s: only little-endian machines are supported", where) end
+  local data = read_all(path, where)
+  local function bad(msg, ...) fail("%s: '%s': " .. msg, where, path, ...) end
+  if #data < 8 then bad("too short for a safetensors header (%d bytes)", #data) end
+  local hlen = read_u64le(data)
+  if hlen > #data - 8 then bad("header length %d runs past the end of the file (%d bytes)", hlen, #data) end
+  local header, err = cjson.decode(data:sub(9, 8 + hlen))
+  if type(header) ~= "table" then bad("header is not a JSON object: %s", tostring(err)) end
+  local meta = header.__metadata__
+  if type(meta) ~= "table" or type(meta.cfg) ~= "string" then
+    bad("no cfg in __metadata__ (not a graph written by eapig)")
+  end
+  local cfg, cerr = cjson.decode(meta.cfg)
+  if type(cfg) ~= "table" then bad("__metadata__.cfg is not a JSON object: %s", tostring(cerr)) end
+  local level = meta.level or (header.neurons_in_graph and "neuron" or "edge")
+  local ok, g = pcall(Graph.new, cfg, { level = level })
+  if not ok then bad("bad cfg: %s", tostring(g)) end
+
+  -- The names pin the layout: a file from another node order must not load silently.
+  for _, side in ipairs({ { "forward_names", g.forward_names, g.n_forward }, { "backward_names", g.backward_names, g.n_backward } }) do
+    local key, names, n = side[1], side[2], side[3]
+    if meta[key] ~= nil then
+      local list = cjson.decode(meta[key])
+      if type(list) ~= "table" or #list ~= n then bad("__metadata__.%s does not list %d names", key, n) end
+      for i = 1, n do
+        if list[i] ~= names[i - 1] then
+          bad("__metadata__.%s[%d] is '%s', expected '%s'", key, i - 1, tostring(list[i]), names[i - 1])
+        end
+      end
+    end
+  end
+
+  local base = ffi.cast("const uint8_t *", data) + 8 + hlen
+  local data_len = #data - 8 - hlen
+  for _, t in ipairs(tensor_list(g)) do
+    local info = header[t.name]
+    if info == nil then
+      if t.name ~= "node_scores" then bad("missing tensor '%s'", t.name) end
+    else
+      if type(info) ~= "table" or info.dtype ~= t.dtype then
+        bad("tensor '%s' must have dtype %s, got %s", t.name, t.dtype, tostring(type(info) == "table" and info.dtype))
+      end
+      local shape = info.shape
+      local same = type(shape) == "table" and #shape == #t.shape
+      for i = 1, #t.shape do same = same and shape[i] == t.shape[i] end
+      if not same then
+        bad("tensor '%s' must have shape [%s] for this cfg", t.name, concat(t.shape, ", "))
+      end
+      local offs = info.data_offsets
+      local b, e = type(offs) == "table" and offs[1], type(offs) == "table" and offs[2]
+      if type(b) ~= "number" or type(e) ~= "number" or b < 0 or e < b or e > data_len or e - b ~= t.nbytes then
+        bad("tensor '%s' has bad data_offsets (need %d bytes within %d)", t.name, t.nbytes, data_len)
+      end
+      ffi.copy(t.buf, base + b, t.nbytes)
+    end
+  end
+
+  -- Masks hold 0/1, and only real edges can be in the circuit.
+  local NF, NB, ig, real = g.n_forward, g.n_backward, g.in_graph, g.real
+  for i = 0, NF * NB - 1 do
+    if ig[i] ~= 0 then
+      if real[i] == 0 then
+        local u = floor(i / NB)
+        bad("in_graph marks '%s', which is not an edge of this graph", g:edge_name(u, i - u * NB))
+      end
+      ig[i] = 1
+    end
+  end
+  for u = 0, NF - 1 do
+    if g.nodes_in_graph[u] ~= 0 then g.nodes_in_graph[u] = 1 end
+  end
+  g.nodes_in_graph[NF] = 1
+  if g.neurons_in_graph then
+    for i = 0, NF * g.cfg.d_model - 1 do
+      if g.neurons_in_graph[i] ~= 0 then g.neurons_in_graph[i] = 1 end
+    end
+  end
+  return g
+end
+
+-- ---- DOT and drawing ------------------------------------------------------------------------------
+
+-- EAP-IG's edge colours (eap/visualization.py): q, k and v inputs purple, green and blue; other
+-- edges red when negative, else black. A negative q/k/v edge keeps its colour and is dashed so
+-- the sign still shows.
+local QKV_COLOURS = { q = "#FF00FF", k = "#00FF00", v = "#0000FF" }
+
+-- EAP-IG fills nodes with random Pastel2 colours; here the colour is picked from the node name so
+-- the same graph draws the same way every time.
+local PASTEL2 = { "#b3e2cd", "#fdcdac", "#cbd5e8", "#f4cae4", "#e6f5c9", "#fff2ae", "#f1e2cc", "#cccccc" }
+
+local function node_colour(name)
+  local h = 0
+  for i = 1, #name do h = (h * 31 + name:byte(i)) % 16777216 end
+  return PASTEL2[h % #PASTEL2 + 1]
+end
+
+-- The DOT source of the circuit (nodes and edges in the circuit). Pen width grows with |score|,
+-- rescaled between the smallest and largest |score| of the graph's edges, as EAP-IG does.
+function M.dot_source(g, opts)
+  opts = opts or {}
+  local min_pw = opts.minimum_penwidth or 0.6
+  local max_pw = opts.maximum_penwidth or 5.0
+  local lo, hi = huge, -huge
+  for _, score in g:edges() do
+    local a = math.abs(score)
+    if a == a then
+      if a < lo then lo = a end
+      if a > hi then hi = a end
+    end
+  end
+  local out = {
+    "digraph eapig {",
+    '  graph [bgcolor="white", overlap="false", splines="true"];',
+    '  node [shape="box", style="filled, rounded", color="black", fontname="Helvetica"];',
+  }
+  for name, _, in_graph in g:nodes() do
+    if in_graph then out[#out + 1] = fmt('  "%s" [fillcolor="%s"];', name, node_colour(name)) end
+  end
+  for name, score, in_graph, u, v in g:edges() do
+    if in_graph then
+      local a = math.abs(score)
+      local norm = hi > lo and (a - lo) / (hi - lo) or a
+      if norm ~= norm then norm = 0 end
+      local pw = math.max(min_pw, norm * max_pw)
+      local dst = g.backward_names[v]
+      local child, qkv = dst:match("^(.-)<(%a)>$")
+      local colour = QKV_COLOURS[qkv] or (score < 0 and "#FF0000" or "#000000")
+      local style = (qkv and score < 0) and ', style="dashed"' or ""
+      out[#out + 1] = fmt('  "%s" -> "%s" [penwidth="%.4g", color="%s"%s, tooltip="%s %.6g"];',
+        g.forward_names[u], child or dst, pw, colour, style, name, score)
+    end
+  end
+  out[#out + 1] = "}\n"
+  return concat(out, "\n")
+end
+
+function M.to_dot(g, path, opts)
+  local source = M.dot_source(g, opts)
+  return write_atomic(path, "Graph:to_dot", function(write) write(source) end)
+end
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+local function succeeded(status)
+  return status == 0 or status == true -- LuaJIT gives the exit status, Lua 5.2 mode a boolean
+end
+
+-- graph:draw(path, {dot = "dot", minimum_penwidth, maximum_penwidth}): renders the circuit with
+-- Graphviz into .svg, .png or .pdf (by the file's suffix); .dot writes the source.
+function M.draw(g, path, opts)
+  local where = "Graph:draw"
+  if type(path) ~= "string" then fail("%s: path must be a string, got %s", where, type(path)) end
+  opts = opts or {}
+  local ext = (path:match("%.([%w]+)$") or ""):lower()
+  if ext == "dot" or ext == "gv" then return M.to_dot(g, path, opts) end
+  if ext ~= "svg" and ext ~= "png" and ext ~= "pdf" then
+    fail("%s: cannot draw into '%s': use a .svg, .png, .pdf or .dot file", where, path)
+  end
+  local dot = opts.dot or "dot"
+  if not succeeded(os.execute("command -v " .. shell_quote(dot) .. " >/dev/null 2>&1")) then
+    fail("%s: Graphviz's `%s` program was not found; install Graphviz (e.g. apt install graphviz) " ..
+      "or write the source with graph:to_dot(path)", where, dot)
+  end
+  local src, errfile = os.tmpname(), os.tmpname()
+  local fh = io.open(src, "wb")
+  if not fh or not fh:write(M.dot_source(g, opts)) then
+    if fh then fh:close() end
+    os.remove(src)
+    os.remove(errfile)
+    fail("%s: cannot write a temporary file '%s'", where, src)
+  end
+  fh:close()
+  -- Render into a temporary file beside the target, then rename: no half-written picture.
+  local tmp = path .. ".part-" .. unique_suffix()
+  local status = os.execute(fmt("%s -T%s -o %s %s 2>%s", shell_quote(dot), ext, shell_quote(tmp),
+    shell_quote(src), shell_quote(errfile)))
+  fh = io.open(errfile, "rb")
+  local message = fh and fh:read("*a") or ""
+  if fh then fh:close() end
+  os.remove(src)
+  os.remove(errfile)
+  if not succeeded(status) then
+    os.remove(tmp)
+    fail("%s: `%s` failed: %s", where, dot, message ~= "" and message:gsub("%s+$", "") or "no message")
+  end
+  local renamed, rerr = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    fail("%s: cannot move the picture into '%s': %s", where, path, tostring(rerr))
+  end
+  return path
+end
+
+return M
