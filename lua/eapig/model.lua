@@ -68,7 +68,8 @@ function Model:forward(batch, opts)
   o.logit_pos = opts.logit_pos
   o.logits = logits
   o.capture = opts.capture
-  o.patch_ref, o.patch_w = opts.patch_ref, opts.patch_w
+  o.patch_ref, o.patch_w, o.patch_scale = opts.patch_ref, opts.patch_w, opts.patch_scale
+  o.resid = opts.resid
   o.override_group = opts.override_group or -1
   o.override_value = opts.override_value
   o.keep_for_backward = opts.keep and 1 or 0

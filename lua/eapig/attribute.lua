@@ -1,0 +1,382 @@
+-- eapig.attribute: EAP-IG's attribution methods, with its conventions (see
+-- ../shared/fixtures/README.md): the loss is the batch mean of the metric, negated when higher
+-- is better; scores are summed over batches, positions and d_model, then divided by the number
+-- of items (and by the number of gradient runs for the integrated-gradient methods).
+--
+-- Every method is a loop in Lua over batches around two engine calls: a patched or overridden
+-- forward, and the backward that streams destination gradients into the score matrix.
+local core = require("eapig.core")
+local metrics = require("eapig.metrics")
+local runs = require("eapig.runs")
+local Progress = require("eapig.progress")
+local ffi = core.ffi
+
+local M = {}
+
+local METHODS = { "EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact",
+  "information-flow-routes" }
+local NODE_METHODS = { EAP = true, ["EAP-IG-inputs"] = true, exact = true }
+-- Batched integrated-gradient steps are capped at this many tokens per run (memory).
+local MAX_STEP_TOKENS = 8192
+
+local function known(list, x)
+  for _, v in ipairs(list) do if v == x then return true end end
+  return false
+end
+
+-- The accumulators a method fills: edge scores always, node and neuron scores on those levels.
+local function new_sums(model, level)
+  local NF, NB = model.n_forward, model.n_backward
+  local s = { edges = core.floats(NF * NB) }
+  if level ~= "edge" then
+    s.nodes = core.floats(NF)
+    if level == "neuron" then s.neurons = core.floats(NF * model.d_model) end
+  end
+  return s
+end
+
+-- One gradient run: forward (already done with keep) -> metric gradient -> scores.
+local function backward_into(model, sums, b, metric, logits, clean_logits, rows, sign, diff, diff_B)
+  local dlogits = core.floats(#rows * model.vocab)
+  runs.metric_values(model, metric, b, logits, clean_logits, rows, dlogits, sign / b.B)
+  model:backward(dlogits, { diff = diff, diff_B = diff_B, scores = sums.edges, node_scores = sums.nodes,
+    neuron_scores = sums.neurons })
+end
+
+local function clean_run(model, clean, pos, capture)
+  return model:forward(clean, { logit_pos = pos, capture = capture })
+end
+
+-- EAP: one gradient at the clean input.
+local function eap(ctx, b)
+  local model = ctx.model
+  local clean = runs.engine_batches(b)
+  local R = runs.reference(model, b, ctx.intervention, ctx.means)
+  local cap = model:nodes_buffer(b.B, b.P)
+  local logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, keep = true })
+  local diff = runs.difference(R, cap, model.n_forward * model:block_size(b.B, b.P))
+  backward_into(model, ctx.sums, b, ctx.metric, logits, logits, b.rows, ctx.sign, diff)
+  return 1
+end
+
+-- Runs `steps` overridden copies of the batch in chunks of at most MAX_STEP_TOKENS tokens:
+-- make_value(first_step, n_steps) returns the override buffer for those steps.
+local function batched_steps(ctx, b, clean, clean_logits, diff, group, steps, make_value)
+  local model = ctx.model
+  local per = math.max(1, math.floor(MAX_STEP_TOKENS / (b.B * b.P)))
+  local first = 1
+  while first <= #steps do
+    local n = math.min(per, #steps - first + 1)
+    local rep, rpos = runs.repeat_batch(clean, b.last_pos, n)
+    local value = make_value(first, n)
+    local logits = model:forward(rep, { logit_pos = rpos, override_group = group, override_value = value,
+      keep = true })
+    local rows = runs.repeat_rows(b.rows, n)
+    local cl = clean_logits and runs.repeat_floats(clean_logits, b.B * model.vocab, n)
+    backward_into(model, ctx.sums, b, ctx.metric, logits, cl, rows, ctx.sign, diff, b.B)
+    first = first + n
+  end
+end
+
+-- EAP-IG-inputs: embeddings e_corr + (k/m)(e_clean - e_corr), k = 0..m-1. The k = 0 step is
+-- the corrupted run itself, so its forward also provides the reference capture.
+local function eap_ig_inputs(ctx, b)
+  local model, m = ctx.model, ctx.steps
+  local clean, corrupted = runs.engine_batches(b)
+  local blk = model:block_size(b.B, b.P)
+  local cap_c = model:nodes_buffer(b.B, b.P)
+  local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
+  local cap_r = model:nodes_buffer(b.B, b.P)
+  local logits_r = model:forward(corrupted, { logit_pos = b.last_pos, capture = cap_r, keep = true })
+  local diff = runs.difference(cap_r, cap_c, model.n_forward * blk)
+  backward_into(model, ctx.sums, b, ctx.metric, logits_r, clean_logits, b.rows, ctx.sign, diff)
+  local steps = {}
+  for k = 1, m - 1 do steps[#steps + 1] = k end
+  batched_steps(ctx, b, clean, clean_logits, diff, 0, steps, function(first, n)
+    local value = core.floats(n * blk)
+    for s = 0, n - 1 do
+      local alpha = steps[first + s] / m
+      local dst = value + s * blk
+      for i = 0, blk - 1 do dst[i] = cap_r[i] + alpha * (cap_c[i] - cap_r[i]) end
+    end
+    return value
+  end)
+  return m
+end
+
+-- EAP-IG-activations: each group in turn (input; all heads of a layer; an MLP) is replaced by
+-- the constant (k/m) clean + (1 - k/m) R for k = 1..m.
+local function eap_ig_activations(ctx, b)
+  local model, m = ctx.model, ctx.steps
+  local clean = runs.engine_batches(b)
+  local blk = model:block_size(b.B, b.P)
+  local R = runs.reference(model, b, ctx.intervention, ctx.means)
+  local cap_c = model:nodes_buffer(b.B, b.P)
+  local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
+  local diff = runs.difference(R, cap_c, model.n_forward * blk)
+  local H, L = model.n_heads, model.n_layers
+  local steps = {}
+  for k = 1, m do steps[k] = k end
+  for group = 0, 2 * L do
+    -- first node and node count of the group
+    local u0, count
+    if group == 0 then u0, count = 0, 1
+    else
+      local l = math.floor((group - 1) / 2)
+      if group % 2 == 1 then u0, count = 1 + l * (H + 1), H else u0, count = 1 + l * (H + 1) + H, 1 end
+    end
+    batched_steps(ctx, b, clean, clean_logits, diff, group, steps, function(first, n)
+      -- override layout: (node in group, step-major rows, P, D)
+      local value = core.floats(count * n * blk)
+      for j = 0, count - 1 do
+        local c, r = cap_c + (u0 + j) * blk, R + (u0 + j) * blk
+        for s = 0, n - 1 do
+          local alpha = steps[first + s] / m
+          local dst = value + (j * n + s) * blk
+          for i = 0, blk - 1 do dst[i] = alpha * c[i] + (1 - alpha) * r[i] end
+        end
+      end
+      return value
+    end)
+  end
+  return (1 + 2 * L) * m
+end
+
+-- clean-corrupted: the gradient at the clean input plus the gradient at the corrupted input.
+local function clean_corrupted(ctx, b)
+  local model = ctx.model
+  local clean, corrupted = runs.engine_batches(b)
+  local blk = model:block_size(b.B, b.P)
+  local cap_r = model:nodes_buffer(b.B, b.P)
+  model:forward(corrupted, { capture = cap_r, no_logits = true })
+  local cap_c = model:nodes_buffer(b.B, b.P)
+  local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap_c, keep = true })
+  local diff = runs.difference(cap_r, cap_c, model.n_forward * blk)
+  backward_into(model, ctx.sums, b, ctx.metric, clean_logits, clean_logits, b.rows, ctx.sign, diff)
+  local logits_r = model:forward(corrupted, { logit_pos = b.last_pos, keep = true })
+  backward_into(model, ctx.sums, b, ctx.metric, logits_r, clean_logits, b.rows, ctx.sign, diff)
+  return 2
+end
+
+-- The batch-mean loss of a (possibly patched) forward.
+local function batch_loss(ctx, b, opts, clean_logits)
+  local model = ctx.model
+  local clean = runs.engine_batches(b)
+  opts.logit_pos = b.last_pos
+  local logits = model:forward(clean, opts)
+  local values = runs.metric_values(model, ctx.metric, b, logits, clean_logits or logits, b.rows)
+  local s = 0
+  for i = 1, #values do s = s + values[i] end
+  return ctx.sign * s / #values
+end
+
+-- Real in-edges of each destination's node and real out-edges of each source: removing an edge
+-- that is a node's only link makes EAP-IG's evaluate_graph prune the whole node, so those few
+-- edges are evaluated through a pruned copy of the graph instead of a single patched edge.
+local function degrees(graph)
+  local NF, NB, H = graph.n_forward, graph.n_backward, graph.cfg.n_heads
+  local out_deg, in_deg = {}, {}
+  local function dest_node(v) -- heads' q, k and v slots share one node
+    local per = 3 * H + 1
+    local l, j = math.floor(v / per), v % per
+    if v == NB - 1 then return "logits" end
+    if j == 3 * H then return "m" .. l end
+    return ("a%d.h%d"):format(l, j % H)
+  end
+  for u = 0, NF - 1 do
+    out_deg[u] = 0
+    for v = 0, NB - 1 do
+      if graph.real[u * NB + v] == 1 then
+        out_deg[u] = out_deg[u] + 1
+        local node = dest_node(v)
+        in_deg[node] = (in_deg[node] or 0) + 1
+      end
+    end
+  end
+  return out_deg, in_deg, dest_node
+end
+
+-- Patching weights of the full graph without edge idx, pruned as EAP-IG's evaluate_graph does.
+local function pruned_weights(graph, idx, W)
+  local g = graph:clone()
+  local n = g.n_forward * g.n_backward
+  for i = 0, n - 1 do g.in_graph[i] = g.real[i] end
+  for u = 0, g.n_forward do g.nodes_in_graph[u] = 1 end
+  g.in_graph[idx] = 0
+  g:prune()
+  for i = 0, n - 1 do W[i] = (g.real[i] == 1 and g.in_graph[i] == 0) and 1 or 0 end
+end
+
+-- exact: for each real edge (or node), the loss with only it patched minus the full-graph loss,
+-- each a mean over batches of batch means.
+local function exact(ctx, b)
+  local model, graph = ctx.model, ctx.graph
+  local NF, NB = model.n_forward, model.n_backward
+  local R = runs.reference(model, b, ctx.intervention, ctx.means)
+  local clean = runs.engine_batches(b)
+  local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+  local baseline = batch_loss(ctx, b, {}, clean_logits)
+  local W = core.floats(NF * NB)
+  local real = graph.real
+  ctx.degrees = ctx.degrees or { degrees(graph) }
+  local out_deg, in_deg, dest_node = ctx.degrees[1], ctx.degrees[2], ctx.degrees[3]
+  local function loss() return batch_loss(ctx, b, { patch_ref = R, patch_w = W }, clean_logits) - baseline end
+  for u = 0, NF - 1 do
+    if ctx.level ~= "edge" then
+      for v = 0, NB - 1 do W[u * NB + v] = real[u * NB + v] end
+      ctx.sums.nodes[u] = ctx.sums.nodes[u] + loss()
+      for v = 0, NB - 1 do W[u * NB + v] = 0 end
+      ctx.progress:step()
+    else
+      for v = 0, NB - 1 do
+        local idx = u * NB + v
+        if real[idx] == 1 then
+          if out_deg[u] == 1 or in_deg[dest_node(v)] == 1 then
+            pruned_weights(graph, idx, W)
+            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss()
+            ffi.fill(W, 4 * NF * NB)
+          else
+            W[idx] = 1
+            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss()
+            W[idx] = 0
+          end
+          ctx.progress:step()
+        end
+      end
+    end
+  end
+  return 1
+end
+
+-- Ferrando et al.'s information-flow routes: proximity max(0, |x_v|_1 - |o_u - x_v|_1) of each
+-- source's output to a destination's input, normalised over sources, averaged over real positions.
+local function information_flow_routes(ctx, b)
+  local model = ctx.model
+  local clean = runs.engine_batches(b)
+  local B, P, D = b.B, b.P, model.d_model
+  local H, L, NB = model.n_heads, model.n_layers, model.n_backward
+  local blk = B * P * D
+  local cap = model:nodes_buffer(B, P)
+  local resid = core.floats((2 * L + 1) * blk)
+  model:forward(clean, { capture = cap, resid = resid, no_logits = true })
+  local prox = ffi.new("double[?]", model.n_forward)
+  local imp = ffi.new("double[?]", model.n_forward)
+  local S = ctx.sums.edges
+  -- readers: (resid index, upstream count, destination columns)
+  local function add(ri, n_up, cols)
+    for u = 0, n_up - 1 do imp[u] = 0 end
+    for i = 0, B - 1 do
+      local len = b.lengths[i]
+      for p = 0, len - 1 do
+        local x = resid + ri * blk + (i * P + p) * D
+        local xn = 0
+        for d = 0, D - 1 do xn = xn + math.abs(x[d]) end
+        local total = 0
+        for u = 0, n_up - 1 do
+          local o = cap + u * blk + (i * P + p) * D
+          local dist = 0
+          for d = 0, D - 1 do dist = dist + math.abs(o[d] - x[d]) end
+          local pr = xn - dist
+          if pr < 0 then pr = 0 end
+          prox[u] = pr
+          total = total + pr
+        end
+        for u = 0, n_up - 1 do imp[u] = imp[u] + prox[u] / total / len end
+      end
+    end
+    for _, v in ipairs(cols) do
+      for u = 0, n_up - 1 do S[u * NB + v] = S[u * NB + v] + imp[u] end
+    end
+  end
+  for l = 0, L - 1 do
+    local n_up = 1 + l * (H + 1)
+    local cols = {}
+    for j = 0, 3 * H - 1 do cols[#cols + 1] = l * (3 * H + 1) + j end
+    add(2 * l, n_up, cols)
+    add(2 * l + 1, n_up + (model.parallel_attn_mlp and 0 or H), { l * (3 * H + 1) + 3 * H })
+  end
+  add(2 * L, model.n_forward, { NB - 1 })
+  return 1
+end
+
+local RUNNERS = {
+  EAP = eap, ["EAP-IG-inputs"] = eap_ig_inputs, ["EAP-IG-activations"] = eap_ig_activations,
+  ["clean-corrupted"] = clean_corrupted, exact = exact, ["information-flow-routes"] = information_flow_routes,
+}
+
+-- attribute(model, graph, data, metric, opts): fills graph.scores (edge level) or the node and
+-- neuron scores (node and neuron levels) and returns the graph.
+function M.attribute(model, graph, data, metric, opts)
+  opts = opts or {}
+  local method = opts.method or "EAP-IG-inputs"
+  if not known(METHODS, method) then
+    error(("unknown method '%s' (expected one of: %s)"):format(tostring(method), table.concat(METHODS, ", ")), 0)
+  end
+  local intervention = opts.intervention or "patching"
+  runs.check_intervention(intervention, opts.intervention_data)
+  if (method == "EAP-IG-inputs" or method == "clean-corrupted") and intervention ~= "patching" then
+    error(("method '%s' needs intervention 'patching', got '%s'"):format(method, intervention), 0)
+  end
+  local aggregation = opts.aggregation or "sum"
+  if aggregation ~= "sum" and aggregation ~= "mean" then
+    error(("unknown aggregation '%s' (expected sum or mean)"):format(tostring(aggregation)), 0)
+  end
+  local level = graph.level or "edge"
+  if level ~= "edge" and not NODE_METHODS[method] then
+    error(("method '%s' has no %s-level form (use EAP, EAP-IG-inputs or exact)"):format(method, level), 0)
+  end
+  if level == "neuron" and method == "exact" then
+    error("method 'exact' has no neuron-level form", 0)
+  end
+  graph:check_matches(model:info())
+  local steps = opts.ig_steps or 5
+  if (method == "EAP-IG-inputs" or method == "EAP-IG-activations") and (steps < 1 or steps % 1 ~= 0) then
+    error(("ig_steps must be a positive integer, got %s"):format(tostring(steps)), 0)
+  end
+  local mt = metrics.get(metric)
+  if mt.eval_only and method ~= "exact" and method ~= "information-flow-routes" then
+    error(("metric '%s' has no gradient; it can only evaluate"):format(mt.name), 0)
+  end
+  local batch_size = opts.batch_size or 8
+  local ctx = {
+    model = model, graph = graph, metric = mt, level = level, steps = steps,
+    sign = mt.higher_is_better and -1 or 1, intervention = intervention, sums = new_sums(model, level),
+  }
+  if intervention:find("^mean") then
+    ctx.means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)
+  end
+  local n_items, n_runs, n_batches = 0, 1, 0
+  local total = #data
+  if method == "exact" then
+    total = 0
+    local units = level == "edge" and graph:n_edges() or model.n_forward
+    for _ in data:batches(batch_size) do total = total + units end
+  end
+  ctx.progress = Progress.new(method, total, opts.quiet)
+  for b in data:batches(batch_size) do
+    n_runs = RUNNERS[method](ctx, b)
+    n_items = n_items + b.B
+    n_batches = n_batches + 1
+    if method ~= "exact" then ctx.progress:step(b.B) end
+  end
+  ctx.progress:finish()
+  if n_items == 0 then error("attribute: the dataset is empty", 0) end
+
+  -- exact averages batch means over batches; the gradient methods divide by items and runs.
+  local divisor = method == "exact" and n_batches or n_items * n_runs
+  if aggregation == "mean" then divisor = divisor * model.d_model end
+  local NF, NB = model.n_forward, model.n_backward
+  local real = graph.real
+  for i = 0, NF * NB - 1 do
+    graph.scores[i] = real[i] == 1 and ctx.sums.edges[i] / divisor or 0
+  end
+  if ctx.sums.nodes then
+    for u = 0, NF - 1 do graph.node_scores[u] = ctx.sums.nodes[u] / divisor end
+  end
+  if ctx.sums.neurons then
+    for i = 0, NF * model.d_model - 1 do graph.neuron_scores[i] = ctx.sums.neurons[i] / divisor end
+  end
+  return graph
+end
+
+return M

@@ -1,0 +1,128 @@
+-- eapig.evaluate: run a circuit. Every destination reads the reference (corrupted, zero or
+-- mean) value of each edge that is not in the circuit, through the engine's patched forward
+-- with W = 1 - in_graph on real edges; neuron masks scale the patched difference per dimension.
+local core = require("eapig.core")
+local metrics = require("eapig.metrics")
+local runs = require("eapig.runs")
+local Progress = require("eapig.progress")
+
+local M = {}
+
+local function metric_list(ms)
+  if type(ms) == "table" and not metrics.is_metric(ms) and ms[1] ~= nil then
+    local out = {}
+    for i, m in ipairs(ms) do out[i] = metrics.get(m) end
+    return out, true
+  end
+  return { metrics.get(ms) }, false
+end
+
+local function unwrap(results, many)
+  if many then return results end
+  return results[1]
+end
+
+-- The patching weights and per-dimension scales of a (pruned) circuit.
+local function circuit_weights(model, graph)
+  local NF, NB, D = model.n_forward, model.n_backward, model.d_model
+  local W = core.floats(NF * NB)
+  local scale
+  local fully_in = {}
+  if graph.neurons_in_graph then
+    -- EAP-IG: an edge from a node not wholly in the circuit is patched on its missing neurons.
+    scale = core.floats(NF * D)
+    for u = 0, NF - 1 do
+      local all = true
+      for d = 0, D - 1 do
+        local keep = graph.neurons_in_graph[u * D + d]
+        scale[u * D + d] = 1 - keep
+        if keep == 0 then all = false end
+      end
+      fully_in[u] = all
+    end
+  end
+  local any = false
+  for u = 0, NF - 1 do
+    for v = 0, NB - 1 do
+      local i = u * NB + v
+      if graph.real[i] == 1 then
+        local in_graph = graph.in_graph[i] == 1 and (not scale or fully_in[u])
+        if not in_graph then W[i] = 1; any = true end
+      end
+    end
+  end
+  return W, scale, any
+end
+
+-- evaluate_graph(model, graph, data, metrics, opts): per-example metric values of the circuit
+-- (a list per metric when metrics is a list). Prunes the graph first, as EAP-IG does.
+function M.evaluate_graph(model, graph, data, ms, opts)
+  opts = opts or {}
+  local intervention = opts.intervention or "patching"
+  runs.check_intervention(intervention, opts.intervention_data)
+  graph:check_matches(model:info())
+  local list, many = metric_list(ms)
+  local batch_size = opts.batch_size or 8
+  local means
+  if intervention:find("^mean") then
+    means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)
+  end
+  if opts.prune ~= false then graph:prune() end
+  local W, scale, any = circuit_weights(model, graph)
+  local results = {}
+  for i = 1, #list do results[i] = {} end
+  local progress = Progress.new("evaluate", #data, opts.quiet)
+  for b in data:batches(batch_size) do
+    local clean = runs.engine_batches(b)
+    local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+    local logits = clean_logits
+    if any then
+      local R = runs.reference(model, b, intervention, means)
+      logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
+    end
+    for i, mt in ipairs(list) do
+      local values = runs.metric_values(model, mt, b, logits, clean_logits, b.rows)
+      for _, v in ipairs(values) do results[i][#results[i] + 1] = v end
+    end
+    progress:step(b.B)
+  end
+  progress:finish()
+  return unwrap(results, many)
+end
+
+-- evaluate_baseline(model, data, metrics, {run_corrupted}): the model unchanged, on the clean
+-- (or corrupted) inputs; clean logits are the reference of metrics that need them.
+function M.evaluate_baseline(model, data, ms, opts)
+  opts = opts or {}
+  local list, many = metric_list(ms)
+  local results = {}
+  for i = 1, #list do results[i] = {} end
+  for b in data:batches(opts.batch_size or 8) do
+    local clean, corrupted = runs.engine_batches(b)
+    local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+    local logits = clean_logits
+    if opts.run_corrupted then logits = model:forward(corrupted, { logit_pos = b.last_pos }) end
+    for i, mt in ipairs(list) do
+      local values = runs.metric_values(model, mt, b, logits, clean_logits, b.rows)
+      for _, v in ipairs(values) do results[i][#results[i] + 1] = v end
+    end
+  end
+  return unwrap(results, many)
+end
+
+local function mean(x)
+  if type(x) == "number" then return x end
+  local s = 0
+  for i = 1, #x do s = s + x[i] end
+  return s / #x
+end
+M.mean = mean
+
+-- (m(C) - m(corrupted)) / (m(clean) - m(corrupted)), on means of per-example values or numbers.
+function M.faithfulness(circuit, clean, corrupted)
+  local c, cl, co = mean(circuit), mean(clean), mean(corrupted)
+  if cl == co then error("faithfulness: the clean and corrupted baselines are equal", 0) end
+  return (c - co) / (cl - co)
+end
+
+return M

@@ -1,0 +1,460 @@
+-- Checkpoint loading: Hugging Face folders (config.json + safetensors, single or sharded) and
+-- llama2.c .bin files, into one eapig_model in the core's layout (PyTorch Linear (out, in),
+-- half-split RoPE rows, every bias present).
+--
+-- Each family is a small table: how to read its config.json, and which tensor fills which
+-- weight slot. Dimension symbols in the tables: D = d_model, F = d_mlp, V = vocab,
+-- C = context, QD = n_heads*d_head, KVD = n_kv_heads*d_head, H = n_heads.
+local ffi = require("ffi")
+local core = require("eapig.core")
+local safetensors = require("eapig.safetensors")
+
+local C = core.C
+local floor = math.floor
+
+local load = {}
+
+local function fail(fmt, ...)
+  error(string.format(fmt, ...), 0)
+end
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+---------------------------------------------------------------------------------------------
+-- config.json fields, checked as they are read
+
+local cjson_null = require("cjson").null
+
+-- A reader of config.json fields for error messages that name the file and the field.
+local function config_reader(path, json)
+  local r = {}
+  local function raw(key, default)
+    local v = json[key]
+    if v == nil or v == cjson_null then
+      if default == nil then fail("%s: field '%s' is missing", path, key) end
+      return default
+    end
+    return v
+  end
+  function r.has(key)
+    return json[key] ~= nil and json[key] ~= cjson_null
+  end
+  function r.int(key, default)
+    local v = raw(key, default)
+    if type(v) ~= "number" or v ~= floor(v) or v < 1 or v >= 2 ^ 31 then
+      fail("%s: field '%s' must be a positive integer (got %s)", path, key, tostring(v))
+    end
+    return v
+  end
+  function r.num(key, default)
+    local v = raw(key, default)
+    if type(v) ~= "number" or not (v > 0) or v == math.huge then
+      fail("%s: field '%s' must be a positive number (got %s)", path, key, tostring(v))
+    end
+    return v
+  end
+  function r.bool(key, default)
+    local v = raw(key, default)
+    if type(v) ~= "boolean" then fail("%s: field '%s' must be true or false (got %s)", path, key, tostring(v)) end
+    return v
+  end
+  function r.str(key, default)
+    local v = raw(key, default)
+    if type(v) ~= "string" then fail("%s: field '%s' must be a string (got %s)", path, key, tostring(v)) end
+    return v
+  end
+  function r.absent(key, why)
+    local v = json[key]
+    if v ~= nil and v ~= cjson_null and v ~= false then fail("%s: field '%s' is not supported (%s)", path, key, why) end
+  end
+  -- a / b, with an error naming both fields when it is not whole
+  function r.divide(a_key, a, b_key, b)
+    if a % b ~= 0 then fail("%s: field '%s' (%d) is not a multiple of '%s' (%d)", path, a_key, a, b_key, b) end
+    return a / b
+  end
+  function r.activation(key, default, gated)
+    local name = r.str(key, default)
+    local act = gated and ({ silu = C.EAPIG_ACT_SILU_GATED, swish = C.EAPIG_ACT_SILU_GATED })[name]
+      or not gated and ({ gelu_new = C.EAPIG_ACT_GELU_TANH, gelu_pytorch_tanh = C.EAPIG_ACT_GELU_TANH,
+                          gelu = C.EAPIG_ACT_GELU_ERF, relu = C.EAPIG_ACT_RELU })[name]
+    if not act then fail("%s: field '%s': activation '%s' is not supported here", path, key, name) end
+    return act
+  end
+  return r
+end
+
+---------------------------------------------------------------------------------------------
+-- Families
+
+-- llama, mistral and qwen2 share names and layout; they differ in biases and windows.
+local function llama_config(get, model_type)
+  local D, H = get.int("hidden_size"), get.int("num_attention_heads")
+  get.absent("rope_scaling", "only plain RoPE is implemented")
+  get.absent("mlp_bias", "gated MLPs have no biases here")
+  -- head_dim may differ from hidden_size / heads (it is its own key in newer configs).
+  local d_head = get.has("head_dim") and get.int("head_dim") or get.divide("hidden_size", D, "num_attention_heads", H)
+  local n_ctx = get.int("max_position_embeddings", 2048)
+  -- A sliding window changes attention only beyond its length: cap the context there, so a
+  -- longer sequence is refused rather than computed differently from the model.
+  local windowed = model_type == "mistral" or (model_type == "qwen2" and get.bool("use_sliding_window", false))
+  if windowed then n_ctx = math.min(n_ctx, get.int("sliding_window", n_ctx)) end
+  local attention_bias = model_type ~= "qwen2" and get.bool("attention_bias", false)
+  return {
+    n_layers = get.int("num_hidden_layers"), n_heads = H, n_kv_heads = get.int("num_key_value_heads", H),
+    d_model = D, d_head = d_head, d_mlp = get.int("intermediate_size"), vocab = get.int("vocab_size"),
+    n_ctx = n_ctx, norm = C.EAPIG_NORM_RMSNORM, act = get.activation("hidden_act", "silu", true),
+    pos = C.EAPIG_POS_ROPE, rotary_dim = d_head, rope_theta = get.num("rope_theta", 10000),
+    norm_eps = get.num("rms_norm_eps", 1e-6), parallel_attn_mlp = false,
+    tied = get.bool("tie_word_embeddings", false),
+    flags = { qkv_bias = model_type == "qwen2" or attention_bias, o_bias = attention_bias },
+  }
+end
+
+local LLAMA = {
+  config = llama_config,
+  prefixes = { "model." },
+  layer_prefix = "layers.%d.",
+  unembed = "lm_head.weight",
+  global = {
+    { "wte", "embed_tokens.weight", "V", "D" },
+    { "lnf_w", "norm.weight", "D" },
+  },
+  layer = {
+    { "ln1_w", "input_layernorm.weight", "D" },
+    { "wq", "self_attn.q_proj.weight", "QD", "D" },
+    { "bq", "self_attn.q_proj.bias", "QD", when = "qkv_bias" },
+    { "wk", "self_attn.k_proj.weight", "KVD", "D" },
+    { "bk", "self_attn.k_proj.bias", "KVD", when = "qkv_bias" },
+    { "wv", "self_attn.v_proj.weight", "KVD", "D" },
+    { "bv", "self_attn.v_proj.bias", "KVD", when = "qkv_bias" },
+    { "wo", "self_attn.o_proj.weight", "D", "QD" },
+    { "bo", "self_attn.o_proj.bias", "D", when = "o_bias" },
+    { "ln2_w", "post_attention_layernorm.weight", "D" },
+    { "w_gate", "mlp.gate_proj.weight", "F", "D" },
+    { "w_in", "mlp.up_proj.weight", "F", "D" },
+    { "w_out", "mlp.down_proj.weight", "D", "F" },
+  },
+}
+
+local GPT2 = {
+  config = function(get)
+    local D, H = get.int("n_embd"), get.int("n_head")
+    get.absent("scale_attn_by_inverse_layer_idx", "attention scaling by layer is not implemented")
+    return {
+      n_layers = get.int("n_layer"), n_heads = H, n_kv_heads = H, d_model = D,
+      d_head = get.divide("n_embd", D, "n_head", H), d_mlp = get.int("n_inner", 4 * D),
+      vocab = get.int("vocab_size"), n_ctx = get.int("n_positions", get.int("n_ctx", 1024)),
+      norm = C.EAPIG_NORM_LAYERNORM, act = get.activation("activation_function", "gelu_new", false),
+      pos = C.EAPIG_POS_LEARNED, rotary_dim = 0, rope_theta = 0, parallel_attn_mlp = false,
+      norm_eps = get.num("layer_norm_epsilon", 1e-5), tied = get.bool("tie_word_embeddings", true), flags = {},
+    }
+  end,
+  -- The hub's gpt2 stores the bare GPT2Model names; GPT2LMHeadModel saves add `transformer.`.
+  prefixes = { "", "transformer." },
+  layer_prefix = "h.%d.",
+  unembed = "lm_head.weight",
+  global = {
+    { "wte", "wte.weight", "V", "D" },
+    { "wpe", "wpe.weight", "C", "D" },
+    { "lnf_w", "ln_f.weight", "D" },
+    { "lnf_b", "ln_f.bias", "D" },
+  },
+  -- Conv1D stores (in, out): every matrix is transposed; c_attn holds q, k, v stacked.
+  layer = {
+    { "ln1_w", "ln_1.weight", "D" },
+    { "ln1_b", "ln_1.bias", "D" },
+    { { "wq", "wk", "wv" }, "attn.c_attn.weight", "QD", "D", T = true },
+    { { "bq", "bk", "bv" }, "attn.c_attn.bias", "QD" },
+    { "wo", "attn.c_proj.weight", "D", "QD", T = true },
+    { "bo", "attn.c_proj.bias", "D" },
+    { "ln2_w", "ln_2.weight", "D" },
+    { "ln2_b", "ln_2.bias", "D" },
+    { "w_in", "mlp.c_fc.weight", "F", "D", T = true },
+    { "b_in", "mlp.c_fc.bias", "F" },
+    { "w_out", "mlp.c_proj.weight", "D", "F", T = true },
+    { "b_out", "mlp.c_proj.bias", "D" },
+  },
+}
+
+local NEOX = {
+  config = function(get)
+    local D, H = get.int("hidden_size"), get.int("num_attention_heads")
+    local d_head = get.divide("hidden_size", D, "num_attention_heads", H)
+    -- Newer transformers renamed rotary_pct / rotary_emb_base; accept both spellings.
+    local pct = get.num("rotary_pct", get.num("partial_rotary_factor", 0.25))
+    return {
+      n_layers = get.int("num_hidden_layers"), n_heads = H, n_kv_heads = H, d_model = D, d_head = d_head,
+      d_mlp = get.int("intermediate_size"), vocab = get.int("vocab_size"),
+      n_ctx = get.int("max_position_embeddings", 2048), norm = C.EAPIG_NORM_LAYERNORM,
+      act = get.activation("hidden_act", "gelu", false), pos = C.EAPIG_POS_ROPE,
+      rotary_dim = floor(d_head * pct), rope_theta = get.num("rotary_emb_base", get.num("rope_theta", 10000)),
+      norm_eps = get.num("layer_norm_eps", 1e-5), parallel_attn_mlp = get.bool("use_parallel_residual", true),
+      tied = get.bool("tie_word_embeddings", false), flags = { bias = get.bool("attention_bias", true) },
+    }
+  end,
+  prefixes = { "gpt_neox." },
+  layer_prefix = "layers.%d.",
+  unembed = "embed_out.weight",
+  global = {
+    { "wte", "embed_in.weight", "V", "D" },
+    { "lnf_w", "final_layer_norm.weight", "D" },
+    { "lnf_b", "final_layer_norm.bias", "D" },
+  },
+  -- query_key_value rows are [H, 3, Dh]: per head, its q, k and v rows.
+  layer = {
+    { "ln1_w", "input_layernorm.weight", "D" },
+    { "ln1_b", "input_layernorm.bias", "D" },
+    { "ln2_w", "post_attention_layernorm.weight", "D" },
+    { "ln2_b", "post_attention_layernorm.bias", "D" },
+    { { "wq", "wk", "wv" }, "attention.query_key_value.weight", "QD", "D", groups = "H" },
+    { { "bq", "bk", "bv" }, "attention.query_key_value.bias", "QD", groups = "H", when = "bias" },
+    { "wo", "attention.dense.weight", "D", "QD" },
+    { "bo", "attention.dense.bias", "D", when = "bias" },
+    { "w_in", "mlp.dense_h_to_4h.weight", "F", "D" },
+    { "b_in", "mlp.dense_h_to_4h.bias", "F" },
+    { "w_out", "mlp.dense_4h_to_h.weight", "D", "F" },
+    { "b_out", "mlp.dense_4h_to_h.bias", "D" },
+  },
+}
+
+local FAMILIES = { gpt2 = GPT2, llama = LLAMA, mistral = LLAMA, qwen2 = LLAMA, gpt_neox = NEOX }
+local KNOWN = "gpt2, llama, mistral, qwen2, gpt_neox"
+
+---------------------------------------------------------------------------------------------
+-- Filling the weights
+
+local function dims_of(c)
+  return { D = c.d_model, F = c.d_mlp, V = c.vocab, C = c.n_ctx, H = c.n_heads,
+           QD = c.n_heads * c.d_head, KVD = c.n_kv_heads * c.d_head }
+end
+
+local TRANSPOSE = { transpose = true }
+
+-- Reads one table entry into target's slot(s). A fused entry holds its parts stacked by rows,
+-- within each of `groups` row groups (neox's per-head [3, Dh] blocks; one group for gpt2).
+local function fill_entry(src, e, name, target, dims)
+  local rows, cols = dims[e[3]], e[4] and dims[e[4]] or 1
+  local opts = e.T and TRANSPOSE or nil
+  if type(e[1]) == "string" then return src:read_into(name, target[e[1]], rows, cols, opts) end
+  local parts = #e[1]
+  local tmp = ffi.new("float[?]", parts * rows * cols)
+  src:read_into(name, tmp, parts * rows, cols, opts)
+  local groups = e.groups and dims[e.groups] or 1
+  local block = rows / groups * cols -- floats of one part in one group
+  for g = 0, groups - 1 do
+    for p = 0, parts - 1 do
+      ffi.copy(target[e[1][p + 1]] + g * block, tmp + (g * parts + p) * block, block * ffi.sizeof("float"))
+    end
+  end
+end
+
+local function fill_family(src, fam, c, w)
+  local dims = dims_of(c)
+  local prefix
+  for _, p in ipairs(fam.prefixes) do
+    if src:has(p .. fam.global[1][2]) then prefix = p break end
+  end
+  if not prefix then
+    local tried = {}
+    for i, p in ipairs(fam.prefixes) do tried[i] = "'" .. p .. fam.global[1][2] .. "'" end
+    fail("%s: missing tensor %s", src.path, table.concat(tried, " or "))
+  end
+  for _, e in ipairs(fam.global) do fill_entry(src, e, prefix .. e[2], w, dims) end
+  for l = 0, c.n_layers - 1 do
+    local lp = prefix .. fam.layer_prefix:format(l)
+    for _, e in ipairs(fam.layer) do
+      if not e.when or c.flags[e.when] then fill_entry(src, e, lp .. e[2], w.layers[l], dims) end
+    end
+  end
+  -- A tied model's checkpoint may or may not repeat the embedding; the embedding is the truth.
+  if c.tied then
+    ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
+  else
+    src:read_into(fam.unembed, w.w_unembed, dims.V, dims.D)
+  end
+end
+
+local NORMS = { [0] = "layernorm", "rmsnorm" }
+local ACTS = { [0] = "gelu_tanh", "gelu_erf", "relu", "silu_gated" }
+local POS = { [0] = "learned", "rope" }
+
+local function new_model(c, where)
+  local cfg = ffi.new("eapig_config")
+  for _, k in ipairs({ "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx",
+                       "norm", "act", "pos", "rotary_dim", "norm_eps", "rope_theta" }) do
+    cfg[k] = c[k]
+  end
+  cfg.parallel_attn_mlp = c.parallel_attn_mlp and 1 or 0
+  return ffi.gc(core.check_ptr(C.eapig_model_new(cfg), where), C.eapig_model_free)
+end
+
+local function info_of(family, c)
+  return {
+    family = family, n_layers = c.n_layers, n_heads = c.n_heads, n_kv_heads = c.n_kv_heads,
+    d_model = c.d_model, d_head = c.d_head, d_mlp = c.d_mlp, vocab = c.vocab, n_ctx = c.n_ctx,
+    parallel_attn_mlp = c.parallel_attn_mlp, norm = NORMS[c.norm], act = ACTS[c.act], pos = POS[c.pos],
+    rotary_dim = c.rotary_dim, rope_theta = c.rope_theta, norm_eps = c.norm_eps, tied = c.tied,
+  }
+end
+
+local function finish(m, c, family, path, folder, opts)
+  if not (opts and opts.finalize == false) then core.check(C.eapig_model_finalize(m), path) end
+  return { handle = m, info = info_of(family, c), path = path, folder = folder }
+end
+
+local function file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- The tensors of a folder: the sharded index when there is one, else model.safetensors.
+local function open_weights(folder)
+  local index = folder .. "/model.safetensors.index.json"
+  if file_exists(index) then return safetensors.open_index(index) end
+  local single = folder .. "/model.safetensors"
+  if file_exists(single) then return safetensors.open(single) end
+  if file_exists(folder .. "/pytorch_model.bin") then
+    fail("%s: only safetensors checkpoints are read (found pytorch_model.bin; convert it)", folder)
+  end
+  fail("%s: missing model.safetensors (or model.safetensors.index.json)", folder)
+end
+
+local function load_hf(folder, opts)
+  local cfg_path = folder .. "/config.json"
+  local json = safetensors.read_json(cfg_path)
+  local get = config_reader(cfg_path, json)
+  local model_type = get.str("model_type")
+  local fam = FAMILIES[model_type]
+  if not fam then fail("%s: field 'model_type': unknown model_type '%s' (known: %s)", cfg_path, model_type, KNOWN) end
+  local c = fam.config(get, model_type)
+  local m = new_model(c, cfg_path)
+  local src = open_weights(folder)
+  local ok, err = pcall(fill_family, src, fam, c, C.eapig_model_weights(m))
+  src:close()
+  if not ok then error(err, 0) end
+  return finish(m, c, model_type, folder, folder, opts)
+end
+
+---------------------------------------------------------------------------------------------
+-- llama2.c checkpoints (version 0 export, as read by run.c)
+
+local LLAMA2C_HEADER = { "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len" }
+local LLAMA2C_MAGIC = 0x616b3432 -- "ak42": the later export versions, a different layout
+
+-- The tensors in file order: name, rows, cols, slot (nil: skipped), per layer, RoPE heads to permute.
+local LLAMA2C_TENSORS = {
+  { "token_embedding_table", "V", "D", "wte" },
+  { "rms_att_weight", "D", 1, "ln1_w", layer = true },
+  { "wq", "QD", "D", "wq", layer = true, permute = "H" },
+  { "wk", "KVD", "D", "wk", layer = true, permute = "KV" },
+  { "wv", "KVD", "D", "wv", layer = true },
+  { "wo", "D", "QD", "wo", layer = true },
+  { "rms_ffn_weight", "D", 1, "ln2_w", layer = true },
+  { "w1", "F", "D", "w_gate", layer = true },
+  { "w2", "D", "F", "w_out", layer = true },
+  { "w3", "F", "D", "w_in", layer = true },
+  { "rms_final_weight", "D", 1, "lnf_w" },
+  { "freq_cis_real", "C", "HALF" },
+  { "freq_cis_imag", "C", "HALF" },
+  { "wcls", "V", "D", "w_unembed", untied = true },
+}
+
+local function llama2c_config(path, file)
+  local size = tonumber(C.eapig_file_size(file))
+  if size < 28 then fail("%s: truncated: %d bytes, the llama2.c header needs 28", path, size) end
+  local raw = ffi.new("int32_t[7]")
+  core.check(C.eapig_file_read(file, 0, 28, raw), path)
+  if raw[0] == LLAMA2C_MAGIC then
+    fail("%s: header: llama2.c export version >= 1 ('ak42') is not supported; export with --version 0", path)
+  end
+  local h = {}
+  for i, name in ipairs(LLAMA2C_HEADER) do
+    h[name] = raw[i - 1]
+    if name ~= "vocab_size" and h[name] <= 0 then
+      fail("%s: header field '%s' is %d, must be positive", path, name, h[name])
+    end
+  end
+  if h.vocab_size == 0 then fail("%s: header field 'vocab_size' is 0", path) end
+  local function multiple(a, b)
+    if h[a] % h[b] ~= 0 then fail("%s: header field '%s' (%d) is not a multiple of '%s' (%d)", path, a, h[a], b, h[b]) end
+  end
+  multiple("dim", "n_heads")
+  multiple("n_heads", "n_kv_heads")
+  local d_head = h.dim / h.n_heads
+  if d_head % 2 ~= 0 then fail("%s: header: head size %d (dim / n_heads) must be even for RoPE", path, d_head) end
+  return {
+    n_layers = h.n_layers, n_heads = h.n_heads, n_kv_heads = h.n_kv_heads, d_model = h.dim, d_head = d_head,
+    d_mlp = h.hidden_dim, vocab = math.abs(h.vocab_size), n_ctx = h.seq_len, norm = C.EAPIG_NORM_RMSNORM,
+    act = C.EAPIG_ACT_SILU_GATED, pos = C.EAPIG_POS_ROPE, rotary_dim = d_head, rope_theta = 10000,
+    norm_eps = 1e-5, parallel_attn_mlp = false, tied = h.vocab_size > 0, flags = {},
+  }, size
+end
+
+-- Where every tensor lies, checked against the file size before anything is allocated, so a
+-- corrupt header is an error naming the tensor that does not fit rather than a huge allocation.
+local function llama2c_plan(path, c, dims, size)
+  local plan, offset = {}, 28
+  for _, t in ipairs(LLAMA2C_TENSORS) do
+    if not (t.untied and c.tied) then
+      local rows, cols = dims[t[2]], dims[t[3]] or t[3]
+      local bytes = rows * cols * 4
+      for l = 0, (t.layer and c.n_layers or 1) - 1 do
+        if offset + bytes > size then
+          fail("%s: truncated: tensor '%s' needs bytes [%d, %d), the file has %d", path, t[1], offset,
+               offset + bytes, size)
+        end
+        plan[#plan + 1] = { t = t, layer = l, rows = rows, cols = cols, b = offset, e = offset + bytes }
+        offset = offset + bytes
+      end
+    end
+  end
+  if offset ~= size then
+    fail("%s: %d bytes after the last tensor: the header does not describe this file", path, size - offset)
+  end
+  return plan
+end
+
+local function load_llama2c(path, opts)
+  local file = ffi.gc(core.check_ptr(C.eapig_file_open(path), "llama2.c checkpoint"), C.eapig_file_close)
+  local c, size = llama2c_config(path, file)
+  local dims = dims_of(c)
+  dims.KV, dims.HALF = c.n_kv_heads, c.d_head / 2
+  local plan = llama2c_plan(path, c, dims, size)
+  local m = new_model(c, path)
+  local w = C.eapig_model_weights(m)
+  for _, p in ipairs(plan) do
+    local t = p.t
+    if t[4] then
+      local dst = t.layer and w.layers[p.layer][t[4]] or w[t[4]]
+      core.check(C.eapig_file_tensor(file, p.b, p.e, C.EAPIG_DTYPE_F32, dst, p.rows, p.cols, 0),
+                 string.format("%s: tensor '%s'", path, t[1]))
+      -- llama2.c rotates adjacent pairs; the core rotates halves: reorder q and k rows once.
+      if t.permute then core.check(C.eapig_rope_permute_rows(dst, dims[t.permute], c.d_head, p.cols), path) end
+    end
+  end
+  if c.tied then ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float")) end
+  C.eapig_file_close(ffi.gc(file, nil))
+  return finish(m, c, "llama", path, dirname(path), opts)
+end
+
+---------------------------------------------------------------------------------------------
+
+-- Loads a Hugging Face folder (or a file inside one) or a llama2.c .bin checkpoint.
+-- opts.finalize = false skips eapig_model_finalize (tests compare the raw weights).
+function load.load(path, opts)
+  if type(path) ~= "string" or path == "" then fail("eapig.load: path must be a non-empty string") end
+  path = path:gsub("/+$", "")
+  if path:match("%.safetensors$") or path:match("%.json$") then path = dirname(path) end
+  if file_exists(path .. "/config.json") then return load_hf(path, opts) end
+  local f, err = io.open(path, "rb")
+  if not f then fail("%s: cannot open: %s", path, tostring(err)) end
+  local _, rerr = f:read(0)
+  f:close()
+  if rerr then fail("%s: no config.json here, and not a llama2.c checkpoint file (%s)", path, rerr) end
+  return load_llama2c(path, opts)
+end
+
+return load

@@ -1,0 +1,136 @@
+-- Building blocks shared by attribution and evaluation: batches as the engine wants them,
+-- captures, references for each intervention (corrupted run, zero, mean, per-position mean),
+-- and metric evaluation at the last real positions.
+local core = require("eapig.core")
+local metrics = require("eapig.metrics")
+local ffi = core.ffi
+
+local runs = {}
+
+runs.INTERVENTIONS = { patching = true, zero = true, mean = true, ["mean-positional"] = true }
+
+function runs.check_intervention(intervention, intervention_data)
+  if not runs.INTERVENTIONS[intervention] then
+    error(("unknown intervention '%s' (expected patching, zero, mean or mean-positional)"):format(
+      tostring(intervention)), 0)
+  end
+  if intervention:find("^mean") and not intervention_data then
+    error(("intervention '%s' needs intervention_data (the dataset to average over)"):format(intervention), 0)
+  end
+end
+
+-- The engine's view of a data batch: clean and corrupted runs share the clean lengths (EAP-IG
+-- uses the clean attention mask for both).
+function runs.engine_batches(b)
+  local clean = { tokens = b.clean, lengths = b.lengths, B = b.B, P = b.P }
+  local corrupted = { tokens = b.corrupted, lengths = b.lengths, B = b.B, P = b.P }
+  return clean, corrupted
+end
+
+-- A batch repeated k times (step-major rows), for batched integrated-gradient steps.
+function runs.repeat_batch(batch, pos, k)
+  local B, P = batch.B, batch.P
+  local tokens, lengths, rpos = core.int32s(k * B * P), core.int32s(k * B), core.int32s(k * B)
+  for s = 0, k - 1 do
+    ffi.copy(tokens + s * B * P, batch.tokens, 4 * B * P)
+    ffi.copy(lengths + s * B, batch.lengths, 4 * B)
+    ffi.copy(rpos + s * B, pos, 4 * B)
+  end
+  return { tokens = tokens, lengths = lengths, B = k * B, P = P }, rpos
+end
+
+function runs.repeat_rows(rows, k)
+  local out = {}
+  for _ = 1, k do
+    for i = 1, #rows do out[#out + 1] = rows[i] end
+  end
+  return out
+end
+
+function runs.repeat_floats(buf, n, k)
+  local out = core.floats(n * k)
+  for s = 0, k - 1 do ffi.copy(out + s * n, buf, 4 * n) end
+  return out
+end
+
+-- Per-node means of every source's output over the real positions of a dataset: (NF, D), or
+-- per position (NF, P, D) with equal lengths. Returns {values, per_position, P}.
+function runs.compute_means(model, ds, per_position, batch_size)
+  local NF, D = model.n_forward, model.d_model
+  local P_all
+  for b in ds:batches(batch_size or 8) do
+    P_all = P_all or b.P
+    for i = 0, b.B - 1 do
+      if per_position and b.lengths[i] ~= P_all then
+        error(("mean-positional: intervention data row %d has %d tokens, expected %d (positional means need equal lengths)")
+          :format(b.first + i, b.lengths[i], P_all), 0)
+      end
+    end
+  end
+  if not P_all then error("intervention data is empty", 0) end
+  local width = per_position and P_all * D or D
+  local sums = ffi.new("double[?]", NF * width)
+  local count = 0
+  for b in ds:batches(batch_size or 8) do
+    local clean = runs.engine_batches(b)
+    local cap = model:nodes_buffer(b.B, b.P)
+    model:forward(clean, { capture = cap, no_logits = true })
+    local blk = b.B * b.P * D
+    for u = 0, NF - 1 do
+      local base = cap + u * blk
+      for i = 0, b.B - 1 do
+        for p = 0, b.lengths[i] - 1 do
+          local src = base + (i * b.P + p) * D
+          local dst = u * width + (per_position and p * D or 0)
+          for d = 0, D - 1 do sums[dst + d] = sums[dst + d] + src[d] end
+        end
+      end
+    end
+    for i = 0, b.B - 1 do count = count + (per_position and 1 or b.lengths[i]) end
+  end
+  local values = core.floats(NF * width)
+  for i = 0, NF * width - 1 do values[i] = sums[i] / count end
+  return { values = values, per_position = per_position, P = P_all }
+end
+
+-- The reference activations R (NF, B, P, D) of a batch for an intervention. For patching it
+-- runs the corrupted input (capturing every node); the others need no run.
+function runs.reference(model, b, intervention, means)
+  local R = model:nodes_buffer(b.B, b.P)
+  if intervention == "patching" then
+    local _, corrupted = runs.engine_batches(b)
+    model:forward(corrupted, { capture = R, no_logits = true })
+  elseif intervention == "mean" or intervention == "mean-positional" then
+    local D, P = model.d_model, b.P
+    if means.per_position and P > means.P then
+      error(("mean-positional: batch at row %d has %d positions but the means have %d"):format(b.first, P, means.P), 0)
+    end
+    local width = means.per_position and means.P * D or D
+    for u = 0, model.n_forward - 1 do
+      for i = 0, b.B - 1 do
+        for p = 0, P - 1 do
+          local src = means.values + u * width + (means.per_position and p * D or 0)
+          ffi.copy(R + ((u * b.B + i) * P + p) * D, src, 4 * D)
+        end
+      end
+    end
+  end -- zero: R stays zero
+  return R
+end
+
+-- diff = R - clean, elementwise.
+function runs.difference(R, clean, n)
+  local diff = core.floats(n)
+  for i = 0, n - 1 do diff[i] = R[i] - clean[i] end
+  return diff
+end
+
+-- Runs a metric on logits (rows, V) at the last positions; with grad, fills dlogits with
+-- grad_scale * d value / d logits. Returns the per-row values.
+function runs.metric_values(model, metric, b, logits, clean_logits, rows, grad, grad_scale)
+  local n = #rows
+  return metrics.run(metric, { logits = logits, clean_logits = clean_logits, rows = rows, B = n,
+    V = model.vocab, grad_out = grad, grad_scale = grad_scale, first = b.first })
+end
+
+return runs
