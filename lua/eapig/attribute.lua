@@ -51,7 +51,7 @@ end
 local function eap(ctx, b)
   local model = ctx.model
   local clean = runs.engine_batches(b)
-  local R = runs.reference(model, b, ctx.intervention, ctx.means)
+  local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local cap = model:nodes_buffer(b.B, b.P)
   local logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, keep = true })
   local diff = runs.difference(R, cap, model.n_forward * model:block_size(b.B, b.P))
@@ -110,7 +110,7 @@ local function eap_ig_activations(ctx, b)
   local model, m = ctx.model, ctx.steps
   local clean = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local R = runs.reference(model, b, ctx.intervention, ctx.means)
+  local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local cap_c = model:nodes_buffer(b.B, b.P)
   local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
   local diff = runs.difference(R, cap_c, model.n_forward * blk)
@@ -212,7 +212,7 @@ end
 local function exact(ctx, b)
   local model, graph = ctx.model, ctx.graph
   local NF, NB = model.n_forward, model.n_backward
-  local R = runs.reference(model, b, ctx.intervention, ctx.means)
+  local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local clean = runs.engine_batches(b)
   local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
   local baseline = batch_loss(ctx, b, {}, clean_logits)
@@ -313,7 +313,8 @@ function M.attribute(model, graph, data, metric, opts)
     error(("unknown method '%s' (expected one of: %s)"):format(tostring(method), table.concat(METHODS, ", ")), 0)
   end
   local intervention = opts.intervention or "patching"
-  runs.check_intervention(intervention, opts.intervention_data)
+  runs.check_intervention(intervention, opts.intervention_data, opts.reference)
+  if opts.reference then intervention = "custom" end
   if (method == "EAP-IG-inputs" or method == "clean-corrupted") and intervention ~= "patching" then
     error(("method '%s' needs intervention 'patching', got '%s'"):format(method, intervention), 0)
   end
@@ -341,6 +342,7 @@ function M.attribute(model, graph, data, metric, opts)
   local ctx = {
     model = model, graph = graph, metric = mt, level = level, steps = steps,
     sign = mt.higher_is_better and -1 or 1, intervention = intervention, sums = new_sums(model, level),
+    reference = opts.reference,
   }
   if intervention:find("^mean") then
     ctx.means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)

@@ -59,7 +59,7 @@ end
 function M.evaluate_graph(model, graph, data, ms, opts)
   opts = opts or {}
   local intervention = opts.intervention or "patching"
-  runs.check_intervention(intervention, opts.intervention_data)
+  runs.check_intervention(intervention, opts.intervention_data, opts.reference)
   graph:check_matches(model:info())
   local list, many = metric_list(ms)
   local batch_size = opts.batch_size or 8
@@ -77,7 +77,7 @@ function M.evaluate_graph(model, graph, data, ms, opts)
     local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
     local logits = clean_logits
     if any then
-      local R = runs.reference(model, b, intervention, means)
+      local R = runs.reference(model, b, intervention, means, opts.reference)
       logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
     end
     for i, mt in ipairs(list) do

@@ -6,6 +6,7 @@
 -- weight slot. Dimension symbols in the tables: D = d_model, F = d_mlp, V = vocab,
 -- C = context, QD = n_heads*d_head, KVD = n_kv_heads*d_head, H = n_heads.
 local ffi = require("ffi")
+local cjson_null = require("cjson").null
 local core = require("eapig.core")
 local safetensors = require("eapig.safetensors")
 
@@ -25,7 +26,12 @@ end
 ---------------------------------------------------------------------------------------------
 -- config.json fields, checked as they are read
 
-local cjson_null = require("cjson").null
+-- hidden_act / activation_function names; gated MLP families (SwiGLU) take only SiLU.
+local ACTIVATIONS = {
+  plain = { gelu_new = C.EAPIG_ACT_GELU_TANH, gelu_pytorch_tanh = C.EAPIG_ACT_GELU_TANH,
+            gelu = C.EAPIG_ACT_GELU_ERF, relu = C.EAPIG_ACT_RELU },
+  gated = { silu = C.EAPIG_ACT_SILU_GATED, swish = C.EAPIG_ACT_SILU_GATED },
+}
 
 -- A reader of config.json fields for error messages that name the file and the field.
 local function config_reader(path, json)
@@ -76,9 +82,7 @@ local function config_reader(path, json)
   end
   function r.activation(key, default, gated)
     local name = r.str(key, default)
-    local act = gated and ({ silu = C.EAPIG_ACT_SILU_GATED, swish = C.EAPIG_ACT_SILU_GATED })[name]
-      or not gated and ({ gelu_new = C.EAPIG_ACT_GELU_TANH, gelu_pytorch_tanh = C.EAPIG_ACT_GELU_TANH,
-                          gelu = C.EAPIG_ACT_GELU_ERF, relu = C.EAPIG_ACT_RELU })[name]
+    local act = ACTIVATIONS[gated and "gated" or "plain"][name]
     if not act then fail("%s: field '%s': activation '%s' is not supported here", path, key, name) end
     return act
   end

@@ -9,7 +9,11 @@ local runs = {}
 
 runs.INTERVENTIONS = { patching = true, zero = true, mean = true, ["mean-positional"] = true }
 
-function runs.check_intervention(intervention, intervention_data)
+function runs.check_intervention(intervention, intervention_data, custom)
+  if custom then
+    if type(custom) ~= "function" then error("reference must be a function(model, batch) -> (NF, B, P, D) buffer", 0) end
+    return
+  end
   if not runs.INTERVENTIONS[intervention] then
     error(("unknown intervention '%s' (expected patching, zero, mean or mean-positional)"):format(
       tostring(intervention)), 0)
@@ -94,8 +98,10 @@ function runs.compute_means(model, ds, per_position, batch_size)
 end
 
 -- The reference activations R (NF, B, P, D) of a batch for an intervention. For patching it
--- runs the corrupted input (capturing every node); the others need no run.
-function runs.reference(model, b, intervention, means)
+-- runs the corrupted input (capturing every node); the others need no run. A custom reference
+-- function(model, batch) replaces the built-in interventions (a user-defined ablation).
+function runs.reference(model, b, intervention, means, custom)
+  if custom then return custom(model, b) end
   local R = model:nodes_buffer(b.B, b.P)
   if intervention == "patching" then
     local _, corrupted = runs.engine_batches(b)

@@ -9,7 +9,7 @@ local cjson = require("cjson")
 local safetensors = require("eapig.safetensors")
 
 local band, bxor, rshift, lshift, rol, tobit = bit.band, bit.bxor, bit.rshift, bit.lshift, bit.rol, bit.tobit
-local floor, sqrt, log, cos, pi = math.floor, math.sqrt, math.log, math.cos, math.pi
+local floor, sqrt, log, cos, sin, pi = math.floor, math.sqrt, math.log, math.cos, math.sin, math.pi
 
 local testing = {}
 
@@ -59,7 +59,7 @@ function testing.rng(seed)
     end
     local radius = sqrt(-2 * log(uniform()))
     local angle = 2 * pi * uniform()
-    spare = radius * math.sin(angle)
+    spare = radius * sin(angle)
     return radius * cos(angle)
   end
 end
@@ -262,6 +262,7 @@ function testing.random_model(opts)
     error("testing.random_model: " .. family .. " needs kv_heads == heads and d_head == d_model / heads", 2)
   end
   if o.qkv_bias and family == "mistral" then error("testing.random_model: mistral has no attention biases", 2) end
+  if not o.qkv_bias and family == "qwen2" then error("testing.random_model: qwen2 always has q/k/v biases", 2) end
 
   local dir = o.dir or testing.tmpdir()
   local config = CONFIGS[family](o)

@@ -1,0 +1,223 @@
+/* file.c: read-only memory-mapped checkpoint files, bounds-checked reads and the dtype
+ * conversions (F32, F16, BF16, I32 -> float32) that every loader goes through.
+ *
+ * Lengths and offsets come from the file's own header, so nothing here trusts them: every
+ * range is checked against the mapped size with overflow-safe arithmetic before it is touched.
+ * Stored data is little-endian (safetensors, llama2.c); the supported hosts are too.
+ * The mapping may start a tensor at any byte, so elements are read with memcpy (no alignment).
+ *
+ * R = rows and C = cols of the float32 destination; a transposed read takes a stored (C, R).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct eapig_file {
+    char *path;          /* owned copy, for error messages */
+    const uint8_t *data; /* (size) bytes, mapped read-only; NULL when size is 0 */
+    uint64_t size;
+};
+
+eapig_file *eapig_file_open(const char *path) {
+    if (!path) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_file_open: path is NULL");
+        return NULL;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    eapig_file *f = calloc(1, sizeof *f);
+    char *copy = strdup(path);
+    if (!f || !copy) {
+        free(f);
+        free(copy);
+        close(fd);
+        eapig_set_error(EAPIG_ERR_NOMEM, "eapig_file_open: %s: out of memory", path);
+        return NULL;
+    }
+    f->path = copy;
+    f->size = (uint64_t)st.st_size;
+    /* mmap rejects a zero length; an empty file simply has no bytes to read. */
+    if (f->size > 0) {
+        if (f->size > (uint64_t)SIZE_MAX) {
+            eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: too large to map", path);
+            goto fail;
+        }
+        void *p = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: mmap failed: %s", path, strerror(errno));
+            goto fail;
+        }
+        f->data = p;
+    }
+    close(fd); /* the mapping keeps the file alive */
+    return f;
+fail:
+    close(fd);
+    free(f->path);
+    free(f);
+    return NULL;
+}
+
+void eapig_file_close(eapig_file *f) {
+    if (!f) return;
+    if (f->data) munmap((void *)f->data, (size_t)f->size);
+    free(f->path);
+    free(f);
+}
+
+uint64_t eapig_file_size(const eapig_file *f) { return f ? f->size : 0; }
+
+/* 1 when [offset, offset + n) lies inside the file; written so that nothing can overflow. */
+static int in_file(const eapig_file *f, uint64_t offset, uint64_t n) {
+    return offset <= f->size && n <= f->size - offset;
+}
+
+int eapig_file_read(const eapig_file *f, uint64_t offset, uint64_t n, void *dst) {
+    if (!f) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_read: file is NULL");
+    if (!in_file(f, offset, n))
+        return eapig_set_error(EAPIG_ERR_IO,
+                               "eapig_file_read: %s: bytes [%llu, +%llu) leave the file (%llu bytes): truncated?",
+                               f->path, (unsigned long long)offset, (unsigned long long)n,
+                               (unsigned long long)f->size);
+    if (n > 0) {
+        if (!dst) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_read: %s: dst is NULL", f->path);
+        memcpy(dst, f->data + offset, (size_t)n);
+    }
+    return EAPIG_OK;
+}
+
+/* IEEE half -> float, exact for every input: normals rebias the exponent, subnormals are
+ * mant * 2^-24 (exact in float), inf and NaN keep their payload. */
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        float v = (float)mant * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (exp == 31)
+        bits = sign | 0x7f800000u | (mant << 13);
+    else
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* bfloat16 is the top half of a float32, so widening is a shift (subnormals, inf, NaN included). */
+static float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+static float element(const uint8_t *p, int32_t dtype) {
+    switch (dtype) {
+    case EAPIG_DTYPE_F32: {
+        float v;
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    case EAPIG_DTYPE_I32: {
+        int32_t v;
+        memcpy(&v, p, sizeof v);
+        return (float)v;
+    }
+    default: {
+        uint16_t h;
+        memcpy(&h, p, sizeof h);
+        return dtype == EAPIG_DTYPE_F16 ? half_to_float(h) : bf16_to_float(h);
+    }
+    }
+}
+
+static size_t dtype_size(int32_t dtype) {
+    switch (dtype) {
+    case EAPIG_DTYPE_F32:
+    case EAPIG_DTYPE_I32: return 4;
+    case EAPIG_DTYPE_F16:
+    case EAPIG_DTYPE_BF16: return 2;
+    default: return 0;
+    }
+}
+
+int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t dtype, float *dst,
+                      int64_t rows, int64_t cols, int32_t transpose) {
+    if (!f) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: file is NULL");
+    size_t esize = dtype_size(dtype);
+    if (esize == 0) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: %s: unknown dtype %d", f->path, dtype);
+    size_t count, bytes;
+    if (rows < 0 || cols < 0 || !eapig_mul_ok((size_t)rows, (size_t)cols, &count) ||
+        !eapig_mul_ok(count, esize, &bytes))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: %s: bad shape (%lld, %lld)", f->path,
+                               (long long)rows, (long long)cols);
+    if (end < begin || end > f->size)
+        return eapig_set_error(EAPIG_ERR_IO,
+                               "eapig_file_tensor: %s: bytes [%llu, %llu) are not a range inside the file "
+                               "(%llu bytes)",
+                               f->path, (unsigned long long)begin, (unsigned long long)end,
+                               (unsigned long long)f->size);
+    if (end - begin != (uint64_t)bytes)
+        return eapig_set_error(EAPIG_ERR_IO,
+                               "eapig_file_tensor: %s: bytes [%llu, %llu) hold %llu bytes, but (%lld, %lld) "
+                               "elements of %zu bytes need %zu",
+                               f->path, (unsigned long long)begin, (unsigned long long)end,
+                               (unsigned long long)(end - begin), (long long)rows, (long long)cols, esize, bytes);
+    if (count == 0) return EAPIG_OK;
+    if (!dst) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: %s: dst is NULL", f->path);
+    const uint8_t *src = f->data + begin;
+    size_t R = (size_t)rows, Cn = (size_t)cols;
+    if (!transpose) {
+        if (dtype == EAPIG_DTYPE_F32) {
+            memcpy(dst, src, bytes);
+        } else {
+            for (size_t i = 0; i < count; i++) dst[i] = element(src + i * esize, dtype);
+        }
+        return EAPIG_OK;
+    }
+    /* Stored (C, R): read it in order, write each stored row as a destination column. */
+    for (size_t c = 0; c < Cn; c++)
+        for (size_t r = 0; r < R; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
+    return EAPIG_OK;
+}
+
+int eapig_rope_permute_rows(float *w, int32_t n_heads, int32_t d_head, int32_t d_in) {
+    if (!w || n_heads < 1 || d_head < 2 || d_head % 2 || d_in < 1)
+        return eapig_set_error(EAPIG_ERR_ARG,
+                               "eapig_rope_permute_rows: need a matrix, n_heads >= 1, an even d_head >= 2 and "
+                               "d_in >= 1 (got n_heads %d, d_head %d, d_in %d)",
+                               n_heads, d_head, d_in);
+    size_t Dh = (size_t)d_head, Din = (size_t)d_in, half = Dh / 2, head_floats;
+    if (!eapig_mul_ok(Dh, Din, &head_floats) || head_floats > SIZE_MAX / sizeof(float))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_rope_permute_rows: head of %d x %d is too large", d_head, d_in);
+    float *tmp = malloc(head_floats * sizeof(float));
+    if (!tmp) return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_rope_permute_rows: out of memory");
+    /* Interleaved pair i is rows (2i, 2i+1); half-split puts them at (i, i + Dh/2). This is
+     * the row order Hugging Face's llama conversion script produces. */
+    for (size_t h = 0; h < (size_t)n_heads; h++) {
+        float *head = w + h * head_floats;
+        memcpy(tmp, head, head_floats * sizeof(float));
+        for (size_t i = 0; i < half; i++) {
+            memcpy(head + i * Din, tmp + (2 * i) * Din, Din * sizeof(float));
+            memcpy(head + (i + half) * Din, tmp + (2 * i + 1) * Din, Din * sizeof(float));
+        }
+    }
+    free(tmp);
+    return EAPIG_OK;
+}
