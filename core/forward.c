@@ -120,6 +120,10 @@ static void record_node(fwd_run *r, int32_t u, const float *out) {
         const float *ref = r->o->patch_ref + off;
         float *d = r->s.diff + off;
         for (size_t i = 0; i < nd; i++) d[i] = ref[i] - out[i];
+        if (r->o->patch_scale) {
+            const float *scale = r->o->patch_scale + (size_t)u * r->D;
+            for (size_t i = 0; i < nd; i++) d[i] *= scale[i % r->D];
+        }
     }
 }
 
@@ -188,6 +192,12 @@ static void project_qkv(fwd_run *r, layer_state *st, const eapig_layer_weights *
         size_t g = t == 0 ? h : h / group;
         linear_forward(out + h * Dh, y, w + g * Dh * D, bias + g * Dh, N, Dh, D, H * Dh);
     }
+}
+
+/* Keeps the residual stream a reader saw, when asked. */
+static void record_resid(fwd_run *r, size_t index, const float *x) {
+    size_t nd = r->N * r->D;
+    if (r->o->resid) memcpy(r->o->resid + index * nd, x, nd * sizeof(float));
 }
 
 /* The attention block of layer l: reads x (N,D), adds its output into resid. */
@@ -360,7 +370,9 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         layer_state *st = &ws->layers[keep ? l : 0];
         uint8_t *own = ws->flags + l * J;
         memcpy(r.s.x_in, r.s.resid, N * D * sizeof(float));
+        record_resid(&r, 2 * l, r.s.x_in);
         attention_block(&r, (int)l, st, own, r.s.x_in, bt->lengths);
+        record_resid(&r, 2 * l + 1, c->parallel_attn_mlp ? r.s.x_in : r.s.resid);
         mlp_block(&r, (int)l, st, own, c->parallel_attn_mlp ? r.s.x_in : r.s.resid);
         for (size_t j = 0; j < J; j++) any_patched |= own[j];
         if (!keep) ws->layers[0].own_flags = ws->flags; /* only slot 0 exists */
@@ -370,6 +382,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     size_t nb = (size_t)eapig_model_n_backward(m), nf = (size_t)eapig_model_n_forward(m);
     uint8_t logits_own = 0;
     const float *x_final = r.s.resid;
+    record_resid(&r, 2 * L, r.s.resid);
     if (patch_deltas(&r, nf, nb - 1, 1, &logits_own)) {
         for (size_t i = 0; i < N * D; i++) r.s.own_in[i] = r.s.resid[i] + r.s.delta[i];
         x_final = r.s.own_in;

@@ -146,13 +146,19 @@ typedef struct eapig_forward_opts {
     /* Patching: destination v reads its clean input + sum_u W[u,v] (R_u - current_u). */
     const float *patch_ref;  /* (NF, B, P, D) reference activations R, or NULL */
     const float *patch_w;    /* (NF, NB) edge weights W, or NULL */
+    const float *patch_scale; /* optional (NF, D): R_u - current_u is scaled per dimension (neuron circuits) */
     /* Override: the outputs of one node group are replaced by constants (no gradient flows
      * into the group's own computation). override_value is (nodes in group, B, P, D). */
     int32_t override_group;  /* EAPIG_GROUP_NONE or a group index */
     const float *override_value;
     int32_t keep_for_backward; /* 1: keep the activations eapig_backward needs */
+    /* optional out (2L+1, B, P, D): the unpatched residual stream read by layer l's heads (2l),
+     * by its MLP (2l+1) and by the logits (2L) */
+    float *resid;
 } eapig_forward_opts;
 
+/* Patching deltas are constants for the backward: a patched destination's gradient is taken at
+ * its own input, and the residual stream's gradient is the sum of its readers' gradients. */
 typedef struct eapig_backward_opts {
     const float *dlogits;    /* same shape as the forward's logits */
     /* Score accumulation (all optional; diff is needed by any of the three):
@@ -187,7 +193,96 @@ EAPIG_API int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const
 /* (section owned by the graph work; keep declarations here) */
 
 /* ---- tokenizers (core/tokenizer.c) ------------------------------------------------------ */
-/* (section owned by the tokenizer work; keep declarations here) */
+/* Byte-pair encoding as Hugging Face tokenizers, GPT-2 and llama2.c do it. The Lua side reads the
+ * files (tokenizer.json, vocab.json + merges.txt) and feeds pieces and merges in; llama2.c's
+ * tokenizer.bin is read here. Ids are int32; V = vocabulary size (largest id + 1).
+ *
+ * Pieces are given in the file's spelling. Byte-level tokenizers (GPT-2, Llama-3, Qwen2) spell
+ * bytes in GPT-2's byte-to-unicode alphabet ("Ġ" = 0x20) and start every word as one symbol per
+ * byte; character tokenizers (SentencePiece style: Llama-2, Mistral, llama2.c) start it as one
+ * symbol per UTF-8 character, with "<0xHH>" pieces for bytes that have no piece (byte_fallback)
+ * and a meta symbol (usually U+2581 "▁") standing for the space. */
+enum { EAPIG_TOK_BYTE_LEVEL = 0, EAPIG_TOK_CHARS = 1 };
+/* Pre-tokenization: words are merged separately. The named patterns are run by PCRE2 with
+ * Unicode properties (UTF + UCP); EAPIG_TOK_SPLIT_REGEX runs config.pattern; METASPACE starts a
+ * new word at every meta symbol (Metaspace split = true). Text between matches is kept as words. */
+enum {
+    EAPIG_TOK_SPLIT_NONE = 0,
+    EAPIG_TOK_SPLIT_GPT2 = 1,      /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+    EAPIG_TOK_SPLIT_LLAMA3 = 2,    /* Llama-3 / tiktoken cl100k: digits in groups of up to 3 */
+    EAPIG_TOK_SPLIT_QWEN2 = 3,     /* as Llama-3 with single digits */
+    EAPIG_TOK_SPLIT_REGEX = 4,
+    EAPIG_TOK_SPLIT_METASPACE = 5
+};
+/* A space put before each stretch of text (between added tokens): NONE; ALWAYS, even when it
+ * starts with a space (Prepend normalizer, llama2.c's dummy prefix); MISSING, when it does not
+ * start with one (Metaspace "always", ByteLevel add_prefix_space); FIRST, as MISSING but only for
+ * the stretch at the start of the text (Metaspace "first"). */
+enum { EAPIG_TOK_PREFIX_NONE = 0, EAPIG_TOK_PREFIX_ALWAYS = 1, EAPIG_TOK_PREFIX_MISSING = 2,
+       EAPIG_TOK_PREFIX_FIRST = 3 };
+/* Token flags for eapig_tokenizer_set_special. */
+enum {
+    EAPIG_TOKEN_CONTROL = 1,  /* special (BOS, EOS, ...): dropped by EAPIG_DECODE_SKIP_SPECIAL */
+    EAPIG_TOKEN_MATCH = 2     /* found literally in input text (added tokens) with EAPIG_ENCODE_SPECIAL */
+};
+enum {
+    EAPIG_ENCODE_SPECIAL = 1,   /* turn added tokens written in the text into their ids */
+    EAPIG_ENCODE_REFERENCE = 2  /* quadratic reference merge loop instead of the heap (tests) */
+};
+enum {
+    EAPIG_DECODE_SKIP_SPECIAL = 1, /* leave out control tokens */
+    EAPIG_DECODE_KEEP_PREFIX = 2   /* keep the leading space that config.strip_prefix removes */
+};
+
+typedef struct eapig_tokenizer_config {
+    int32_t n_vocab;       /* V: ids are 0 .. V-1 */
+    int32_t symbols;       /* EAPIG_TOK_BYTE_LEVEL or EAPIG_TOK_CHARS */
+    int32_t split;         /* EAPIG_TOK_SPLIT_* */
+    const char *pattern;   /* PCRE2 pattern for EAPIG_TOK_SPLIT_REGEX, else NULL */
+    const char *space;     /* meta symbol written for ' ' in pieces ("\xe2\x96\x81"), or NULL */
+    int32_t prefix;        /* EAPIG_TOK_PREFIX_* */
+    int32_t byte_fallback; /* characters without a piece become their "<0xHH>" byte pieces */
+    int32_t ignore_merges; /* a word that is itself a piece is that piece (Llama-3) */
+    int32_t fuse_unk;      /* consecutive unknown characters give one unk */
+    int32_t unk_id;        /* id for unknown symbols, or -1: they are dropped */
+    int32_t strip_prefix;  /* decoding drops the space the prefix added before the first text token */
+} eapig_tokenizer_config;
+
+typedef struct eapig_tokenizer eapig_tokenizer;
+
+/* An empty tokenizer (no pieces yet); NULL on error (bad config or pattern). */
+EAPIG_API eapig_tokenizer *eapig_tokenizer_new(const eapig_tokenizer_config *cfg);
+EAPIG_API void eapig_tokenizer_free(eapig_tokenizer *t);
+/* Reads a llama2.c tokenizer.bin: int32 max_token_length, then per token float score, int32
+ * length and that many bytes. n_vocab = 0 reads records to the end of the file. Merges are
+ * ranked by score; ids 0, 1, 2 are <unk>, BOS and EOS. NULL on error (names file and field). */
+EAPIG_API eapig_tokenizer *eapig_tokenizer_load_llama2c(const char *path, int32_t n_vocab);
+/* A piece of the model's vocabulary, in the file's spelling. Each id is set at most once. */
+EAPIG_API int eapig_tokenizer_set_token(eapig_tokenizer *t, int32_t id, const char *piece,
+                                        size_t len, float score);
+/* An added token: its literal text and EAPIG_TOKEN_* flags; the id may also be a piece. */
+EAPIG_API int eapig_tokenizer_set_special(eapig_tokenizer *t, int32_t id, const char *content,
+                                          size_t len, int32_t flags);
+/* The next merge rule, in rank order: left and right pieces in the file's spelling; their
+ * concatenation must be a piece too. */
+EAPIG_API int eapig_tokenizer_add_merge(eapig_tokenizer *t, const char *left, size_t left_len,
+                                        const char *right, size_t right_len);
+/* Instead of a merge list: any two adjacent symbols whose concatenation is a piece may merge,
+ * the piece with the highest score first (llama2.c, SentencePiece BPE). Call after the pieces. */
+EAPIG_API int eapig_tokenizer_rank_by_score(eapig_tokenizer *t);
+EAPIG_API int32_t eapig_tokenizer_n_vocab(const eapig_tokenizer *t);
+EAPIG_API int32_t eapig_tokenizer_n_merges(const eapig_tokenizer *t);
+/* Encodes len bytes of text (any bytes; UTF-8 expected). Writes up to cap ids and sets *n_ids to
+ * the number the text needs: when that exceeds cap, call again with a larger buffer. */
+EAPIG_API int eapig_tokenizer_encode(const eapig_tokenizer *t, const char *text, size_t len,
+                                     int32_t flags, int32_t *ids, size_t cap, size_t *n_ids);
+/* Decodes n ids into bytes. Writes up to cap bytes and sets *n_bytes to the full length, as
+ * encode does. An id outside 0 .. V-1 or with no token is an error. */
+EAPIG_API int eapig_tokenizer_decode(const eapig_tokenizer *t, const int32_t *ids, size_t n,
+                                     int32_t flags, char *out, size_t cap, size_t *n_bytes);
+/* The id of the token whose text is these bytes (added token, piece, piece with ' ' spelled as
+ * the meta symbol, or a lone byte's fallback piece), or -1. */
+EAPIG_API int32_t eapig_tokenizer_find(const eapig_tokenizer *t, const char *text, size_t len);
 
 /* ---- training (core/train.c) ------------------------------------------------------------ */
 
