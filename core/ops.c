@@ -59,60 +59,84 @@ void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const 
 
 void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
                    size_t N, size_t D, int rms) {
+    /* Eight partial sums per reduction let the compiler vectorise without reassociating
+     * (no fast-math); float is ample for D terms of this size. */
     for (size_t n = 0; n < N; n++) {
         const float *dy = dout + n * D, *xh = xhat + n * D;
-        double mean_dxh = 0.0, mean_dxh_xh = 0.0;
-        for (size_t i = 0; i < D; i++) {
-            double dxh = (double)dy[i] * w[i];
+        float s1[8] = {0}, s2[8] = {0};
+        size_t i = 0;
+        for (; i + 8 <= D; i += 8)
+            for (size_t k = 0; k < 8; k++) {
+                float dxh = dy[i + k] * w[i + k];
+                s1[k] += dxh;
+                s2[k] += dxh * xh[i + k];
+            }
+        float mean_dxh = 0.0f, mean_dxh_xh = 0.0f;
+        for (; i < D; i++) {
+            float dxh = dy[i] * w[i];
             mean_dxh += dxh;
             mean_dxh_xh += dxh * xh[i];
         }
-        mean_dxh /= (double)D;
-        mean_dxh_xh /= (double)D;
-        if (rms) mean_dxh = 0.0; /* RMSNorm does not subtract the mean */
+        for (size_t k = 0; k < 8; k++) mean_dxh += s1[k], mean_dxh_xh += s2[k];
+        mean_dxh /= (float)D;
+        mean_dxh_xh /= (float)D;
+        if (rms) mean_dxh = 0.0f; /* RMSNorm does not subtract the mean */
         float *dx = dinp + n * D;
-        for (size_t i = 0; i < D; i++)
-            dx[i] = (float)(rstd[n] * ((double)dy[i] * w[i] - mean_dxh - xh[i] * mean_dxh_xh));
+        float r = rstd[n];
+        for (i = 0; i < D; i++) dx[i] = r * (dy[i] * w[i] - mean_dxh - xh[i] * mean_dxh_xh);
     }
 }
 
-static const double GELU_C = 0.7978845608028654; /* sqrt(2/pi) */
+static const float GELU_C = 0.7978845608f; /* sqrt(2/pi) */
 
+/* Pointwise activations in float: they are a tenth of the forward's time in double. */
 void act_forward(float *out, const float *pre, const float *up, size_t n, int act) {
-    for (size_t i = 0; i < n; i++) {
-        double x = pre[i], y;
-        switch (act) {
-        case EAPIG_ACT_GELU_TANH: y = 0.5 * x * (1.0 + tanh(GELU_C * (x + 0.044715 * x * x * x))); break;
-        case EAPIG_ACT_GELU_ERF: y = 0.5 * x * (1.0 + erf(x * 0.7071067811865476)); break;
-        case EAPIG_ACT_RELU: y = x > 0 ? x : 0; break;
-        default: y = x / (1.0 + exp(-x)) * up[i]; break; /* SiLU-gated */
+    switch (act) {
+    case EAPIG_ACT_GELU_TANH:
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i];
+            out[i] = 0.5f * x * (1.0f + tanhf(GELU_C * (x + 0.044715f * x * x * x)));
         }
-        out[i] = (float)y;
+        break;
+    case EAPIG_ACT_GELU_ERF:
+        for (size_t i = 0; i < n; i++) out[i] = 0.5f * pre[i] * (1.0f + erff(pre[i] * 0.70710678f));
+        break;
+    case EAPIG_ACT_RELU:
+        for (size_t i = 0; i < n; i++) out[i] = pre[i] > 0.0f ? pre[i] : 0.0f;
+        break;
+    default: /* SiLU-gated */
+        for (size_t i = 0; i < n; i++) out[i] = pre[i] / (1.0f + expf(-pre[i])) * up[i];
+        break;
     }
 }
 
 void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
                   int act) {
-    for (size_t i = 0; i < n; i++) {
-        double x = pre[i], g = dout[i], d;
-        switch (act) {
-        case EAPIG_ACT_GELU_TANH: {
-            double u = GELU_C * (x + 0.044715 * x * x * x), t = tanh(u);
-            d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x);
-            break;
+    switch (act) {
+    case EAPIG_ACT_GELU_TANH:
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i], t = tanhf(GELU_C * (x + 0.044715f * x * x * x));
+            float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
+            dpre[i] = dout[i] * d;
         }
-        case EAPIG_ACT_GELU_ERF:
-            d = 0.5 * (1.0 + erf(x * 0.7071067811865476)) + x * exp(-0.5 * x * x) * 0.3989422804014327;
-            break;
-        case EAPIG_ACT_RELU: d = x > 0 ? 1.0 : 0.0; break;
-        default: {
-            double s = 1.0 / (1.0 + exp(-x));
-            dup[i] = (float)(g * x * s);
-            d = (s * (1.0 + x * (1.0 - s))) * up[i];
-            break;
+        break;
+    case EAPIG_ACT_GELU_ERF:
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i];
+            float d = 0.5f * (1.0f + erff(x * 0.70710678f)) + x * expf(-0.5f * x * x) * 0.39894228f;
+            dpre[i] = dout[i] * d;
         }
+        break;
+    case EAPIG_ACT_RELU:
+        for (size_t i = 0; i < n; i++) dpre[i] = pre[i] > 0.0f ? dout[i] : 0.0f;
+        break;
+    default: /* SiLU-gated */
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i], s = 1.0f / (1.0f + expf(-x));
+            dup[i] = dout[i] * x * s;
+            dpre[i] = dout[i] * s * (1.0f + x * (1.0f - s)) * up[i];
         }
-        dpre[i] = (float)(g * d);
+        break;
     }
 }
 

@@ -84,3 +84,29 @@ line("forward + capture of every node", fwd_flops, t_cap)
 line("forward + backward", fwd_flops + bwd_flops, t_fb)
 line("forward + backward + edge scores", fwd_flops + bwd_flops + score_flops, t_fbs)
 line("  of which score accumulation", score_flops, math.max(t_fbs - t_fb, 1e-9))
+
+-- End to end: EAP-IG-inputs (5 steps) over 32 examples of 16 tokens, batch 8, through the Lua API.
+local eapig = require("eapig")
+local rng = tiny.rng(5)
+local rows = {}
+for i = 1, 32 do
+  local clean, corrupted = {}, {}
+  for p = 1, P do
+    clean[p] = rng.int(V)
+    corrupted[p] = p > P / 2 and rng.int(V) or clean[p]
+  end
+  rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(V), incorrect = rng.int(V) }
+end
+local data = eapig.data.from_rows(rows, { vocab = V })
+local graph = eapig.Graph.from_model(m)
+local steps = 5
+local t_e2e = time(function()
+  eapig.attribute(m, graph, data, "logit_diff", { method = "EAP-IG-inputs", ig_steps = steps, batch_size = B,
+    quiet = true })
+end, 1)
+-- Per batch: clean and corrupted forwards, m - 1 step forwards, m backwards, and two score GEMMs
+-- (the k = 0 step and the summed steps).
+local batches = #rows / B
+local e2e_flops = batches * ((steps + 1) * fwd_flops + steps * bwd_flops + 2 * score_flops)
+line(("EAP-IG-inputs, %d steps, 32 x %d tokens"):format(steps, P), e2e_flops, t_e2e)
+print(("  %.2f s end to end"):format(t_e2e))

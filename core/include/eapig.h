@@ -155,6 +155,9 @@ typedef struct eapig_forward_opts {
     /* optional out (2L+1, B, P, D): the unpatched residual stream read by layer l's heads (2l),
      * by its MLP (2l+1) and by the logits (2L) */
     float *resid;
+    /* 1: also keep what weight gradients need (token ids, attention values z, MLP activations);
+     * implies keep_for_backward. Training sets it; attribution never pays for it. */
+    int32_t keep_for_weights;
 } eapig_forward_opts;
 
 /* Patching deltas are constants for the backward: a patched destination's gradient is taken at
@@ -176,12 +179,16 @@ typedef struct eapig_backward_opts {
     float *neuron_scores;    /* (NF, D), += */
     float *dest_grads;       /* optional out (NB, B, P, D): every destination gradient G, = */
     float *node_grads;       /* optional out (NF, B, P, D): every g_u, = */
+    /* optional: a model of the same config (eapig_model_new) whose weights accumulate (+=) the
+     * gradient of every weight; the caller zeroes them. Needs a forward with keep_for_weights
+     * and no patching; an overridden group's own weights get no gradient. */
+    eapig_model *weight_grads;
 } eapig_backward_opts;
 
 EAPIG_API int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *batch,
                             const eapig_forward_opts *opts);
-/* Backward of the activations only (no weight gradients), for the last forward run in ws,
- * which must have had keep_for_backward set. */
+/* Backward for the last forward run in ws, which must have had keep_for_backward set: the
+ * activations, and the weights only when opts.weight_grads is set. */
 EAPIG_API int eapig_backward(const eapig_model *m, eapig_workspace *ws,
                              const eapig_backward_opts *opts);
 
@@ -285,5 +292,52 @@ EAPIG_API int eapig_tokenizer_decode(const eapig_tokenizer *t, const int32_t *id
 EAPIG_API int32_t eapig_tokenizer_find(const eapig_tokenizer *t, const char *text, size_t len);
 
 /* ---- training (core/train.c) ------------------------------------------------------------ */
+/* Training works on raw weights: create the model with eapig_model_new, initialise it (or load
+ * it without finalize), train, and call eapig_model_finalize only on a copy used for attribution
+ * (or save the raw weights and load them again). A gradient or optimiser-state buffer is a model
+ * of the same config made with eapig_model_new: its weight arena holds the values, so the same
+ * named pointers (eapig_model_weights) address every tensor's gradient and moments.
+ * R = rows of logits (B or B*P), V = vocab. */
+
+/* Every weight of m, contiguous: *n floats in the order of eapig_weights (wte, wpe, lnf_w, lnf_b,
+ * w_unembed, then each layer's tensors in eapig_layer_weights order). */
+EAPIG_API float *eapig_model_arena(eapig_model *m, int64_t *n);
+/* Copies every weight of src into dst (same config). */
+EAPIG_API int eapig_model_copy_weights(eapig_model *dst, const eapig_model *src);
+
+/* Random initialisation as GPT-2 does (Hugging Face GPT2PreTrainedModel._init_weights):
+ * matrices and embeddings N(0, std^2), the residual writers wo and w_out N(0, std^2 / (2L)),
+ * biases 0, norm gains 1. tied != 0 copies wte into w_unembed (GPT-2 ties them). Deterministic
+ * in seed on every machine (splitmix64 + Box-Muller in double). */
+EAPIG_API int eapig_model_init(eapig_model *m, uint64_t seed, float std, int32_t tied);
+
+/* Softmax cross-entropy of each row of logits (R, V) against targets (R); a target of -1 skips
+ * its row (loss 0, gradient 0). losses (R), optional: -log softmax(row)[target]. dlogits (R, V),
+ * optional, may be logits itself (in place): scale * (softmax(row) - onehot(target)), so
+ * scale = 1 / (rows counted) gives the gradient of the mean loss. Sums run in double. */
+EAPIG_API int eapig_cross_entropy(float *losses, float *dlogits, const float *logits,
+                                  const int32_t *targets, int64_t R, int32_t V, float scale);
+
+/* Global L2 norm of a gradient model's weights. tied != 0 counts wte and w_unembed as one tensor
+ * (their gradients summed), as eapig_adamw_step applies them. */
+EAPIG_API int eapig_grad_norm(const eapig_model *grads, int32_t tied, double *norm);
+
+typedef struct eapig_adamw_opts {
+    float lr;           /* this step's learning rate (the caller owns the schedule) */
+    float beta1, beta2; /* 0.9, 0.95 (nanoGPT) or 0.999 (PyTorch) */
+    float eps;          /* 1e-8 */
+    float weight_decay; /* decoupled, lr * wd * w; matrices and embeddings only (not biases or
+                         * norm gains), as GPT-2 / nanoGPT training groups them */
+    float grad_scale;   /* gradients are multiplied by this first (clipping by global norm) */
+    int32_t step;       /* t = 1, 2, ...: Adam's bias correction */
+    int32_t tied;       /* wte and w_unembed are one tensor: gradients summed, update copied */
+} eapig_adamw_opts;
+
+/* One AdamW step (PyTorch's torch.optim.AdamW): for every weight w with gradient g,
+ *   w -= lr wd w (decayed tensors);  m1 = b1 m1 + (1-b1) g;  m2 = b2 m2 + (1-b2) g^2;
+ *   w -= lr (m1 / (1-b1^t)) / (sqrt(m2 / (1-b2^t)) + eps).
+ * grads, m1, m2 are models of m's config; m1 and m2 start zeroed. */
+EAPIG_API int eapig_adamw_step(eapig_model *m, const eapig_model *grads, eapig_model *m1, eapig_model *m2,
+                               const eapig_adamw_opts *opts);
 
 #endif /* EAPIG_H */
