@@ -93,9 +93,10 @@ static const float GELU_C = 0.7978845608f; /* sqrt(2/pi) */
 void act_forward(float *out, const float *pre, const float *up, size_t n, int act) {
     switch (act) {
     case EAPIG_ACT_GELU_TANH:
+        /* 0.5 x (1 + tanh u) = x sigmoid(2u): one expf instead of a tanhf */
         for (size_t i = 0; i < n; i++) {
             float x = pre[i];
-            out[i] = 0.5f * x * (1.0f + tanhf(GELU_C * (x + 0.044715f * x * x * x)));
+            out[i] = x / (1.0f + expf(-2.0f * GELU_C * (x + 0.044715f * x * x * x)));
         }
         break;
     case EAPIG_ACT_GELU_ERF:
@@ -115,7 +116,8 @@ void act_backward(float *dpre, float *dup, const float *dout, const float *pre, 
     switch (act) {
     case EAPIG_ACT_GELU_TANH:
         for (size_t i = 0; i < n; i++) {
-            float x = pre[i], t = tanhf(GELU_C * (x + 0.044715f * x * x * x));
+            float x = pre[i];
+            float t = 2.0f / (1.0f + expf(-2.0f * GELU_C * (x + 0.044715f * x * x * x))) - 1.0f; /* tanh u */
             float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
             dpre[i] = dout[i] * d;
         }

@@ -13,8 +13,9 @@ local ffi = core.ffi
 
 local M = {}
 
-local METHODS = { "EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact",
+M.METHODS = { "EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact",
   "information-flow-routes" }
+local METHODS = M.METHODS
 local NODE_METHODS = { EAP = true, ["EAP-IG-inputs"] = true, exact = true }
 -- Batched integrated-gradient steps are capped at this many tokens per run (memory).
 local MAX_STEP_TOKENS = 8192

@@ -1,0 +1,66 @@
+-- `eapig evaluate --model PATH --data FILE --graph CIRCUIT.json [...]`: how much of the model's
+-- behaviour a circuit keeps. Prints the metric on the clean run, on the corrupted run, with only
+-- the circuit's edges clean (every other edge reads its intervention value), the faithfulness
+-- (circuit - corrupted) / (clean - corrupted) and the circuit's size (after pruning, as
+-- evaluation prunes first).
+local cli = require("eapig.cli")
+
+local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
+local JSON_KEYS = { "clean", "corrupted", "circuit", "faithfulness", "n_edges", "n_nodes" }
+
+return function(argv)
+  local parser = cli.parser("evaluate", "Baselines, circuit value and faithfulness of a circuit.",
+    "Values are means over the rows of the metric (the same metric the circuit was found with).")
+  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
+  parser:option("--graph", "Circuit (.json, or .safetensors) from eapig circuit."):argname("CIRCUIT"):count(1)
+  parser:option("--metric", "Metric (logit_diff, prob_diff, kl_div, accuracy, ...).", "logit_diff"):argname("NAME")
+  parser:option("--intervention", "What edges outside the circuit read: " .. table.concat(INTERVENTIONS, ", ") .. ".",
+    "patching"):argname("KIND"):convert(cli.one_of("intervention", INTERVENTIONS))
+  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
+  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
+  parser:flag("--json", "Print one JSON object: " .. table.concat(JSON_KEYS, ", ") .. ".")
+  parser:flag("--quiet", "No progress bar.")
+  local args = cli.parse(parser, argv, "evaluate")
+
+  local eapig = require("eapig")
+  local metric = eapig.metrics.get(args.metric)
+  if args.intervention:find("^mean") and not args.intervention_data then
+    cli.fail("evaluate: --intervention %s needs --intervention-data FILE (the rows to average over)", args.intervention)
+  end
+  cli.check_readable(args.data, "--data")
+
+  local graph = cli.load_graph(args.graph)
+  local model = cli.load_model(args.model)
+  graph:check_matches(model:info()) -- before the data: a wrong graph is the likelier mistake
+  local data = cli.load_data(args.data, model, "--data")
+  local intervention_data
+  if args.intervention_data then intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data") end
+
+  local mean = require("eapig.evaluate").mean
+  local opts = { batch_size = args.batch_size }
+  local r = {}
+  r.clean = mean(eapig.evaluate_baseline(model, data, metric, opts))
+  r.corrupted = mean(eapig.evaluate_baseline(model, data, metric, { batch_size = args.batch_size, run_corrupted = true }))
+  r.circuit = mean(eapig.evaluate_graph(model, graph, data, metric, {
+    intervention = args.intervention, intervention_data = intervention_data, batch_size = args.batch_size,
+    quiet = args.quiet or args.json,
+  }))
+  -- Equal baselines leave faithfulness undefined: report that rather than fail, the other
+  -- numbers still say something.
+  if r.clean ~= r.corrupted then r.faithfulness = eapig.faithfulness(r.circuit, r.clean, r.corrupted) end
+  r.n_edges, r.n_nodes = graph:count_included_edges(), graph:count_included_nodes()
+
+  if args.json then
+    print(cli.json_object(JSON_KEYS, r))
+    return 0
+  end
+  print(("metric        %s (%d rows, intervention %s)"):format(metric.name, #data, args.intervention))
+  print(("clean         %.6g"):format(r.clean))
+  print(("corrupted     %.6g"):format(r.corrupted))
+  print(("circuit       %.6g"):format(r.circuit))
+  print(("faithfulness  %s"):format(r.faithfulness and ("%.6g"):format(r.faithfulness)
+    or "undefined (the clean and corrupted baselines are equal)"))
+  print(("circuit size  %d edges, %d nodes"):format(r.n_edges, r.n_nodes))
+  return 0
+end

@@ -1,0 +1,282 @@
+-- The `eapig` command line: finds the command, runs it, and turns any error into one line
+-- `eapig: <message>` on stderr with exit status 1 (EAPIG_DEBUG=1 adds the Lua traceback).
+--
+-- A command is a module eapig.cli.<name> returning function(argv) -> exit status (nil means 0);
+-- argv holds the arguments after the command's name. Modules load only when their command runs,
+-- so `eapig --help` works even before libeapig is built. The helpers below (argument parsing,
+-- loading models, data and graphs, checking an output path) are shared by the commands.
+local argparse = require("argparse")
+
+local fmt, concat = string.format, table.concat
+
+local M = {}
+
+-- Order is the order of `eapig --help`: the usual path through an experiment.
+M.COMMANDS = {
+  { "info", "print a model's shape and the size of its graph" },
+  { "generate", "greedy decoding from token ids (checks that a model loads right)" },
+  { "tokenize", "encode text lines into token ids, or decode ids (--decode)" },
+  { "attribute", "score the edges of a model's graph on a dataset (EAP, EAP-IG, exact, ...)" },
+  { "circuit", "select a circuit from a scored graph (--topn, --threshold or --greedy)" },
+  { "evaluate", "baselines, circuit value and faithfulness of a circuit on a dataset" },
+  { "draw", "render a circuit with Graphviz (.svg, .png, .pdf) or write its .dot source" },
+  { "run", "run a Lua experiment script (require(\"eapig\") works in it)" },
+  { "repl", "an interactive LuaJIT prompt with eapig loaded" },
+}
+
+local KNOWN = {}
+for _, c in ipairs(M.COMMANDS) do KNOWN[c[1]] = true end
+
+---------------------------------------------------------------------------------------------------
+-- Errors
+
+-- An error whose text is printed as it is: `eapig run` uses it for a script's own errors, where
+-- the script's file and line are what the user needs.
+local Verbatim = {}
+Verbatim.__tostring = function(e) return e.message end
+
+function M.verbatim(message)
+  error(setmetatable({ message = message }, Verbatim), 0)
+end
+
+function M.fail(template, ...)
+  error(fmt(template, ...), 0)
+end
+
+-- One line from any error value. eapig's modules raise messages that carry their own context;
+-- a "lua/eapig/x.lua:12: " position prefix (from error(msg, 2) or a bug) means nothing to a
+-- user, so it goes. argparse puts hints ("Did you mean ...?") and its own traceback on further
+-- lines: hints are kept, joined with "; ", tracebacks dropped.
+local function one_line(err)
+  if getmetatable(err) == Verbatim then return (err.message:gsub("%s*\n%s*", "; ")) end
+  local msg = tostring(err)
+  repeat
+    local n
+    msg, n = msg:gsub("^[^%s:]*eapig/[^%s:]*%.lua:%d+: ", "")
+  until n == 0
+  -- require's failure lists every path it tried, one per line: the first line says it all.
+  local missing = msg:match("^module '([^']*)' not found")
+  if missing == "eapig.cdef" then
+    return "the FFI declarations (eapig/cdef.lua) were not found: build libeapig first " ..
+      "(cmake -S . -B build && cmake --build build) or set EAPIG_BUILD_DIR"
+  elseif missing then
+    return ("module '%s' not found on package.path"):format(missing)
+  end
+  local lines = {}
+  for line in msg:gmatch("[^\n]+") do
+    if line:match("^%s*original stack traceback") or line:match("^%s*stack traceback") then break end
+    line = line:gsub("^%s+", ""):gsub("%s+$", "")
+    if line ~= "" then lines[#lines + 1] = line end
+  end
+  msg = concat(lines, "; ")
+  -- Messages from the tokenize command and the FFI loader already start with "eapig".
+  msg = msg:gsub("^eapig:? ", "")
+  if msg == "" then msg = "unknown error" end
+  return msg
+end
+M.one_line = one_line
+
+---------------------------------------------------------------------------------------------------
+-- Argument parsing
+
+-- An argparse parser for `eapig <name>`; its --help prints and exits 0.
+function M.parser(name, description, epilog)
+  local p = argparse("eapig " .. name, description, epilog)
+  p:help_max_width(100)
+  return p
+end
+
+-- Parses argv or raises one line naming the command ("attribute: unknown option '--x'").
+function M.parse(parser, argv, name)
+  local ok, result = parser:pparse(argv)
+  if not ok then M.fail("%s: %s", name, one_line(result)) end
+  return result
+end
+
+-- Converters for :convert(): return nil, message on bad input, which argparse reports.
+function M.integer(option, min)
+  return function(s)
+    local n = tonumber(s)
+    if not n or n ~= math.floor(n) or (min and n < min) then
+      return nil, fmt("%s must be an integer%s, got '%s'", option, min and fmt(" >= %d", min) or "", s)
+    end
+    return n
+  end
+end
+
+-- For options with a fixed set of values: names the bad value and lists the good ones (argparse's
+-- :choices() does not say what was given). The caller lists them in the help text.
+function M.one_of(what, list)
+  return function(s)
+    for _, v in ipairs(list) do
+      if v == s then return s end
+    end
+    return nil, fmt("unknown %s '%s' (expected one of: %s)", what, s, concat(list, ", "))
+  end
+end
+
+function M.number(option)
+  return function(s)
+    local n = tonumber(s)
+    if not n or n ~= n then return nil, fmt("%s must be a number, got '%s'", option, s) end
+    return n
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Output
+
+-- One JSON object with its keys in the given order (cjson orders them by hash and escapes "/").
+-- Numbers keep every digit of a double; NaN and infinities, which JSON cannot hold, become null.
+function M.json_object(keys, t)
+  local cjson = require("cjson")
+  local parts = {}
+  for _, k in ipairs(keys) do
+    local v, text = t[k], nil
+    if type(v) == "number" then
+      if v ~= v or v == math.huge or v == -math.huge then
+        text = "null"
+      elseif v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+        text = fmt("%d", v)
+      else
+        text = fmt("%.17g", v)
+      end
+    elseif type(v) == "string" then
+      text = (cjson.encode(v):gsub("\\/", "/"))
+    elseif type(v) == "boolean" then
+      text = tostring(v)
+    else
+      text = "null"
+    end
+    parts[#parts + 1] = fmt("%s: %s", cjson.encode(k), text)
+  end
+  return "{" .. concat(parts, ", ") .. "}"
+end
+
+---------------------------------------------------------------------------------------------------
+-- Files
+
+local function readable(path)
+  local fh = io.open(path, "rb")
+  if fh then fh:close() end
+  return fh ~= nil
+end
+
+function M.check_readable(path, what)
+  if not readable(path) then M.fail("cannot read %s '%s'", what, path) end
+end
+
+-- Checks early that --out can be written, so a long attribution does not fail at its very end:
+-- creates and removes a probe file beside it (the writers themselves go through a temporary file
+-- renamed into place, so nothing partial is ever left at the path).
+function M.check_writable(path)
+  if path:match("/$") then M.fail("--out '%s' is a folder; give a file name", path) end
+  local probe = fmt("%s.probe-%d-%s", path, os.time(), tostring({}):match("0x(%x+)") or "0")
+  local fh, err = io.open(probe, "wb")
+  if not fh then M.fail("cannot write --out '%s': %s", path, (tostring(err):gsub("^.*: ", ""))) end
+  fh:close()
+  os.remove(probe)
+  local dir = io.open(path .. "/", "rb") -- opening "x/" succeeds only for a folder
+  if dir then
+    dir:close()
+    M.fail("--out '%s' is a folder; give a file name", path)
+  end
+end
+
+function M.is_safetensors(path)
+  return path:lower():match("%.safetensors$") ~= nil
+end
+
+function M.load_model(path)
+  local eapig = require("eapig")
+  return eapig.load(path)
+end
+
+-- JSONL rows checked against the model: ids in [0, vocab), rows no longer than its context.
+function M.load_data(path, model, what)
+  M.check_readable(path, what or "data")
+  return require("eapig").data.load_jsonl(path, { vocab = model.vocab, n_ctx = model.n_ctx })
+end
+
+-- A graph file by its suffix: .safetensors is the binary form, anything else EAP-IG's JSON.
+function M.load_graph(path)
+  M.check_readable(path, "graph")
+  local Graph = require("eapig").Graph
+  if M.is_safetensors(path) then return Graph.from_safetensors(path) end
+  return Graph.from_json(path)
+end
+
+function M.write_graph(graph, path)
+  if M.is_safetensors(path) then return graph:to_safetensors(path) end
+  return graph:to_json(path)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Dispatch
+
+function M.help()
+  local out = { "Usage: eapig <command> [options]   (eapig <command> --help for its options)", "",
+    "Circuit discovery in transformer language models (EAP, EAP-IG, exact patching).", "", "Commands:" }
+  for _, c in ipairs(M.COMMANDS) do out[#out + 1] = fmt("   %-11s %s", c[1], c[2]) end
+  out[#out + 1] = ""
+  out[#out + 1] = "A typical run:"
+  out[#out + 1] = "   eapig attribute --model M --data D.jsonl --out graph.json"
+  out[#out + 1] = "   eapig circuit --graph graph.json --topn 200 --out circuit.json"
+  out[#out + 1] = "   eapig evaluate --model M --data D.jsonl --graph circuit.json"
+  out[#out + 1] = "   eapig draw --graph circuit.json --out circuit.svg"
+  out[#out + 1] = ""
+  out[#out + 1] = "Errors are one line on stderr and exit status 1; EAPIG_DEBUG=1 adds a Lua traceback."
+  return concat(out, "\n")
+end
+
+local function dispatch(argv)
+  local name = argv[1]
+  if name == nil or name == "-h" or name == "--help" then
+    print(M.help())
+    return 0
+  elseif name == "--version" then
+    print("eapig " .. require("eapig").version)
+    return 0
+  elseif name == "help" then
+    -- `eapig help attribute` is `eapig attribute --help`
+    if argv[2] == nil then
+      print(M.help())
+      return 0
+    end
+    return dispatch({ argv[2], "--help" })
+  end
+  if not KNOWN[name] then
+    if name:sub(1, 1) == "-" then M.fail("unknown option '%s' (options come after a command; see eapig --help)", name) end
+    M.fail("unknown command '%s' (see eapig --help)", name)
+  end
+  local rest = {}
+  for i = 2, #argv do rest[i - 1] = argv[i] end
+  return require("eapig.cli." .. name)(rest)
+end
+
+-- EAPIG_DEBUG=1 (any value but "" and "0"): print the Lua traceback of an error too.
+function M.debugging()
+  local v = os.getenv("EAPIG_DEBUG")
+  return v ~= nil and v ~= "" and v ~= "0"
+end
+
+-- main(argv) -> exit status. Never raises.
+function M.main(argv)
+  local function handler(err)
+    -- a verbatim error (a script's) had its traceback printed where it was caught
+    if M.debugging() and getmetatable(err) ~= Verbatim then
+      io.stderr:write(debug.traceback(tostring(err), 2), "\n")
+    end
+    return one_line(err)
+  end
+  local ok, status = xpcall(dispatch, handler, argv or {})
+  if ok then
+    io.stdout:flush()
+    return tonumber(status) or 0
+  end
+  io.stdout:flush()
+  io.stderr:write("eapig: ", status, "\n")
+  return 1
+end
+
+return M
