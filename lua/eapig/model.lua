@@ -70,6 +70,7 @@ function Model:forward(batch, opts)
   o.capture = opts.capture
   o.patch_ref, o.patch_w, o.patch_scale = opts.patch_ref, opts.patch_w, opts.patch_scale
   o.resid = opts.resid
+  o.attn_probs = opts.attn_probs
   o.override_group = opts.override_group or -1
   o.override_value = opts.override_value
   o.keep_for_backward = opts.keep and 1 or 0

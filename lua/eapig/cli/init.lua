@@ -20,6 +20,9 @@ M.COMMANDS = {
   { "circuit", "select a circuit from a scored graph (--topn, --threshold or --greedy)" },
   { "evaluate", "baselines, circuit value and faithfulness of a circuit on a dataset" },
   { "draw", "render a circuit with Graphviz (.svg, .png, .pdf) or write its .dot source" },
+  { "sweep", "faithfulness against circuit size, as an SVG curve and its area (CPR / CMD)" },
+  { "train", "train a small model on a task with a known circuit (writes a Hugging Face folder)" },
+  { "demo", "find the induction circuit of the embedded model and check it against ground truth" },
   { "run", "run a Lua experiment script (require(\"eapig\") works in it)" },
   { "repl", "an interactive LuaJIT prompt with eapig loaded" },
 }

@@ -1,0 +1,66 @@
+-- `eapig sweep --model PATH --data FILE --graph SCORED.json [--sizes ...] --out curve.svg`:
+-- evaluates top-n circuits at several fractions of the edges (MIB's by default), draws
+-- faithfulness against size and prints the area under the curve: CPR with --signed scores,
+-- CMD (area under |1 - faithfulness|) with absolute ones.
+local cli = require("eapig.cli")
+
+local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
+
+local function fractions(text)
+  local out = {}
+  for item in text:gmatch("[^,%s]+") do
+    local pct = item:match("^(.-)%%$")
+    local v = tonumber(pct or item)
+    if not v then return nil, ("--sizes: '%s' is not a number"):format(item) end
+    if pct then v = v / 100 end
+    out[#out + 1] = v
+  end
+  if #out == 0 then return nil, "--sizes: no sizes given" end
+  return out
+end
+
+return function(argv)
+  local parser = cli.parser("sweep", "Faithfulness against circuit size, drawn as an SVG curve.",
+    "Sizes are fractions of the real edges (0.01) or percentages (1%), comma-separated.")
+  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
+  parser:option("--graph", "Scored graph (.json or .safetensors) from eapig attribute."):argname("SCORED"):count(1)
+  parser:option("--sizes", "Edge fractions (default MIB's 0.1%..100%)."):argname("LIST"):convert(fractions)
+  parser:option("--metric", "Metric.", "logit_diff"):argname("NAME")
+  parser:option("--intervention", "What edges outside the circuit read.", "patching"):argname("KIND")
+    :convert(cli.one_of("intervention", INTERVENTIONS))
+  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
+  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
+  parser:flag("--signed", "Rank edges by signed score (reports CPR); default absolute (reports CMD).")
+  parser:flag("--quiet", "Print only the summary.")
+  parser:option("--out", "SVG file for the curve."):argname("FILE.svg"):count(1)
+  local args = cli.parse(parser, argv, "sweep")
+  if not args.out:lower():match("%.svg$") then cli.fail("sweep: --out must be an .svg file, got %s", args.out) end
+  cli.check_writable(args.out)
+  if args.intervention:find("^mean") and not args.intervention_data then
+    cli.fail("sweep: --intervention %s needs --intervention-data FILE", args.intervention)
+  end
+
+  local eapig = require("eapig")
+  local graph = cli.load_graph(args.graph)
+  local model = cli.load_model(args.model)
+  graph:check_matches(model:info())
+  local data = cli.load_data(args.data, model, "--data")
+  local idata = args.intervention_data and cli.load_data(args.intervention_data, model, "--intervention-data")
+  local result = require("eapig.sweep").run(model, graph, data, args.metric, {
+    fractions = args.sizes, signed = args.signed, intervention = args.intervention,
+    intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet,
+  })
+  local plot = require("eapig.plot")
+  plot.write(args.out, plot.svg(result.points, { logx = true, hline = 1,
+    title = ("Faithfulness against circuit size (%s)"):format(eapig.metrics.get(args.metric).name),
+    xlabel = "fraction of edges in the circuit", ylabel = "faithfulness" }))
+  print(("clean %.6g, corrupted %.6g"):format(result.clean, result.corrupted))
+  for _, p in ipairs(result.points) do
+    print(("%8.3f%%  %7d edges  faithfulness %.4f"):format(100 * p.x, p.n_edges, p.y))
+  end
+  if result.cpr then print(("CPR (area under faithfulness) %.4f"):format(result.cpr)) end
+  if result.cmd then print(("CMD (area under |1 - faithfulness|) %.4f"):format(result.cmd)) end
+  print("wrote " .. args.out)
+  return 0
+end

@@ -1,0 +1,79 @@
+-- eapig sweep: faithfulness at several circuit sizes, its SVG curve, and the CPR / CMD areas
+-- against a direct trapezoid computation.
+local tiny = require("support.tiny")
+local eapig = require("eapig")
+local sweep = require("eapig.sweep")
+local plot = require("eapig.plot")
+
+-- Minimal XML well-formedness: every tag closes in order, attributes are quoted.
+local function check_xml(text)
+  local stack = {}
+  local body = text:gsub("^<%?xml.-%?>", "")
+  for slash, name, attrs, self_close in body:gmatch("<(/?)([%w:_-]+)(.-)(/?)>") do
+    assert(not attrs:find("=[^\"]"), "unquoted attribute in <" .. name .. ">")
+    if slash == "/" then
+      assert.are.equal(name, table.remove(stack))
+    elseif self_close ~= "/" then
+      stack[#stack + 1] = name
+    end
+  end
+  assert.are.equal(0, #stack)
+end
+
+describe("sweep", function()
+  local model = tiny.model("llama", 4)
+  local rng = tiny.rng(8)
+  local rows = {}
+  for i = 1, 6 do
+    local clean, corrupted = {}, {}
+    for p = 1, 5 do
+      clean[p] = rng.int(model.vocab)
+      corrupted[p] = rng.int(model.vocab)
+    end
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(model.vocab), incorrect = rng.int(model.vocab) }
+  end
+  local data = eapig.data.from_rows(rows, { vocab = model.vocab })
+  local graph = eapig.Graph.from_model(model)
+  eapig.attribute(model, graph, data, "logit_diff", { method = "EAP-IG-inputs", ig_steps = 3, quiet = true })
+
+  for _, signed in ipairs({ false, true }) do
+    it(("areas match the trapezoid rule (%s scores)"):format(signed and "signed" or "absolute"), function()
+      local fractions = { 0.05, 0.1, 0.3, 1.0 }
+      local r = sweep.run(model, graph, data, "logit_diff", { fractions = fractions, signed = signed, quiet = true })
+      assert.are.equal(4, #r.points)
+      assert.is_true(math.abs(r.points[4].y - 1) < 1e-5) -- the whole graph is the model
+      local area = 0
+      for i = 2, 4 do
+        local a, b = r.points[i - 1], r.points[i]
+        local fa, fb = a.y, b.y
+        if not signed then fa, fb = math.abs(1 - fa), math.abs(1 - fb) end
+        area = area + (b.x - a.x) * (fa + fb) / 2
+      end
+      local reported = signed and r.cpr or r.cmd
+      assert.is_true(math.abs(reported - area) < 1e-12)
+      -- each point is an evaluation of the top-n circuit of that size
+      local g = graph:clone()
+      g:apply_topn(r.points[2].n_edges, { absolute = not signed })
+      local values = eapig.evaluate_graph(model, g, data, "logit_diff", { quiet = true })
+      local f = eapig.faithfulness(values, r.clean, r.corrupted)
+      assert.is_true(math.abs(f - r.points[2].y) < 1e-6)
+    end)
+  end
+
+  it("draws a well-formed SVG with one marker per point", function()
+    local pts = { { x = 0.001, y = 0.1 }, { x = 0.01, y = 0.5 }, { x = 0.1, y = 0.9 }, { x = 1, y = 1 } }
+    local svg = plot.svg(pts, { logx = true, title = "a <test> & more", xlabel = "x", ylabel = "y", hline = 1 })
+    check_xml(svg)
+    local n = 0
+    for x in svg:gmatch('<circle class="point"[^>]-data%-x="([^"]+)"') do
+      n = n + 1
+      assert.are.equal(pts[n].x, tonumber(x))
+    end
+    assert.are.equal(4, n)
+  end)
+
+  it("rejects a size outside (0, 1]", function()
+    assert.has_error(function() sweep.run(model, graph, data, "logit_diff", { fractions = { 2 }, quiet = true }) end,
+      "sweep: size 2 is not a fraction of the edges in (0, 1]")
+  end)
+end)
