@@ -1,7 +1,9 @@
-/* backward.c: gradients of the activations only (no weight gradients), from dMetric/dlogits to
- * every destination input, reduced layer by layer into edge, node and neuron scores:
+/* backward.c: gradients of the activations, from dMetric/dlogits to every destination input,
+ * reduced layer by layer into edge, node and neuron scores:
  *   S[u,v] += sum_{b,p} <diff[u,b,p,:], G[v,b,p,:]>   (one GEMM per layer and destination kind)
- * so the destination gradients G are never stored whole unless asked for.
+ * so the destination gradients G are never stored whole unless asked for. Weight gradients
+ * (training) are computed only when asked, from the same activation gradients, so attribution
+ * runs pay nothing for them.
  *
  * Patching deltas are constants for the backward: a patched destination's gradient is taken at
  * its own input, and the residual stream's gradient is the sum of its readers' gradients.
@@ -26,6 +28,10 @@ typedef struct {
     float *G;      /* (J,N,D) the current layer's destination gradients */
     float *red;    /* (J,Nd,D) the same summed over batched steps */
     float *dxf, *Gf; /* (rows,D) */
+    /* Weight gradients only: */
+    float *wy;     /* (N,D) a norm's output, recomputed from its saved xhat */
+    float *wdxn;   /* (N,D) the gradient of the attention's shared normalised input */
+    float *wdk, *wdv; /* (N, KV*Dh) k and v gradients summed over each kv head's query heads */
 } bwd_scratch;
 
 typedef struct {
@@ -164,6 +170,67 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
         }
 }
 
+/* Weight gradients of layer l's MLP, from the gradient g at its output; needs the activation
+ * backward's dpre, dup and dxn of this layer (mlp_backward just left them). */
+static void mlp_weight_grads(bwd_run *r, int l, const layer_state *st, const float *g) {
+    const eapig_config *c = &r->m->cfg;
+    if (r->ws->override_group == 2 + 2 * l) return; /* a constant output: no weight was used */
+    const eapig_layer_weights *lw = &r->m->layers[l];
+    eapig_layer_weights *gl = &r->o->weight_grads->layers[l];
+    size_t N = r->N, D = r->D, F = c->d_mlp;
+    int rms = c->norm == EAPIG_NORM_RMSNORM;
+    linear_backward_weight(gl->w_out, gl->b_out, g, st->hidden, N, D, F, D, F);
+    norm_output(r->s.wy, st->mlp_hat, lw->ln2_w, rms ? NULL : lw->ln2_b, N, D);
+    if (c->act == EAPIG_ACT_SILU_GATED) {
+        linear_backward_weight(gl->w_gate, NULL, r->s.dpre, r->s.wy, N, F, D, F, D);
+        linear_backward_weight(gl->w_in, gl->b_in, r->s.dup, r->s.wy, N, F, D, F, D);
+    } else {
+        linear_backward_weight(gl->w_in, gl->b_in, r->s.dpre, r->s.wy, N, F, D, F, D);
+    }
+    norm_backward_weight(gl->ln2_w, rms ? NULL : gl->ln2_b, r->s.dxn, st->mlp_hat, N, D);
+}
+
+/* Sums the (N, H*Dh) per-query-head gradient src over each kv head's group into (N, KV*Dh). */
+static const float *group_sum(float *dst, const float *src, size_t N, size_t H, size_t KV, size_t Dh) {
+    if (KV == H) return src;
+    size_t group = H / KV;
+    memset(dst, 0, N * KV * Dh * sizeof(float));
+    for (size_t n = 0; n < N; n++)
+        for (size_t h = 0; h < H; h++) {
+            const float *a = src + (n * H + h) * Dh;
+            float *b = dst + (n * KV + h / group) * Dh;
+            for (size_t e = 0; e < Dh; e++) b[e] += a[e];
+        }
+    return dst;
+}
+
+/* Weight gradients of layer l's attention from the gradient g at its output; needs the
+ * activation backward's dq, dk, dv of this layer (after the inverse rotation). */
+static void attention_weight_grads(bwd_run *r, int l, const layer_state *st, const float *g) {
+    const eapig_config *c = &r->m->cfg;
+    const eapig_layer_weights *lw = &r->m->layers[l];
+    eapig_layer_weights *gl = &r->o->weight_grads->layers[l];
+    size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head;
+    size_t qd = H * Dh, kvd = KV * Dh;
+    int rms = c->norm == EAPIG_NORM_RMSNORM;
+    if (r->ws->override_group == 1 + 2 * l) { /* the heads are constants; b_O is still added */
+        linear_backward_weight(NULL, gl->bo, g, NULL, N, D, 0, D, 0);
+        return;
+    }
+    linear_backward_weight(gl->wo, gl->bo, g, st->z, N, D, qd, D, qd);
+    norm_output(r->s.wy, st->attn_hat, lw->ln1_w, rms ? NULL : lw->ln1_b, N, D);
+    const float *dk = group_sum(r->s.wdk, r->s.dk, N, H, KV, Dh);
+    const float *dv = group_sum(r->s.wdv, r->s.dv, N, H, KV, Dh);
+    linear_backward_weight(gl->wq, gl->bq, r->s.dq, r->s.wy, N, qd, D, qd, D);
+    linear_backward_weight(gl->wk, gl->bk, dk, r->s.wy, N, kvd, D, kvd, D);
+    linear_backward_weight(gl->wv, gl->bv, dv, r->s.wy, N, kvd, D, kvd, D);
+    /* Every head read the one normalised input: its gradient is the sum over q, k and v. */
+    linear_backward_input(r->s.wdxn, r->s.dq, lw->wq, N, qd, D, qd, 0);
+    linear_backward_input(r->s.wdxn, dk, lw->wk, N, kvd, D, kvd, 1);
+    linear_backward_input(r->s.wdxn, dv, lw->wv, N, kvd, D, kvd, 1);
+    norm_backward_weight(gl->ln1_w, rms ? NULL : gl->ln1_b, r->s.wdxn, st->attn_hat, N, D);
+}
+
 static int check_backward(const eapig_model *m, const eapig_workspace *ws, const eapig_backward_opts *o) {
     if (!m || !ws || !o) return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: NULL argument");
     if (!ws->kept || ws->model != m)
@@ -177,6 +244,16 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
     if (bd < 1 || ws->B % bd != 0)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: batch %d is not a whole number of diff_B %d rows",
                                ws->B, bd);
+    if (o->weight_grads) {
+        if (!ws->kept_weights)
+            return eapig_set_error(EAPIG_ERR_STATE,
+                                   "eapig_backward: weight_grads needs a forward run with keep_for_weights");
+        if (ws->patched)
+            return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight_grads on a patched run is not supported");
+        if (o->weight_grads == m || memcmp(&o->weight_grads->cfg, &m->cfg, sizeof m->cfg) != 0)
+            return eapig_set_error(EAPIG_ERR_ARG,
+                                   "eapig_backward: weight_grads must be another model of the same config");
+    }
     return EAPIG_OK;
 }
 
@@ -194,6 +271,8 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     size_t ndr = nd / r.steps, NF = (size_t)eapig_model_n_forward(m);
 
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + r.P * r.P + J * nd + J * ndr + 2 * rows * D;
+    size_t kvd = (size_t)c->n_kv_heads * Dh;
+    if (o->weight_grads) need += 2 * nd + 2 * N * kvd;
     if (eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, need, sizeof(float), "gradients") != EAPIG_OK)
         return EAPIG_ERR_NOMEM;
     float *p = ws->bwd;
@@ -204,11 +283,22 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.scratch = carve(&p, r.P * r.P);
     r.s.G = carve(&p, J * nd), r.s.red = carve(&p, J * ndr);
     r.s.dxf = carve(&p, rows * D), r.s.Gf = carve(&p, rows * D);
+    if (o->weight_grads) {
+        r.s.wy = carve(&p, nd), r.s.wdxn = carve(&p, nd);
+        r.s.wdk = carve(&p, N * kvd), r.s.wdv = carve(&p, N * kvd);
+    }
+    int rms = c->norm == EAPIG_NORM_RMSNORM;
+    eapig_weights *gw = o->weight_grads ? &o->weight_grads->w : NULL;
 
     /* Logits: dL/dx_final = norm backward of dlogits @ W_U, at the unembedded rows only. */
     linear_backward_input(r.s.dxf, o->dlogits, m->w.w_unembed, rows, V, D, V, 0);
     norm_backward(r.s.Gf, r.s.dxf, ws->final_hat, ws->final_rstd, m->w.lnf_w, rows, D,
                   c->norm == EAPIG_NORM_RMSNORM);
+    if (gw) {
+        norm_output(r.s.wy, ws->final_hat, m->w.lnf_w, rms ? NULL : m->w.lnf_b, rows, D);
+        linear_backward_weight(gw->w_unembed, NULL, o->dlogits, r.s.wy, rows, V, D, V, D);
+        norm_backward_weight(gw->lnf_w, rms ? NULL : gw->lnf_b, r.s.dxf, ws->final_hat, rows, D);
+    }
     memset(r.s.g, 0, nd * sizeof(float));
     for (size_t q = 0; q < rows; q++) {
         size_t dst = ws->logit_pos ? q * r.P + (size_t)ws->logit_pos[q] : q;
@@ -226,6 +316,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         accumulate_nodes(&r, r.s.g, mlp_node, 1);
         output_node_grads(&r, r.s.g, mlp_node, 1);
         mlp_backward(&r, l, st, r.s.g, G_m);
+        if (gw) mlp_weight_grads(&r, l, st, r.s.g);
         const float *g_heads = r.s.g;
         if (!c->parallel_attn_mlp) {
             for (size_t i = 0; i < nd; i++) r.s.g_mid[i] = r.s.g[i] + G_m[i];
@@ -234,6 +325,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         accumulate_nodes(&r, g_heads, first_head, H);
         output_node_grads(&r, g_heads, first_head, H);
         attention_backward_layer(&r, l, st, g_heads, G_att);
+        if (gw) attention_weight_grads(&r, l, st, g_heads);
 
         size_t n_up = (size_t)first_head, col = (size_t)l * J;
         accumulate_edges(&r, G_att, 3 * H, n_up, col);
@@ -252,5 +344,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     }
     accumulate_nodes(&r, r.s.g, 0, 1);
     output_node_grads(&r, r.s.g, 0, 1);
+    /* r.s.g is now the gradient of the embedded input: token rows and learned positions. */
+    if (gw) embedding_backward(ws->override_group == 0 ? NULL : gw->wte, gw->wpe, r.s.g, ws->tokens, N, r.P, D);
     return EAPIG_OK;
 }

@@ -29,6 +29,7 @@ void eapig_workspace_free(eapig_workspace *ws) {
     free(ws->layers);
     free(ws->lengths);
     free(ws->logit_pos);
+    free(ws->tokens);
     free(ws);
 }
 
@@ -80,7 +81,8 @@ typedef struct {
 
 /* Carves the saved per-layer state and the scratch; with c->base NULL it only counts. */
 static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, int n_slots, scratch *s,
-                      size_t B, size_t P, size_t rows, int patching, float **final_hat, float **final_rstd) {
+                      size_t B, size_t P, size_t rows, int patching, int for_weights, float **final_hat,
+                      float **final_rstd) {
     size_t N = B * P, D = cfg->d_model, H = cfg->n_heads, Dh = cfg->d_head, F = cfg->d_mlp;
     size_t J = 3 * H + 1, NF = 1 + (size_t)cfg->n_layers * (H + 1);
     int gated = cfg->act == EAPIG_ACT_SILU_GATED;
@@ -94,6 +96,8 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
         st->att = carve(c, B * H * P * P);
         st->mlp_pre = carve(c, N * F);
         st->mlp_up = gated ? carve(c, N * F) : NULL;
+        st->z = for_weights ? carve(c, N * H * Dh) : NULL;
+        st->hidden = for_weights ? carve(c, N * F) : NULL;
     }
     s->resid = carve(c, N * D), s->x_in = carve(c, N * D), s->y = carve(c, N * D);
     s->own_in = carve(c, N * D), s->node = carve(c, N * D), s->attn_out = carve(c, N * D);
@@ -231,17 +235,23 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             rope_apply(st->q, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 0);
             rope_apply(st->k, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 0);
         }
-        attention_forward(r->s.z, st->att, st->q, st->k, st->v, lengths, r->B, r->P, H, Dh);
+        /* z goes straight into the saved state when weight gradients will need it */
+        float *z = st->z ? st->z : r->s.z;
+        attention_forward(z, st->att, st->q, st->k, st->v, lengths, r->B, r->P, H, Dh);
+        if (r->o->attn_probs) {
+            size_t per_layer = r->B * H * r->P * r->P;
+            memcpy(r->o->attn_probs + (size_t)l * per_layer, st->att, per_layer * sizeof(float));
+        }
         if (r->o->capture || r->s.diff) {
             /* Each head's output separately: z_h W_O[h]^T, without b_O. */
             for (size_t h = 0; h < H; h++) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)D, (int)Dh, 1.0f, r->s.z + h * Dh,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)D, (int)Dh, 1.0f, z + h * Dh,
                             (int)(H * Dh), lw->wo + h * Dh, (int)(H * Dh), 0.0f, r->s.node, (int)D);
                 for (size_t i = 0; i < nd; i++) r->s.attn_out[i] += r->s.node[i];
                 record_node(r, first_head + (int32_t)h, r->s.node);
             }
         } else {
-            linear_forward(r->s.attn_out, r->s.z, lw->wo, NULL, N, D, H * Dh, D);
+            linear_forward(r->s.attn_out, z, lw->wo, NULL, N, D, H * Dh, D);
         }
     }
     for (size_t n = 0; n < N; n++)
@@ -275,8 +285,9 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
         linear_forward(st->mlp_pre, y, c->act == EAPIG_ACT_SILU_GATED ? lw->w_gate : lw->w_in,
                        c->act == EAPIG_ACT_SILU_GATED ? NULL : lw->b_in, N, F, D, F);
         if (st->mlp_up) linear_forward(st->mlp_up, y, lw->w_in, lw->b_in, N, F, D, F);
-        act_forward(r->s.hidden, st->mlp_pre, st->mlp_up, N * F, c->act);
-        linear_forward(r->s.node, r->s.hidden, lw->w_out, lw->b_out, N, D, F, D);
+        float *hidden = st->hidden ? st->hidden : r->s.hidden;
+        act_forward(hidden, st->mlp_pre, st->mlp_up, N * F, c->act);
+        linear_forward(r->s.node, hidden, lw->w_out, lw->b_out, N, D, F, D);
         out = r->s.node;
     }
     record_node(r, node, out);
@@ -325,9 +336,11 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     size_t B = (size_t)bt->B, P = (size_t)bt->P, N = B * P, D = c->d_model, L = (size_t)c->n_layers;
     size_t H = c->n_heads, J = 3 * H + 1, V = c->vocab;
     size_t rows = o->logit_pos ? B : N;
-    int keep = o->keep_for_backward != 0, patching = o->patch_w != NULL;
+    int for_weights = o->keep_for_weights != 0;
+    int keep = o->keep_for_backward != 0 || for_weights, patching = o->patch_w != NULL;
     int n_slots = keep ? (int)L : 1;
     ws->kept = 0;
+    ws->kept_weights = 0;
 
     /* Size everything first, then carve one arena. */
     if (grow((void **)&ws->layers, &ws->layers_cap, (size_t)n_slots, sizeof(layer_state), "layer states") !=
@@ -336,7 +349,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     fwd_run r = {.m = m, .o = o, .B = B, .P = P, .N = N, .D = D};
     carver count = {NULL, 0};
     float *final_hat, *final_rstd;
-    carve_run(&count, c, ws->layers, n_slots, &r.s, B, P, rows, patching, &final_hat, &final_rstd);
+    carve_run(&count, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd);
     if (grow((void **)&ws->fwd, &ws->fwd_cap, count.used, sizeof(float), "activations") != EAPIG_OK ||
         grow((void **)&ws->flags, &ws->flags_cap, L * J, 1, "flags") != EAPIG_OK ||
         grow((void **)&ws->lengths, &ws->len_cap, B, sizeof(int32_t), "lengths") != EAPIG_OK)
@@ -349,8 +362,13 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         memcpy(ws->logit_pos, o->logit_pos, B * sizeof(int32_t));
     }
     memcpy(ws->lengths, bt->lengths, B * sizeof(int32_t));
+    if (for_weights) { /* the embedding's gradient is scattered back to the rows the ids chose */
+        if (grow((void **)&ws->tokens, &ws->tok_cap, N, sizeof(int32_t), "token ids") != EAPIG_OK)
+            return EAPIG_ERR_NOMEM;
+        memcpy(ws->tokens, bt->tokens, N * sizeof(int32_t));
+    }
     carver cv = {ws->fwd, 0};
-    carve_run(&cv, c, ws->layers, n_slots, &r.s, B, P, rows, patching, &final_hat, &final_rstd);
+    carve_run(&cv, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd);
     for (int l = 0; l < n_slots; l++) ws->layers[l].own_flags = ws->flags + (size_t)l * J;
 
     /* Embedding: the input node is the token embedding; learned positions are outside it. */
@@ -406,5 +424,6 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     ws->override_group = o->override_group;
     ws->patched = any_patched;
     ws->kept = keep && o->logits != NULL;
+    ws->kept_weights = ws->kept && for_weights;
     return EAPIG_OK;
 }

@@ -16,6 +16,9 @@ typedef struct layer_state {
     float *q, *k, *v;            /* (N, H*Dh) after RoPE, one k and v per query head */
     float *att;                  /* (B, H, P, P) attention probabilities */
     float *mlp_pre, *mlp_up;     /* (N,F) pre-activation; up projection (gated only) */
+    /* Kept only for weight gradients (keep_for_weights), else NULL. */
+    float *z;                    /* (N, H*Dh) attention values before W_O */
+    float *hidden;               /* (N,F) MLP activation before w_out */
 } layer_state;
 
 struct eapig_workspace {
@@ -39,9 +42,26 @@ struct eapig_workspace {
     int patched;        /* the run had any patched destination */
     float *final_hat, *final_rstd; /* (rows, D), (rows) */
     size_t len_cap;
+    /* Weight gradients: the run kept z and hidden, and its token ids. */
+    int kept_weights;
+    int32_t *tokens;    /* (B, P) copy */
+    size_t tok_cap;
 };
 
 /* Grows *buf (freeing the old contents) to hold n elements of elem bytes. */
 int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what);
+
+/* Weight-gradient kernels (core/train.c), accumulating (+=) as every backward does.
+ * dw (N,K) += dout^T @ inp for dout (M,N) with row stride ld_dout and inp (M,K) with row stride
+ * ld_inp; db (N) += column sums of dout when not NULL. */
+void linear_backward_weight(float *dw, float *db, const float *dout, const float *inp, size_t M, size_t N,
+                            size_t K, size_t ld_dout, size_t ld_inp);
+/* dw (D) += sum_n dout*xhat, db (D) += sum_n dout (db NULL for RMSNorm). */
+void norm_backward_weight(float *dw, float *db, const float *dout, const float *xhat, size_t N, size_t D);
+/* y (N,D) = xhat*w + b (b NULL for RMSNorm): a norm's output again, from its saved xhat. */
+void norm_output(float *y, const float *xhat, const float *w, const float *b, size_t N, size_t D);
+/* dwte[tokens[n]] += dout[n] (dwte NULL: skipped), dwpe[n % P] += dout[n] (dwpe NULL: skipped). */
+void embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, size_t N, size_t P,
+                        size_t D);
 
 #endif

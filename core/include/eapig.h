@@ -155,6 +155,7 @@ typedef struct eapig_forward_opts {
     /* optional out (2L+1, B, P, D): the unpatched residual stream read by layer l's heads (2l),
      * by its MLP (2l+1) and by the logits (2L) */
     float *resid;
+    float *attn_probs;       /* optional out (L, B, H, P, P): every head's attention pattern */
     /* 1: also keep what weight gradients need (token ids, attention values z, MLP activations);
      * implies keep_for_backward. Training sets it; attribution never pays for it. */
     int32_t keep_for_weights;
