@@ -1,7 +1,6 @@
 -- Attribution and evaluation on random in-memory models: the identities between methods and
 -- levels, and the errors for bad options. The fixture comparisons live in fixtures_spec.lua.
 local tiny = require("support.tiny")
-local core = require("eapig.core")
 local eapig = require("eapig")
 local Graph = eapig.Graph
 

@@ -35,21 +35,16 @@ end
 local function eapig(args, stdin)
   local parts = { "luajit scripts/eapig" }
   for _, a in ipairs(args) do parts[#parts + 1] = quote(a) end
-  local input = ""
+  local path
   if stdin then
-    local path = os.tmpname()
+    path = os.tmpname()
     write(path, stdin)
-    input = " < " .. quote(path)
-    local p = io.popen(table.concat(parts, " ") .. input .. ' 2>&1; echo "rc=$?"')
-    local out = p:read("*a")
-    p:close()
-    os.remove(path)
-    local body, rc = out:match("^(.-)rc=(%d+)%s*$")
-    return body, tonumber(rc)
+    parts[#parts + 1] = "< " .. quote(path)
   end
   local p = io.popen(table.concat(parts, " ") .. ' 2>&1; echo "rc=$?"')
   local out = p:read("*a")
   p:close()
+  if path then os.remove(path) end
   local body, rc = out:match("^(.-)rc=(%d+)%s*$")
   return body, tonumber(rc)
 end

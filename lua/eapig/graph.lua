@@ -643,7 +643,7 @@ local function scored_mask(values, n)
 end
 
 -- Unscored nodes / neurons always stay in (NaN means "not scored, keep it"), as in EAP-IG.
-local function keep_unscored(values, mask, n, out)
+local function keep_unscored(mask, n, out)
   for i = 0, n - 1 do
     if mask[i] == 0 then out[i] = 1 end
   end
@@ -676,7 +676,7 @@ function Graph:apply_topn(n, opts)
     end
     if o.reset then self:reset(true) end
     mark_top(self.node_scores, mask, NF, n, o.absolute, self.nodes_in_graph, scored)
-    keep_unscored(self.node_scores, mask, NF, self.nodes_in_graph)
+    keep_unscored(mask, NF, self.nodes_in_graph)
     if o.reset then edges_from_nodes(self) end
   else
     need_neurons(self, where .. " (level 'neuron')")
@@ -687,7 +687,7 @@ function Graph:apply_topn(n, opts)
     end
     if o.reset then self:reset(true) end
     mark_top(self.neuron_scores, mask, total, n, o.absolute, self.neurons_in_graph, scored)
-    keep_unscored(self.neuron_scores, mask, total, self.neurons_in_graph)
+    keep_unscored(mask, total, self.neurons_in_graph)
     if o.reset then
       local any = neuron_any(self)
       for u = 0, NF - 1 do
@@ -735,13 +735,13 @@ function Graph:apply_threshold(t, opts)
   elseif o.level == "node" then
     local mask = scored_mask(self.node_scores, NF)
     mark_threshold(self.node_scores, mask, NF, t, o.absolute, self.nodes_in_graph)
-    keep_unscored(self.node_scores, mask, NF, self.nodes_in_graph)
+    keep_unscored(mask, NF, self.nodes_in_graph)
     if o.reset then edges_from_nodes(self) end
   else
     local total = NF * self.cfg.d_model
     local mask = scored_mask(self.neuron_scores, total)
     mark_threshold(self.neuron_scores, mask, total, t, o.absolute, self.neurons_in_graph)
-    keep_unscored(self.neuron_scores, mask, total, self.neurons_in_graph)
+    keep_unscored(mask, total, self.neurons_in_graph)
     if o.reset then
       local any = neuron_any(self)
       for u = 0, NF - 1 do

@@ -94,7 +94,7 @@ local function cfg_json(cfg)
   for _, k in ipairs(rest) do keys[#keys + 1] = k end
   local parts = {}
   for _, k in ipairs(keys) do
-    local v, text = cfg[k], nil
+    local v, text = cfg[k]
     if type(v) == "number" and v == floor(v) and math.abs(v) < 2 ^ 53 then
       text = fmt("%d", v)
     elseif type(v) == "number" then

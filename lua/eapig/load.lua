@@ -56,7 +56,7 @@ local function config_reader(path, json)
   end
   function r.num(key, default)
     local v = raw(key, default)
-    if type(v) ~= "number" or not (v > 0) or v == math.huge then
+    if type(v) ~= "number" or not (v > 0) or v == math.huge then -- luacheck: ignore 581 (NaN must fail)
       fail("%s: field '%s' must be a positive number (got %s)", path, key, tostring(v))
     end
     return v

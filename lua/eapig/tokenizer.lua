@@ -305,7 +305,6 @@ end
 
 -- ---- tokenizer.json ----------------------------------------------------------------------------
 
-local META = "\226\150\129" -- U+2581, SentencePiece's space
 
 -- Normalizers: NFC (accepted, see the top), and SentencePiece's Prepend("▁") + Replace(" " -> "▁").
 local function parse_normalizer(path, n, field, out)

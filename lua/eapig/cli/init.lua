@@ -135,7 +135,7 @@ function M.json_object(keys, t)
   local cjson = require("cjson")
   local parts = {}
   for _, k in ipairs(keys) do
-    local v, text = t[k], nil
+    local v, text = t[k]
     if type(v) == "number" then
       if v ~= v or v == math.huge or v == -math.huge then
         text = "null"

@@ -13,7 +13,7 @@ Run a Lua experiment script with eapig loaded: inside it, local eapig = require(
 The script gets its arguments in arg (arg[0] = SCRIPT.lua) and as ...; returning an integer sets
 the exit status. Errors print one line with the script's file and line (EAPIG_DEBUG=1: traceback).]]
 
-local unpack = table.unpack or unpack
+local unpack = unpack -- LuaJIT (5.1)
 
 return function(argv)
   local script = argv[1]
