@@ -193,6 +193,18 @@ EAPIG_API int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eap
 EAPIG_API int eapig_backward(const eapig_model *m, eapig_workspace *ws,
                              const eapig_backward_opts *opts);
 
+/* ---- ABI check: the sizes C compiled, which the Lua side compares with its cdef ----------- */
+enum {
+    EAPIG_ABI_CONFIG = 0,
+    EAPIG_ABI_LAYER_WEIGHTS = 1,
+    EAPIG_ABI_WEIGHTS = 2,
+    EAPIG_ABI_BATCH = 3,
+    EAPIG_ABI_FORWARD_OPTS = 4,
+    EAPIG_ABI_BACKWARD_OPTS = 5
+};
+/* sizeof the struct named by an EAPIG_ABI_* value, or 0 for an unknown one. */
+EAPIG_API size_t eapig_abi_sizeof(int32_t which);
+
 /* ---- BLAS, exposed for benchmarks ------------------------------------------------------ */
 /* C (M,N) = A (M,K) @ B (K,N), row-major, through cblas_sgemm. */
 EAPIG_API int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const float *B, float *C);
