@@ -127,6 +127,31 @@ describe("attribution", function()
     assert.is_true(math.abs(eapig.faithfulness(empty, clean, corrupted)) < 1e-4)
   end)
 
+  it("neuron masks: a node without its neurons is patched like a node without its edges", function()
+    local NF, NB, D = model.n_forward, model.n_backward, model.d_model
+    local neurons = Graph.from_model(model, { level = "neuron" })
+    local edges = Graph.from_model(model)
+    for _, g in ipairs({ neurons, edges }) do
+      for i = 0, NF * NB - 1 do g.in_graph[i] = g.real[i] end
+      for n = 0, NF do g.nodes_in_graph[n] = 1 end
+    end
+    for i = 0, NF * D - 1 do neurons.neurons_in_graph[i] = 1 end
+    local clean = eapig.evaluate_baseline(model, ds, "logit_diff")
+    local all_in = eapig.evaluate_graph(model, neurons, ds, "logit_diff", { quiet = true, prune = false })
+    for i = 1, #clean do assert.is_true(math.abs(all_in[i] - clean[i]) < 1e-5) end
+    local u = 3 -- a0.h2
+    for d = 0, D - 1 do neurons.neurons_in_graph[u * D + d] = 0 end
+    for v = 0, NB - 1 do edges.in_graph[u * NB + v] = 0 end
+    local a = eapig.evaluate_graph(model, neurons, ds, "logit_diff", { quiet = true, prune = false })
+    local b = eapig.evaluate_graph(model, edges, ds, "logit_diff", { quiet = true, prune = false })
+    local moved = 0
+    for i = 1, #a do
+      assert.is_true(math.abs(a[i] - b[i]) < 1e-5)
+      moved = math.max(moved, math.abs(a[i] - clean[i]))
+    end
+    assert.is_true(moved > 1e-3) -- the ablation did something
+  end)
+
   describe("bad options", function()
     local graph = Graph.from_model(model)
     local function attr(opts) opts.quiet = true return eapig.attribute(model, graph, ds, "logit_diff", opts) end
