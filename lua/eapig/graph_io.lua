@@ -13,55 +13,16 @@ local Graph = require("eapig.graph")
 local floor, huge = math.floor, math.huge
 local fmt, concat = string.format, table.concat
 
+local files = require("eapig.files")
+
 local M = {}
 
 local function fail(template, ...)
   error(fmt(template, ...), 0)
 end
 
--- ---- writing through a temporary file ---------------------------------------------------------
-
-local function unique_suffix()
-  -- a table's address is unique within the process; the time separates processes
-  return fmt("%d-%s", os.time(), tostring({}):match("0x(%x+)") or "0")
-end
-
--- Calls fill(write) with write(s) appending to a temporary file beside path, then renames it over
--- path. Any error (from fill or from the file system) removes the temporary file and is raised.
-local function write_atomic(path, where, fill)
-  if type(path) ~= "string" or path == "" then fail("%s: path must be a non-empty string", where) end
-  local tmp = path .. ".part-" .. unique_suffix()
-  local fh, err = io.open(tmp, "wb")
-  if not fh then fail("%s: cannot write '%s': %s", where, path, tostring(err)) end
-  local function write(s)
-    local ok, werr = fh:write(s)
-    if not ok then error(fmt("%s: writing '%s' failed: %s", where, path, tostring(werr)), 0) end
-  end
-  local ok, perr = pcall(fill, write)
-  local closed, cerr = fh:close()
-  if ok and not closed then
-    ok, perr = false, fmt("%s: writing '%s' failed: %s", where, path, tostring(cerr))
-  end
-  if not ok then
-    os.remove(tmp)
-    error(perr, 0)
-  end
-  local renamed, rerr = os.rename(tmp, path)
-  if not renamed then
-    os.remove(tmp)
-    fail("%s: cannot move the output into '%s': %s", where, path, tostring(rerr))
-  end
-  return path
-end
-
-local function read_all(path, where)
-  if type(path) ~= "string" then fail("%s: path must be a string, got %s", where, type(path)) end
-  local fh, err = io.open(path, "rb")
-  if not fh then fail("%s: cannot open '%s': %s", where, path, tostring(err)) end
-  local data = fh:read("*a")
-  fh:close()
-  return data
-end
+local write_atomic = files.write_atomic
+local read_all = files.read
 
 -- ---- JSON ---------------------------------------------------------------------------------------
 
@@ -505,7 +466,7 @@ function M.draw(g, path, opts)
   end
   fh:close()
   -- Render into a temporary file beside the target, then rename: no half-written picture.
-  local tmp = path .. ".part-" .. unique_suffix()
+  local tmp = files.temp_name(path)
   local status = os.execute(fmt("%s -T%s -o %s %s 2>%s", shell_quote(dot), ext, shell_quote(tmp),
     shell_quote(src), shell_quote(errfile)))
   fh = io.open(errfile, "rb")

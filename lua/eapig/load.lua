@@ -308,11 +308,7 @@ local function finish(m, c, family, path, folder, opts)
   return { handle = m, info = info_of(family, c), path = path, folder = folder }
 end
 
-local function file_exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local file_exists = require("eapig.files").exists
 
 -- The tensors of a folder: the sharded index when there is one, else model.safetensors.
 local function open_weights(folder)

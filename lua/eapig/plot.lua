@@ -79,16 +79,7 @@ end
 
 -- Writes text through a temporary file renamed into place (no partial output).
 function M.write(path, text)
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "wb")
-  if not f then error(("cannot write %s: %s"):format(path, err), 0) end
-  f:write(text)
-  f:close()
-  local ok, rerr = os.rename(tmp, path)
-  if not ok then
-    os.remove(tmp)
-    error(("cannot write %s: %s"):format(path, rerr), 0)
-  end
+  return require("eapig.files").write_atomic(path, "plot", text)
 end
 
 return M

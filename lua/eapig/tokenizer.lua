@@ -40,27 +40,9 @@ local function fail(path, field, msg)
   error(("eapig.tokenizer: %s: %s: %s"):format(path, field, msg), 0)
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then error(("eapig.tokenizer: cannot open %s"):format(err), 0) end
-  local text, rerr = f:read("*a")
-  f:close()
-  if not text then error(("eapig.tokenizer: %s: cannot read: %s"):format(path, tostring(rerr)), 0) end
-  return text
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
--- A directory opens as "dir/." (a file does not); io.open alone succeeds on both.
-local function is_dir(path)
-  local f = io.open(path .. "/.", "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local files = require("eapig.files")
+local function read_file(path) return files.read(path, "eapig.tokenizer") end
+local exists, is_dir = files.exists, files.is_dir
 
 local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."

@@ -159,11 +159,7 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Files
 
-local function readable(path)
-  local fh = io.open(path, "rb")
-  if fh then fh:close() end
-  return fh ~= nil
-end
+local readable = require("eapig.files").exists
 
 function M.check_readable(path, what)
   if not readable(path) then M.fail("cannot read %s '%s'", what, path) end
