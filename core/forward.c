@@ -320,6 +320,27 @@ static int check_inputs(const eapig_model *m, const eapig_batch *bt, const eapig
     }
     if ((o->patch_ref == NULL) != (o->patch_w == NULL))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_forward: patching needs both patch_ref and patch_w");
+    if (o->start_layer != 0) {
+        if (o->start_layer < 0 || o->start_layer > c->n_layers || !o->start_resid || !o->start_capture)
+            return eapig_set_error(EAPIG_ERR_ARG,
+                                   "eapig_forward: start_layer %d must be in 1..%d with start_resid and start_capture",
+                                   o->start_layer, c->n_layers);
+        if (o->keep_for_backward || o->keep_for_weights || o->override_group != EAPIG_GROUP_NONE)
+            return eapig_set_error(EAPIG_ERR_ARG,
+                                   "eapig_forward: a resumed run (start_layer %d) cannot keep activations or override",
+                                   o->start_layer);
+        if (o->patch_w) {
+            size_t nb = (size_t)eapig_model_n_backward(m), nf = (size_t)eapig_model_n_forward(m);
+            size_t first_col = (size_t)o->start_layer * (3 * (size_t)c->n_heads + 1);
+            for (size_t u = 0; u < nf; u++)
+                for (size_t v = 0; v < first_col; v++)
+                    if (o->patch_w[u * nb + v] != 0.0f)
+                        return eapig_set_error(EAPIG_ERR_ARG,
+                                               "eapig_forward: start_layer %d skips destination %zu, whose "
+                                               "patch weight from source %zu is not zero",
+                                               o->start_layer, v, u);
+        }
+    }
     int n_groups = 1 + 2 * c->n_layers;
     if (o->override_group != EAPIG_GROUP_NONE &&
         (o->override_group < 0 || o->override_group >= n_groups || !o->override_value))
@@ -371,20 +392,28 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     carve_run(&cv, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd);
     for (int l = 0; l < n_slots; l++) ws->layers[l].own_flags = ws->flags + (size_t)l * J;
 
-    /* Embedding: the input node is the token embedding; learned positions are outside it. */
-    if (o->override_group == 0) {
+    size_t first_layer = (size_t)o->start_layer;
+    if (first_layer > 0) {
+        /* Resume: the prefix's residual and node outputs come from the earlier run. */
+        memcpy(r.s.resid, o->start_resid, N * D * sizeof(float));
+        size_t n_up = 1 + first_layer * (H + 1);
+        for (size_t u = 0; u < n_up; u++) record_node(&r, (int32_t)u, o->start_capture + u * N * D);
+    } else if (o->override_group == 0) {
+        /* Embedding: the input node is the token embedding; learned positions are outside it. */
         memcpy(r.s.resid, o->override_value, N * D * sizeof(float));
     } else {
         for (size_t n = 0; n < N; n++)
             memcpy(r.s.resid + n * D, m->w.wte + (size_t)bt->tokens[n] * D, D * sizeof(float));
     }
-    record_node(&r, 0, r.s.resid);
-    if (m->w.wpe)
-        for (size_t n = 0; n < N; n++)
-            for (size_t i = 0; i < D; i++) r.s.resid[n * D + i] += m->w.wpe[(n % P) * D + i];
+    if (first_layer == 0) {
+        record_node(&r, 0, r.s.resid);
+        if (m->w.wpe)
+            for (size_t n = 0; n < N; n++)
+                for (size_t i = 0; i < D; i++) r.s.resid[n * D + i] += m->w.wpe[(n % P) * D + i];
+    }
 
     int any_patched = 0;
-    for (size_t l = 0; l < L; l++) {
+    for (size_t l = first_layer; l < L; l++) {
         layer_state *st = &ws->layers[keep ? l : 0];
         uint8_t *own = ws->flags + l * J;
         memcpy(r.s.x_in, r.s.resid, N * D * sizeof(float));

@@ -150,6 +150,28 @@ describe("engine", function()
         assert.is_true(worst < 1e-4, tostring(worst))
       end)
 
+      it("a run resumed at a layer equals the full patched run", function()
+        local L = m.n_layers
+        local resid = core.floats((2 * L + 1) * blk)
+        m:forward(t.batch, { logit_pos = t.pos, capture = t.cap_c, resid = resid })
+        local W = core.floats(NF * NB)
+        local per = 3 * m.n_heads + 1
+        for _, v in ipairs({ per + 1, per + 3 * m.n_heads, NB - 1 }) do -- a q input, an MLP, the logits
+          for u = 0, NF - 1 do W[u * NB + v] = t.mask[u * NB + v] end
+          local full = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W })
+          local layer = math.floor(v / per)
+          local resumed = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W,
+            start_layer = layer, start_resid = resid + 2 * layer * blk, start_capture = t.cap_c })
+          assert.is_true(max_abs_diff(full, resumed, t.batch.B * m.vocab) < 1e-5)
+          for u = 0, NF - 1 do W[u * NB + v] = 0 end
+        end
+        W[0] = 1 -- input -> a0.h0<q>: layer 0 cannot be skipped
+        assert.has_error(function()
+          m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W, start_layer = 1,
+            start_resid = resid + 2 * blk, start_capture = t.cap_c })
+        end, "forward: eapig_forward: start_layer 1 skips destination 0, whose patch weight from source 0 is not zero")
+      end)
+
       it("an overridden group passes no gradient into its own inputs", function()
         -- Replace layer 0's heads by their own clean outputs: same logits, zero q/k/v gradients.
         local H = m.n_heads

@@ -159,6 +159,14 @@ typedef struct eapig_forward_opts {
     /* 1: also keep what weight gradients need (token ids, attention values z, MLP activations);
      * implies keep_for_backward. Training sets it; attribution never pays for it. */
     int32_t keep_for_weights;
+    /* Resume at layer start_layer (1..L; 0 = run everything) from an earlier run of the same batch:
+     * start_resid (N, D) is the residual its heads read (block 2*start_layer of that run's resid
+     * output) and start_capture (NF, B, P, D) its captured node outputs. The layers before are not
+     * run, so patch_w must be zero on their destinations and nothing may be kept for backward:
+     * exact patching of an edge into layer l reuses the unchanged prefix this way. */
+    int32_t start_layer;
+    const float *start_resid;
+    const float *start_capture;
 } eapig_forward_opts;
 
 /* Patching deltas are constants for the backward: a patched destination's gradient is taken at

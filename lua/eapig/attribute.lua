@@ -208,24 +208,45 @@ local function pruned_weights(graph, idx, W)
   for i = 0, n - 1 do W[i] = (g.real[i] == 1 and g.in_graph[i] == 0) and 1 or 0 end
 end
 
+-- The first layer whose destinations W patches (L when only the logits): the run can resume there.
+local function first_patched_layer(model, W)
+  local NF, NB, per = model.n_forward, model.n_backward, 3 * model.n_heads + 1
+  local first = NB - 1
+  for u = 0, NF - 1 do
+    for v = 0, first - 1 do
+      if W[u * NB + v] ~= 0 then first = v break end
+    end
+  end
+  return math.floor(first / per)
+end
+
 -- exact: for each real edge (or node), the loss with only it patched minus the full-graph loss,
--- each a mean over batches of batch means.
+-- each a mean over batches of batch means. Each patched run resumes from the clean run at the
+-- first layer it changes, so an edge into layer l costs only the layers from l on.
 local function exact(ctx, b)
   local model, graph = ctx.model, ctx.graph
-  local NF, NB = model.n_forward, model.n_backward
+  local NF, NB, L = model.n_forward, model.n_backward, model.n_layers
   local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local clean = runs.engine_batches(b)
-  local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+  local blk = model:block_size(b.B, b.P)
+  local cap, resid = model:nodes_buffer(b.B, b.P), core.floats((2 * L + 1) * blk)
+  local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, resid = resid })
   local baseline = batch_loss(ctx, b, {}, clean_logits)
   local W = core.floats(NF * NB)
   local real = graph.real
   ctx.degrees = ctx.degrees or { degrees(graph) }
   local out_deg, in_deg, dest_node = ctx.degrees[1], ctx.degrees[2], ctx.degrees[3]
-  local function loss() return batch_loss(ctx, b, { patch_ref = R, patch_w = W }, clean_logits) - baseline end
+  local function loss(layer)
+    local opts = { patch_ref = R, patch_w = W }
+    if layer > 0 then
+      opts.start_layer, opts.start_resid, opts.start_capture = layer, resid + 2 * layer * blk, cap
+    end
+    return batch_loss(ctx, b, opts, clean_logits) - baseline
+  end
   for u = 0, NF - 1 do
     if ctx.level ~= "edge" then
       for v = 0, NB - 1 do W[u * NB + v] = real[u * NB + v] end
-      ctx.sums.nodes[u] = ctx.sums.nodes[u] + loss()
+      ctx.sums.nodes[u] = ctx.sums.nodes[u] + loss(first_patched_layer(model, W))
       for v = 0, NB - 1 do W[u * NB + v] = 0 end
       ctx.progress:step()
     else
@@ -234,11 +255,11 @@ local function exact(ctx, b)
         if real[idx] == 1 then
           if out_deg[u] == 1 or in_deg[dest_node(v)] == 1 then
             pruned_weights(graph, idx, W)
-            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss()
+            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss(first_patched_layer(model, W))
             ffi.fill(W, 4 * NF * NB)
           else
             W[idx] = 1
-            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss()
+            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss(math.floor(v / (3 * model.n_heads + 1)))
             W[idx] = 0
           end
           ctx.progress:step()

@@ -71,6 +71,8 @@ function Model:forward(batch, opts)
   o.patch_ref, o.patch_w, o.patch_scale = opts.patch_ref, opts.patch_w, opts.patch_scale
   o.resid = opts.resid
   o.attn_probs = opts.attn_probs
+  o.start_layer = opts.start_layer or 0
+  o.start_resid, o.start_capture = opts.start_resid, opts.start_capture
   o.override_group = opts.override_group or -1
   o.override_value = opts.override_value
   o.keep_for_backward = opts.keep and 1 or 0
