@@ -1,5 +1,5 @@
--- Datasets: JSONL loading and its error messages, padded batches, deterministic shuffling,
--- writing back. Files are written to a temporary directory; the fixtures' data.jsonl is read when
+-- Datasets: JSONL and CSV loading and their error messages, padded batches, deterministic
+-- shuffling, writing back. Files are written to a temporary directory; the fixtures' data.jsonl is read when
 -- ../shared/fixtures is present.
 local data = require("eapig.data")
 
@@ -254,6 +254,178 @@ describe("data", function()
       assert.truthy(err:find("row 1"), err)
       assert.is_nil(io.open(out))
       assert.is_nil(io.open(out .. ".tmp"))
+    end)
+  end)
+
+  describe("load_csv", function()
+    -- a stand-in tokenizer: one id per byte, BOS = 1 when asked; decode reverses it
+    local tok = {
+      vocab_size = 256, bos_id = 1,
+      encode = function(_, s, o)
+        local ids = (o and o.bos) and { 1 } or {}
+        for i = 1, #s do ids[#ids + 1] = s:byte(i) end
+        return ids
+      end,
+      decode = function(_, ids)
+        local out = {}
+        for i, id in ipairs(ids) do out[i] = string.char(id) end
+        return table.concat(out)
+      end,
+    }
+    local function csv_error(name, text, opts)
+      local ok, err = pcall(data.load_csv, write_file(name, text), opts)
+      assert.False(ok, "expected an error")
+      return err
+    end
+
+    it("reads EAP-IG's greater-than layout: text tokenized, the label kept", function()
+      local path = write_file("gt.csv", "clean,corrupted,label\n"
+        .. "The war 1732 to 17,The war 1701 to 17,32\n"
+        .. '"The war, 1756 to 17","The war, 1701 to 17",56\n')
+      local ds = data.load_csv(path, { tokenizer = tok })
+      assert.equal(2, #ds)
+      assert.same(tok:encode("The war 1732 to 17"), ds[1].clean)
+      assert.equal("The war 1732 to 17", ds[1].clean_text)
+      assert.equal("The war, 1701 to 17", ds[2].corrupted_text)
+      assert.equal(32, ds[1].label)
+      assert.is_nil(ds[1].correct)
+      assert.same({ 2, 3 }, ds.lines)
+      -- the model's BOS convention
+      ds = data.load_csv(path, { tokenizer = tok, bos = true })
+      assert.equal(1, ds[1].clean[1])
+      assert.equal(#"The war 1732 to 17" + 1, #ds[1].clean)
+      -- constant fields, e.g. the tokenizer's year tokens
+      ds = data.load_csv(path, { tokenizer = tok, fields = { year_ids = { 48, 49 } } })
+      assert.same({ 48, 49 }, ds[2].year_ids)
+    end)
+
+    it("reads EAP-IG's ioi layout: pandas' index, correct_idx / incorrect_idx, other columns", function()
+      local path = write_file("ioi.csv", ",clean,corrupted,corrupted_hard,correct_idx,incorrect_idx\n"
+        .. '470,"Then, Ann and Bo went. Bo gave to","Then, Ann and Bo went. Cy gave to","Then, Ann and Bo went. Ann gave to",65,66\n'
+        .. '184,"When Ann and Bo left, Ann gave to","When Ann and Bo left, Dan gave to","x",[66],"[65, 67]"\n')
+      local ds = data.load_csv(path, { tokenizer = tok })
+      assert.same({ 65 }, ds[1].correct)
+      assert.same({ 66 }, ds[2].correct)
+      assert.same({ 65, 67 }, ds[2].incorrect)
+      assert.equal("Then, Ann and Bo went. Ann gave to", ds[1].corrupted_hard)
+      assert.is_nil(ds[1][""])
+      for k in pairs(ds[1]) do assert.are_not.equal("", k) end
+    end)
+
+    it("text labels must be one token: the error names file, row and column", function()
+      local path = write_file("label.csv", "clean,corrupted,correct,incorrect\nab,cd,x,y\n")
+      local ds = data.load_csv(path, { tokenizer = tok })
+      assert.same({ 120 }, ds[1].correct)
+      assert.equal("x", ds[1].correct_text)
+      local err = csv_error("labels.csv", "clean,corrupted,correct,incorrect\nab,cd,x,y\nab,cd,x,yz\n", { tokenizer = tok })
+      assert.equal(tmp_path("labels.csv") .. ": row 2 (line 3): column 'incorrect': 'yz' is 2 tokens, not a single token", err)
+      err = csv_error("idx.csv", "clean,corrupted,correct_idx,incorrect_idx\nab,cd,5,seven\n", { tokenizer = tok })
+      assert.equal(tmp_path("idx.csv") .. ": row 1 (line 2): column 'incorrect_idx': 'seven' is not a token id or a JSON list of ids", err)
+      err = csv_error("range.csv", "clean,corrupted,correct_idx,incorrect_idx\nab,cd,5,300\n", { tokenizer = tok, vocab = 256 })
+      assert.truthy(err:find("row 1 (line 2): column 'incorrect_idx': token id 300 (entry 1) outside [0, 256)", 1, true), err)
+    end)
+
+    it("a missing column, an unterminated quote, an empty field, text without a tokenizer", function()
+      local err = csv_error("nocol.csv", "clean,label\na,1\n", { tokenizer = tok })
+      assert.equal(tmp_path("nocol.csv") .. ": header: no column 'corrupted' or 'corrupted_ids' (columns: clean, label)", err)
+      err = csv_error("half.csv", "clean,corrupted,correct_idx\na,b,1\n", { tokenizer = tok })
+      assert.truthy(err:find("a 'correct_idx' column needs an 'incorrect_idx' (or 'incorrect') column", 1, true), err)
+      err = csv_error("quote.csv", 'clean,corrupted\na,b\n"c,d\n', { tokenizer = tok })
+      assert.equal(tmp_path("quote.csv") .. ": row 2 (line 3): unterminated quoted field (column 1)", err)
+      err = csv_error("empty.csv", "clean,corrupted\na,\n", { tokenizer = tok })
+      assert.equal(tmp_path("empty.csv") .. ": row 1 (line 2): column 'corrupted' is empty", err)
+      err = csv_error("notok.csv", "clean,corrupted\na,b\n")
+      assert.equal(tmp_path("notok.csv") .. ": row 1 (line 2): column 'clean': is text; pass opts.tokenizer to tokenize it", err)
+      err = csv_error("norows.csv", "clean,corrupted\n", { tokenizer = tok })
+      assert.equal(tmp_path("norows.csv") .. ": no rows", err)
+    end)
+
+    it("mismatched token counts: an error naming the row, or dropped with a count", function()
+      local text = "clean,corrupted,label\nab,cd,1\nabc,de,2\nxy,zw,3\n"
+      local err = csv_error("mm.csv", text, { tokenizer = tok })
+      assert.truthy(err:find(tmp_path("mm.csv") .. ": row 2 (line 3): clean has 3 tokens but corrupted has 2", 1, true), err)
+      local ds = data.load_csv(tmp_path("mm.csv"), { tokenizer = tok, drop_mismatched = true })
+      assert.equal(2, #ds)
+      assert.equal(1, ds.dropped)
+      assert.equal(3, ds[2].label)
+      assert.truthy(tostring(ds):find("1 dropped", 1, true))
+    end)
+
+    it("ids columns give exact ids and win over the text", function()
+      local path = write_file("ids.csv", 'clean,corrupted,clean_ids,corrupted_ids,correct_idx,incorrect_idx\n'
+        .. 'shown,text,"[1, 5, 6]","[1, 7, 6]",9,10\n')
+      local ds = data.load_csv(path) -- no tokenizer needed
+      assert.same({ 1, 5, 6 }, ds[1].clean)
+      assert.same({ 1, 7, 6 }, ds[1].corrupted)
+      assert.equal("shown", ds[1].clean_display)
+      assert.is_nil(ds[1].clean_text)
+    end)
+  end)
+
+  describe("write_csv", function()
+    local tok = {
+      encode = function(_, s)
+        local ids = {}
+        for i = 1, #s do ids[#ids + 1] = s:byte(i) end
+        return ids
+      end,
+      decode = function(_, ids)
+        local out = {}
+        for i, id in ipairs(ids) do out[i] = string.char(id) end
+        return table.concat(out)
+      end,
+    }
+
+    it("text rows round-trip through EAP-IG's layout", function()
+      local rows = { { clean = "a, b", corrupted = 'c "d', correct = "x", incorrect = "y", label = 3, note = "n" },
+        { clean = "e\nf", corrupted = "gh\n", correct = "z", incorrect = "w", label = 4, year_ids = { 1, 2 } } }
+      local ds = data.from_rows(rows, { tokenizer = tok })
+      local path = tmp_path("rt.csv")
+      data.write_csv(ds, path)
+      assert.is_nil(io.open(path .. ".tmp"))
+      local header = io.open(path):read("*l")
+      assert.equal("clean,corrupted,correct_idx,incorrect_idx,correct,incorrect,label,note,year_ids", header)
+      local back = data.load_csv(path, { tokenizer = tok })
+      assert.same(ds.rows, back.rows)
+      data.write_csv(ds, path, { omit = { "year_ids", "note" }, crlf = true })
+      assert.equal("clean,corrupted,correct_idx,incorrect_idx,correct,incorrect,label\r",
+        io.open(path):read("*l"))
+    end)
+
+    it("rows with only ids get ids columns and decoded or JSON text", function()
+      local ds = data.from_rows({ { clean = { 104, 105 }, corrupted = { 104, 111 }, correct = { 33 }, incorrect = { 63, 46 } } })
+      local path = tmp_path("ids-out.csv")
+      data.write_csv(ds, path)
+      local f = io.open(path)
+      assert.equal("clean,corrupted,clean_ids,corrupted_ids,correct_idx,incorrect_idx", f:read("*l"))
+      assert.equal('"[104, 105]","[104, 111]","[104, 105]","[104, 111]",33,"[63, 46]"', f:read("*l"))
+      f:close()
+      assert.same(ds.rows, data.load_csv(path).rows)
+      data.write_csv(ds, path, { tokenizer = tok })
+      f = io.open(path)
+      f:read("*l")
+      assert.equal('hi,ho,"[104, 105]","[104, 111]",33,"[63, 46]"', f:read("*l"))
+      f:close()
+      local back = data.load_csv(path)
+      assert.same(ds[1].clean, back[1].clean)
+      assert.equal("hi", back[1].clean_display)
+      data.write_csv(back, path, { ids = false })
+      assert.equal("clean,corrupted,correct_idx,incorrect_idx", io.open(path):read("*l"))
+    end)
+
+    it("fails cleanly on an unwritable path or an unwritable field", function()
+      local ds = data.from_rows({ { clean = { 1 }, corrupted = { 2 }, correct = 1, incorrect = 2 } })
+      local ok, err = pcall(data.write_csv, ds, tmp_path("no/such/dir.csv"))
+      assert.False(ok)
+      assert.truthy(err:find("no/such/dir.csv", 1, true), err)
+      ds[1].f = function() end -- functions are skipped, other odd values are errors
+      data.write_csv(ds, tmp_path("f.csv"))
+      ds[1].f = coroutine.create(function() end)
+      ok, err = pcall(data.write_csv, ds, tmp_path("co.csv"))
+      assert.False(ok)
+      assert.truthy(err:find("row 1: field 'f' is a thread", 1, true), err)
+      assert.is_nil(io.open(tmp_path("co.csv")))
+      assert.is_nil(io.open(tmp_path("co.csv.tmp")))
     end)
   end)
 

@@ -1,10 +1,12 @@
 -- Datasets of clean/corrupted token rows with their labels, and the padded int32 batches the core
--- reads. Every source (JSONL here; CSV and text with a tokenizer later) goes through
--- data.from_rows, so validation and error messages are the same whatever the file format.
+-- reads. Every source (JSONL, EAP-IG's CSV files, task generators) goes through data.from_rows,
+-- so validation and error messages are the same whatever the file format.
 --
 -- A row is a Lua table: clean and corrupted (lists of token ids), correct and incorrect (lists of
 -- ids; a single id is accepted and becomes a list), and any other fields, kept as they are (e.g.
--- label and year_ids for the greater-than metric).
+-- label and year_ids for the greater-than metric). A field given as text and tokenized keeps its
+-- text beside the ids as <field>_text (clean_text, ...), so a dataset can be written back as the
+-- text EAP-IG's Python tools read.
 --
 -- Glossary: B = rows in a batch, P = longest row in the batch (positions).
 local ffi = require("ffi")
@@ -41,9 +43,12 @@ local function is_int(v) return type(v) == "number" and v == floor(v) end
 
 -- Token ids of one field as a new list, or an error naming source, row and field.
 local function id_list(value, field, where, opts)
-  local function fail(msg) error(format("%s: field '%s': %s", where, field, msg), 0) end
+  -- CSV rows say "column 'correct_idx'": the column the value came from, not the row field
+  local name = opts.column_names and opts.column_names[field] or field
+  local kind = opts.column_names and "column" or "field"
+  local function fail(msg) error(format("%s: %s '%s': %s", where, kind, name, msg), 0) end
   if type(value) == "string" then
-    -- Text: needs the model's tokenizer (the CSV/text issue supplies one through opts.tokenizer).
+    -- Text: needs the model's tokenizer (data.load_csv and the task generators pass opts.tokenizer).
     local tok = opts.tokenizer
     if not tok then fail("is text; pass opts.tokenizer to tokenize it") end
     if SEQUENCE[field] then
@@ -85,7 +90,10 @@ local function check_row(raw, where, opts, labels)
   -- id fields in a fixed order, so the first bad field reported does not depend on hashing
   for _, k in ipairs(ID_FIELDS) do
     local v = raw[k]
-    if v ~= nil and v ~= cjson.null then row[k] = id_list(v, k, where, opts) end
+    if v ~= nil and v ~= cjson.null then
+      row[k] = id_list(v, k, where, opts)
+      if type(v) == "string" and row[k .. "_text"] == nil then row[k .. "_text"] = v end
+    end
   end
   local nc, nk = #row.clean, #row.corrupted
   if opts.n_ctx then
@@ -112,6 +120,20 @@ local function check_opts(opts, who)
   if opts.labels ~= nil and type(opts.labels) ~= "table" then
     error(who .. ": opts.labels must be a list of field names", 3)
   end
+  if opts.fields ~= nil and type(opts.fields) ~= "table" then
+    error(who .. ": opts.fields must be a table of fields", 3)
+  end
+end
+
+-- raw with opts.fields filled in where it has none of its own (a new table only when needed).
+local function with_fields(raw, fields)
+  if not fields or type(raw) ~= "table" then return raw end
+  local out = {}
+  for k, v in pairs(raw) do out[k] = v end
+  for k, v in pairs(fields) do
+    if out[k] == nil then out[k] = v end
+  end
+  return out
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -131,8 +153,12 @@ end
 --   labels           fields every row must have (default {"correct", "incorrect"}; {} for none)
 --   drop_mismatched  drop rows whose clean and corrupted lengths differ (count in ds.dropped)
 --   allow_mismatched keep such rows (for callers that do not align positions)
---   tokenizer, bos   tokenize text fields (tokenizer:encode(text, {bos = ...}))
+--   tokenizer, bos   tokenize text fields (tokenizer:encode(text, {bos = ...}); bos nil: the
+--                    tokenizer's own convention)
+--   fields           a table of fields every row gets unless it has its own (a task's constants,
+--                    e.g. greater-than's year_ids)
 --   source, lines    file name and per-row line numbers, for error messages
+--   where            per-row location strings for error messages (instead of source + lines)
 function data.from_rows(raw_rows, opts)
   opts = opts or {}
   check_opts(opts, "data.from_rows")
@@ -142,7 +168,8 @@ function data.from_rows(raw_rows, opts)
   local rows, lines, dropped = {}, {}, 0
   for i = 1, #raw_rows do
     local line = opts.lines and opts.lines[i] or i
-    local row = check_row(raw_rows[i], format("%s: row %d", source, line), opts, labels)
+    local where = opts.where and opts.where[i] or format("%s: row %d", source, line)
+    local row = check_row(with_fields(raw_rows[i], opts.fields), where, opts, labels)
     if row then
       rows[#rows + 1] = row
       lines[#lines + 1] = line
@@ -178,6 +205,147 @@ function data.load_jsonl(path, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.source, o.lines = path, lines
   return data.from_rows(raw, o)
+end
+
+---------------------------------------------------------------------------------------------------
+-- EAP-IG's CSV files
+
+-- Columns with a fixed meaning. The rest are kept in the row, converted as pandas would read them
+-- (integers and decimals become numbers, a JSON list of numbers becomes a list, an empty field is
+-- absent); a column with an empty name (pandas' index) is left out.
+local ID_COLUMNS = { clean = "clean_ids", corrupted = "corrupted_ids" }  -- ids that win over text
+local LABEL_COLUMNS = { correct = "correct_idx", incorrect = "incorrect_idx" } -- ids that win over text
+
+-- A list of ids as a JSON list: "[1, 2, 3]".
+local function id_text(ids)
+  local parts = {}
+  for i = 1, #ids do parts[i] = format("%d", ids[i]) end
+  return "[" .. concat(parts, ", ") .. "]"
+end
+
+-- "[1, 2, 3]" -> {1, 2, 3} when the field is a JSON list of numbers, else nil.
+local function number_list(s)
+  if not s:find("^%s*%[") then return nil end
+  local v = cjson_safe.decode(s)
+  if type(v) ~= "table" then return nil end
+  for i = 1, #v do
+    if type(v[i]) ~= "number" then return nil end
+  end
+  for k in pairs(v) do
+    if type(k) ~= "number" then return nil end
+  end
+  return v
+end
+
+local function csv_value(s)
+  if s == "" then return nil end
+  local n = s:find("^%s*[-+]?%d") and tonumber(s) -- not "inf", "nan" or "0x10": pandas reads those as text
+  if n and not s:find("[xX]") then return n end
+  return number_list(s) or s
+end
+
+-- Token ids from an id column: "12", "[12, 13]"; a clear error naming the column otherwise.
+local function csv_ids(s, where, column)
+  local n = tonumber(s)
+  if n and n == floor(n) and not s:find("[xX]") then return { n } end
+  local list = number_list(s)
+  if list and #list > 0 then return list end
+  error(format("%s: column '%s': '%s' is not a token id or a JSON list of ids", where, column, s), 0)
+end
+
+-- load_csv(path, opts): EAP-IG's CSV layout: a header row, the columns clean and corrupted (text,
+-- tokenized with opts.tokenizer and the BOS convention opts.bos), label columns correct_idx and
+-- incorrect_idx (token ids: one, or a JSON list) or correct and incorrect (text of one token
+-- each), and any other columns (e.g. greater-than's label), kept in the row. Columns clean_ids
+-- and corrupted_ids (JSON lists), when present, give the token ids exactly and take precedence
+-- over the text (data.write_csv writes them for rows that have no text of their own).
+-- Rows whose clean and corrupted token counts differ are an error naming the row, or dropped
+-- with opts.drop_mismatched = true (the count is in ds.dropped). Other opts as data.from_rows;
+-- opts.labels defaults to {"correct", "incorrect"} when the file has those columns, else {}.
+function data.load_csv(path, opts)
+  opts = opts or {}
+  check_opts(opts, "data.load_csv")
+  if type(path) ~= "string" then error("data.load_csv: path must be a string", 2) end
+  local t = require("eapig.csv").read(path)
+  local header, has = t.header, {}
+  for _, name in ipairs(header) do has[name] = true end
+  local function need(a, b)
+    if not has[a] and not has[b] then
+      error(format("%s: header: no column '%s'%s (columns: %s)", path, a, b and (" or '" .. b .. "'") or "",
+        concat(header, ", ")), 0)
+    end
+  end
+  need("clean", "clean_ids")
+  need("corrupted", "corrupted_ids")
+  for field, idx in pairs(LABEL_COLUMNS) do
+    local other = field == "correct" and "incorrect" or "correct"
+    if (has[field] or has[idx]) and not (has[other] or has[LABEL_COLUMNS[other]]) then
+      error(format("%s: header: a '%s' column needs an '%s' (or '%s') column beside it", path,
+        has[idx] and idx or field, LABEL_COLUMNS[other], other), 0)
+    end
+  end
+
+  local raw, where, column_names = {}, {}, {}
+  for r, fields in ipairs(t.rows) do
+    local at = format("%s: row %d (line %d)", path, r, t.lines[r])
+    local row = {}
+    for i, name in ipairs(header) do
+      local s = fields[i]
+      if name == "" then -- luacheck: ignore 542 (pandas' index column: left out)
+      elseif ID_COLUMNS[name] then -- text of clean / corrupted
+        if has[ID_COLUMNS[name]] then
+          -- the ids column is exact; this text only shows the row (decoded ids need not encode back)
+          if s ~= "" then row[name .. "_display"] = s end
+        else
+          row[name .. "_text"] = s
+        end
+      elseif name == "clean_ids" or name == "corrupted_ids" then
+        if s ~= "" then row[name:sub(1, -5)] = csv_ids(s, at, name) end
+      elseif LABEL_COLUMNS[name] then -- correct / incorrect as text: one token each
+        if s ~= "" then row[name .. "_text"] = s end
+      elseif name == "correct_idx" or name == "incorrect_idx" then
+        if s ~= "" then row[name:sub(1, -5)] = csv_ids(s, at, name) end
+      else
+        row[name] = csv_value(s)
+      end
+    end
+    -- text is tokenized only where no ids column gave the ids
+    for _, f in ipairs({ "clean", "corrupted", "correct", "incorrect" }) do
+      if row[f] == nil and row[f .. "_text"] ~= nil then
+        if (f == "clean" or f == "corrupted") and row[f .. "_text"] == "" then
+          error(format("%s: column '%s' is empty", at, f), 0)
+        end
+        row[f] = row[f .. "_text"]
+        row[f .. "_text"] = nil -- from_rows puts it back with the ids
+      end
+    end
+    for _, f in ipairs({ "clean", "corrupted" }) do
+      -- text that only spells the ids out (write_csv's fallback) shows nothing more
+      local shown = row[f .. "_display"]
+      if shown and type(row[f]) == "table" and shown:gsub("%s", "") == id_text(row[f]):gsub("%s", "") then
+        row[f .. "_display"] = nil
+      end
+    end
+    if row.clean == nil or row.corrupted == nil then
+      error(format("%s: column '%s' is empty", at, row.clean == nil and (has.clean_ids and "clean_ids" or "clean")
+        or (has.corrupted_ids and "corrupted_ids" or "corrupted")), 0)
+    end
+    raw[r], where[r] = row, at
+  end
+  if #raw == 0 then error(path .. ": no rows", 0) end
+  for f, idx in pairs(LABEL_COLUMNS) do column_names[f] = has[idx] and idx or f end
+  for f, idx in pairs(ID_COLUMNS) do column_names[f] = has[idx] and idx or f end
+  column_names.year_ids = "year_ids"
+
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.source, o.lines, o.where, o.column_names = path, t.lines, where, column_names
+  if o.labels == nil then
+    o.labels = (has.correct or has.correct_idx) and DEFAULT_LABELS or {}
+  end
+  local ok, ds = pcall(data.from_rows, raw, o)
+  if not ok then error(ds, 0) end
+  return ds
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -312,6 +480,119 @@ function data.write_jsonl(ds, path)
     remove(tmp)
     error("data.write_jsonl: " .. tostring(rerr), 2)
   end
+end
+
+-- An id field as written to its *_idx column: one id as an integer (EAP-IG's form), more as a list.
+local function idx_field(v)
+  if type(v) == "number" then return v end
+  if type(v) == "table" and #v == 1 then return v[1] end
+  return type(v) == "table" and id_text(v) or v
+end
+
+-- Fields write_csv writes through their own columns, never as "other" columns.
+local CSV_SPECIAL = { clean = true, corrupted = true, correct = true, incorrect = true, clean_text = true,
+  corrupted_text = true, correct_text = true, incorrect_text = true, clean_display = true, corrupted_display = true }
+
+-- write_csv(ds_or_rows, path, opts): EAP-IG's CSV layout, which data.load_csv reads back:
+--   clean, corrupted        the rows' text (clean_text ...; else clean_display, text that shows ids
+--                           which were not tokenized from it; else opts.tokenizer:decode(ids);
+--                           else the ids as a JSON list)
+--   clean_ids, corrupted_ids  the exact ids as JSON lists, written when some row has no text of its
+--                           own (decoded text need not tokenize back to the same ids); opts.ids =
+--                           true / false forces them on / off
+--   correct_idx, incorrect_idx  label ids (an integer for one id, a JSON list for more)
+--   correct, incorrect      the labels' text, where rows have it
+--   the other fields        label first, then by name; lists as JSON; opts.omit lists fields to
+--                           leave out (e.g. {"year_ids"}, which every greater-than row repeats)
+-- Through a temporary file renamed into place. opts.crlf: CRLF line ends.
+function data.write_csv(ds, path, opts)
+  opts = opts or {}
+  local rows = getmetatable(ds) == Dataset and ds.rows or ds
+  if type(rows) ~= "table" then error("data.write_csv: needs a Dataset or a list of rows", 2) end
+  if type(path) ~= "string" then error("data.write_csv: path must be a string", 2) end
+  local omit = {}
+  for _, k in ipairs(opts.omit or {}) do omit[k] = true end
+  local tok = opts.tokenizer
+
+  local function text_of(row, f, r)
+    local v = row[f .. "_text"] or row[f .. "_display"]
+    if v ~= nil then return v end
+    v = row[f]
+    if type(v) == "string" then return v end
+    if type(v) ~= "table" then error(format("data.write_csv %s: row %d: no '%s' field", path, r, f), 3) end
+    if tok then return tok:decode(v) end
+    return id_text(v)
+  end
+
+  local missing_text, has, others = false, {}, {}
+  local label_ids, label_text = {}, {}
+  for r, row in ipairs(rows) do
+    if type(row) ~= "table" then error(format("data.write_csv %s: row %d is not a table", path, r), 2) end
+    for _, f in ipairs({ "clean", "corrupted" }) do
+      if row[f .. "_text"] == nil and type(row[f]) ~= "string" then missing_text = true end
+    end
+    for _, f in ipairs({ "correct", "incorrect" }) do
+      if type(row[f]) == "table" or type(row[f]) == "number" then label_ids[f] = true end
+      if type(row[f]) == "string" or row[f .. "_text"] ~= nil then label_text[f] = true end
+    end
+    for k, v in pairs(row) do
+      if not has[k] then
+        has[k] = true
+        if not CSV_SPECIAL[k] and not omit[k] and type(k) == "string" and type(v) ~= "function" then
+          others[#others + 1] = k
+        end
+      end
+    end
+  end
+  sort(others, function(a, b)
+    if (a == "label") ~= (b == "label") then return a == "label" end
+    return a < b
+  end)
+  local with_ids = opts.ids
+  if with_ids == nil then with_ids = missing_text end
+
+  local header = { "clean", "corrupted" }
+  if with_ids then header[#header + 1] = "clean_ids"; header[#header + 1] = "corrupted_ids" end
+  for _, f in ipairs({ "correct", "incorrect" }) do
+    if label_ids[f] and not omit[f] then header[#header + 1] = f .. "_idx" end
+  end
+  for _, f in ipairs({ "correct", "incorrect" }) do
+    if label_text[f] and not omit[f] then header[#header + 1] = f end
+  end
+  for _, k in ipairs(others) do header[#header + 1] = k end
+
+  local out = {}
+  for r, row in ipairs(rows) do
+    local rec = { clean = text_of(row, "clean", r), corrupted = text_of(row, "corrupted", r) }
+    if with_ids then
+      for _, f in ipairs({ "clean", "corrupted" }) do
+        if type(row[f]) ~= "table" then
+          error(format("data.write_csv %s: row %d: '%s' has no token ids to write", path, r, f), 2)
+        end
+        rec[f .. "_ids"] = id_text(row[f])
+      end
+    end
+    for _, f in ipairs({ "correct", "incorrect" }) do
+      local v = row[f]
+      if type(v) == "string" then rec[f] = v
+      elseif v ~= nil then rec[f .. "_idx"] = idx_field(v) end
+      if row[f .. "_text"] ~= nil then rec[f] = row[f .. "_text"] end
+    end
+    for _, k in ipairs(others) do
+      local v = row[k]
+      if type(v) == "table" then
+        local ok, j = pcall(cjson.encode, v)
+        if not ok then error(format("data.write_csv %s: row %d: field '%s': %s", path, r, k, tostring(j)), 2) end
+        v = j
+      elseif v ~= nil and type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+        error(format("data.write_csv %s: row %d: field '%s' is a %s", path, r, k, type(v)), 2)
+      end
+      rec[k] = v
+    end
+    out[r] = rec
+  end
+  local ok, err = pcall(require("eapig.csv").write, path, header, out, { crlf = opts.crlf })
+  if not ok then error("data.write_csv: " .. tostring(err):gsub("^csv%.write:? ?", ""), 2) end
 end
 
 data.Dataset = Dataset

@@ -16,8 +16,9 @@ function M.scores(model, opts)
   local tokens, lengths = core.int32s(B * P), core.int32s(B)
   local state = opts.seed or 1
   local function rand(n) -- a small LCG: the scores must not depend on the caller's RNG
-    state = (state * 1103515245 + 12345) % 2147483648
-    return state % n
+    -- 69069 keeps every product below 2^53, so doubles hold it exactly
+    state = (state * 69069 + 1) % 4294967296
+    return math.floor(state / 65536) % n
   end
   for b = 0, B - 1 do
     lengths[b] = P

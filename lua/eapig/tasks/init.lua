@@ -1,0 +1,172 @@
+-- Built-in tasks: dataset generators with their metric, and the registry that finds them by name.
+--
+--   local tasks = require("eapig.tasks")
+--   tasks.names()                                   --> {"greater_than", "induction", "ioi"}
+--   local ioi = tasks.get("ioi")
+--   local ds = ioi.generate(tokenizer, { n = 200, seed = 1 })
+--   eapig.attribute(model, graph, ds, ioi.metric, { method = "EAP-IG-inputs" })
+--   ioi.write_csv(ds, "ioi.csv")                    -- EAP-IG's CSV layout, for Python tools
+--
+-- A task is a module (a table) with
+--   name         its registry name
+--   metric       a metric name or a metrics.define result: what attribution and evaluation use
+--   generate(tokenizer, opts) -> eapig.data Dataset; opts.n rows, opts.seed (integer, default 0)
+--                fixes every random choice, on every machine
+--   write_csv(ds, path, opts) and load_csv(path, tokenizer, opts): the dataset as a CSV file
+--   description  one line for listings
+-- The loader is lazy: a task module loads the first time tasks.get names it.
+local ffi = require("ffi")
+local bit = require("bit")
+
+local type, error, pairs, ipairs, tostring, tonumber = type, error, pairs, ipairs, tostring, tonumber
+local setmetatable = setmetatable
+local format, concat, sort = string.format, table.concat, table.sort
+local floor = math.floor
+
+local tasks = {}
+
+local BUILT_IN = { greater_than = "eapig.tasks.greater_than", induction = "eapig.tasks.induction",
+  ioi = "eapig.tasks.ioi" }
+local registered = {}
+
+-- Sorted names of the built-in and registered tasks.
+function tasks.names()
+  local out, seen = {}, {}
+  for name in pairs(BUILT_IN) do out[#out + 1], seen[name] = name, true end
+  for name in pairs(registered) do
+    if not seen[name] then out[#out + 1] = name end
+  end
+  sort(out)
+  return out
+end
+
+-- The task module called name ("ioi"; "greater-than" is accepted for EAP-IG's spelling).
+function tasks.get(name)
+  if type(name) ~= "string" then error("tasks.get: name must be a string, got " .. type(name), 2) end
+  local key = name:gsub("-", "_")
+  local t = registered[key]
+  if t then return t end
+  local module = BUILT_IN[key]
+  if not module then
+    error(format("unknown task '%s' (known: %s)", name, concat(tasks.names(), ", ")), 2)
+  end
+  return require(module)
+end
+
+-- Makes a user's task available to tasks.get (and to scripts that take a task name).
+function tasks.register(name, t)
+  if type(name) ~= "string" or name == "" then error("tasks.register: name must be a non-empty string", 2) end
+  if type(t) ~= "table" or type(t.generate) ~= "function" then
+    error(format("tasks.register %s: a task is a table with a generate function", name), 2)
+  end
+  if t.metric == nil then error(format("tasks.register %s: the task has no metric", name), 2) end
+  registered[name] = t
+  return t
+end
+
+---------------------------------------------------------------------------------------------------
+-- The tasks' random numbers: splitmix64 on a uint64, so a seed gives the same dataset on every
+-- machine and LuaJIT build (math.random's sequence depends on both), and a task's draws do not
+-- move anyone else's generator.
+
+local Rng = {}
+Rng.__index = Rng
+
+local GOLDEN = 0x9E3779B97F4A7C15ULL
+
+function tasks.rng(seed)
+  seed = seed or 0
+  if type(seed) ~= "number" or seed ~= floor(seed) or seed < 0 then
+    error("tasks.rng: seed must be a non-negative integer, got " .. tostring(seed), 2)
+  end
+  -- a box per generator: the state is mutated in place, so draws allocate nothing
+  return setmetatable({ state = ffi.new("uint64_t[1]", seed) }, Rng)
+end
+
+local function next64(self)
+  local s = self.state[0] + GOLDEN
+  self.state[0] = s
+  local z = bit.bxor(s, bit.rshift(s, 30)) * 0xBF58476D1CE4E5B9ULL
+  z = bit.bxor(z, bit.rshift(z, 27)) * 0x94D049BB133111EBULL
+  return bit.bxor(z, bit.rshift(z, 31))
+end
+
+-- An integer in [0, n) (n < 2^32; the modulo bias is below 2^-32).
+function Rng:below(n)
+  if n < 1 then error("rng:below: n must be at least 1", 2) end
+  return tonumber(next64(self) % n)
+end
+
+-- An integer in [lo, hi].
+function Rng:int(lo, hi) return lo + self:below(hi - lo + 1) end
+
+-- A uniform number in [0, 1) with 53 random bits.
+function Rng:uniform() return tonumber(bit.rshift(next64(self), 11)) / 9007199254740992 end
+
+-- One element of a non-empty list.
+function Rng:pick(list)
+  if #list == 0 then error("rng:pick: the list is empty", 2) end
+  return list[1 + self:below(#list)]
+end
+
+-- k distinct elements of list (k <= #list), in random order; the list is not changed.
+function Rng:sample(list, k)
+  if k > #list then error(format("rng:sample: %d elements asked for, the list has %d", k, #list), 2) end
+  local pool = {}
+  for i = 1, #list do pool[i] = list[i] end
+  local out = {}
+  for i = 1, k do -- partial Fisher-Yates
+    local j = i + self:below(#pool - i + 1)
+    pool[i], pool[j] = pool[j], pool[i]
+    out[i] = pool[i]
+  end
+  return out
+end
+
+-- Shuffles list in place and returns it.
+function Rng:shuffle(list)
+  for i = #list, 2, -1 do
+    local j = 1 + self:below(i)
+    list[i], list[j] = list[j], list[i]
+  end
+  return list
+end
+
+---------------------------------------------------------------------------------------------------
+-- Helpers the task modules share
+
+-- A positive-integer option with a default, or an error naming the task and the option.
+function tasks.count_opt(opts, key, default, who, lo)
+  local v = opts[key]
+  if v == nil then v = default end
+  lo = lo or 1
+  if type(v) ~= "number" or v ~= floor(v) or v < lo then
+    error(format("%s: opts.%s must be an integer >= %d, got %s", who, key, lo, tostring(v)), 3)
+  end
+  return v
+end
+
+-- The seed option (default 0).
+function tasks.seed_opt(opts, who)
+  return tasks.count_opt(opts, "seed", 0, who, 0)
+end
+
+-- A tokenizer check: the object generate needs (encode, and the id / token lookups).
+function tasks.check_tokenizer(tok, who, need)
+  if type(tok) ~= "table" or type(tok.encode) ~= "function" then
+    error(format("%s: needs a tokenizer (eapig.tokenizer.load(path)) as its first argument, got %s", who,
+      type(tok)), 3)
+  end
+  for _, m in ipairs(need or {}) do
+    if type(tok[m]) ~= "function" then error(format("%s: the tokenizer has no :%s method", who, m), 3) end
+  end
+end
+
+-- The ids of text that must be one token (a name, a noun): the id or nil.
+function tasks.single_token(tok, text)
+  local ids = tok:encode(text, { bos = false })
+  if #ids == 1 then return ids[1] end
+  return nil
+end
+
+return tasks

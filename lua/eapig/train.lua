@@ -1,0 +1,584 @@
+-- Training small models from scratch: GPT-2's initialisation, next-token cross-entropy, AdamW
+-- with weight decay, warmup + cosine learning rate, gradient clipping by global norm, and a
+-- writer for Hugging Face folders (config.json, model.safetensors, tokenizer.json).
+--
+--   local train = require("eapig.train")
+--   local task = require("eapig.tasks.induction").new({ vocab = 64, seq_len = 32 })
+--   local model = train.new_model({ family = "gpt2", layers = 2, heads = 4, d_model = 64,
+--                                   d_mlp = 256, vocab = 64, n_ctx = 32, seed = 1 })
+--   local result = train.train(model, task, { steps = 2000, seed = 1 })
+--   train.save_pretrained(model, "out/induction-2l", { tokenizer = task:pieces() })
+--
+-- The arithmetic is in C (core/train.c, and the weight gradients of eapig_backward); this file
+-- holds the loop and its policy. Training works on raw (not finalized) weights; a trained model
+-- is saved and loaded again (which finalizes it) before attribution.
+--
+-- A training task is any table with
+--   task:batch(rng, B) -> { tokens = int32[B*P], lengths = int32[B], B =, P =, targets = nil | int32[B*P] }
+-- targets (optional) are the next-token targets per position (-1: no loss); without them every
+-- real position but the last predicts the token after it. A task may also have
+--   task:evaluate(model, opts) -> table of held-out numbers (printed at the end of training).
+--
+-- Determinism: the same seed, thread count and build give the same weights, bit for bit.
+--
+-- Glossary: B = rows in a batch, P = positions, V = vocab, D = d_model, L = layers.
+local ffi = require("ffi")
+local bit = require("bit")
+local cjson = require("cjson")
+local core = require("eapig.core")
+local files = require("eapig.files")
+local Model = require("eapig.model")
+local safetensors = require("eapig.safetensors")
+
+local C = core.C
+local bxor, lshift, rshift, tobit = bit.bxor, bit.lshift, bit.rshift, bit.tobit
+local floor, max, min, cos, pi, sqrt = math.floor, math.max, math.min, math.cos, math.pi, math.sqrt
+local fmt = string.format
+
+local train = {}
+
+local batch_t = ffi.typeof("eapig_batch")
+local fwd_opts_t = ffi.typeof("eapig_forward_opts")
+local bwd_opts_t = ffi.typeof("eapig_backward_opts")
+local adamw_opts_t = ffi.typeof("eapig_adamw_opts")
+local float_size = ffi.sizeof("float")
+local norm_out = ffi.new("double[1]")
+local n_out = ffi.new("int64_t[1]")
+
+---------------------------------------------------------------------------------------------------
+-- Random numbers: xorshift32 on LuaJIT's 32-bit bit operations, so a seed gives the same stream
+-- on every machine (math.random's does not survive a LuaJIT upgrade).
+
+local function mix32(z)
+  z = tobit(z)
+  z = bxor(z, rshift(z, 16))
+  z = tobit(z * 0x45d9f3b % 4294967296)
+  z = bxor(z, rshift(z, 16))
+  z = tobit(z * 0x45d9f3b % 4294967296)
+  return bxor(z, rshift(z, 16))
+end
+
+-- rng:uniform() in [0, 1), rng:int(n) in 0..n-1, rng:normal().
+function train.rng(seed)
+  local x = mix32((seed or 1) * 2654435761 % 4294967296 + 0x9e3779b9)
+  if x == 0 then x = 0x2545f491 end
+  local r = {}
+  function r.uniform()
+    x = bxor(x, lshift(x, 13))
+    x = bxor(x, rshift(x, 17))
+    x = bxor(x, lshift(x, 5))
+    return (x % 4294967296) / 4294967296
+  end
+  function r.int(n) return floor(r.uniform() * n) end
+  function r.normal()
+    local u = r.uniform()
+    if u < 1e-300 then u = 1e-300 end
+    return sqrt(-2 * math.log(u)) * cos(2 * pi * r.uniform())
+  end
+  return r
+end
+
+---------------------------------------------------------------------------------------------------
+-- Models
+
+-- Families and the parts of their config they fix. Llama has no biases: their gradients are
+-- dropped so they stay zero.
+local FAMILIES = {
+  gpt2 = { norm = "EAPIG_NORM_LAYERNORM", act = "EAPIG_ACT_GELU_TANH", pos = "EAPIG_POS_LEARNED", eps = 1e-5,
+           biases = true, tied = true },
+  llama = { norm = "EAPIG_NORM_RMSNORM", act = "EAPIG_ACT_SILU_GATED", pos = "EAPIG_POS_ROPE", eps = 1e-6,
+            biases = false, tied = false },
+}
+
+local function positive_int(o, k, who)
+  local v = o[k]
+  if type(v) ~= "number" or v ~= floor(v) or v < 1 then
+    error(fmt("%s: %s must be a positive integer (got %s)", who, k, tostring(v)), 3)
+  end
+  return v
+end
+
+-- A fresh model with GPT-2's random initialisation, raw (not finalized) for training. opts:
+-- family ("gpt2" | "llama"), layers, heads, kv_heads (heads), d_model, d_head (d_model / heads),
+-- d_mlp (4 d_model), vocab, n_ctx, tied (gpt2: true), seed (1), std (0.02), rope_theta (10000).
+function train.new_model(opts)
+  local who = "eapig.train.new_model"
+  opts = opts or {}
+  local family = opts.family or "gpt2"
+  local fam = FAMILIES[family]
+  if not fam then error(fmt("%s: unknown family '%s' (gpt2 or llama)", who, tostring(family)), 2) end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.layers, o.heads, o.d_model = o.layers or 2, o.heads or 4, o.d_model or 64
+  o.kv_heads = o.kv_heads or o.heads
+  o.d_head = o.d_head or floor(o.d_model / o.heads)
+  o.d_mlp = o.d_mlp or 4 * o.d_model
+  for _, k in ipairs({ "layers", "heads", "kv_heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx" }) do
+    positive_int(o, k, who)
+  end
+  if family == "gpt2" and (o.kv_heads ~= o.heads or o.d_head * o.heads ~= o.d_model) then
+    error(fmt("%s: gpt2 needs d_model (%d) = heads (%d) x d_head (%d) and no grouped heads", who, o.d_model,
+      o.heads, o.d_head), 2)
+  end
+  if family == "llama" and o.d_head % 2 ~= 0 then error(who .. ": llama needs an even d_head for RoPE", 2) end
+  local tied = o.tied
+  if tied == nil then tied = fam.tied end
+
+  local cfg = ffi.new("eapig_config")
+  cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = o.layers, o.heads, o.kv_heads
+  cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.vocab, cfg.n_ctx = o.d_model, o.d_head, o.d_mlp, o.vocab, o.n_ctx
+  cfg.norm, cfg.act, cfg.pos = C[fam.norm], C[fam.act], C[fam.pos]
+  cfg.rotary_dim = family == "llama" and o.d_head or 0
+  cfg.parallel_attn_mlp = 0
+  cfg.norm_eps = o.norm_eps or fam.eps
+  cfg.rope_theta = family == "llama" and (o.rope_theta or 10000) or 0
+  local handle = ffi.gc(core.check_ptr(C.eapig_model_new(cfg), who), C.eapig_model_free)
+  core.check(C.eapig_model_init(handle, o.seed or 1, o.std or 0.02, tied and 1 or 0), who)
+  local model = Model.new(handle, { family = family })
+  -- The config values as given (cfg holds them as float32: 1e-5 would read back 9.99999974e-06).
+  model.training = { family = family, tied = tied, biases = fam.biases, norm_eps = o.norm_eps or fam.eps,
+                     rope_theta = family == "llama" and (o.rope_theta or 10000) or 0, init_std = o.std or 0.02 }
+  return model
+end
+
+-- A zeroed model of the same config: the layout of gradients and optimiser moments.
+local function same_shape(model)
+  return ffi.gc(core.check_ptr(C.eapig_model_new(model.cfg), "eapig.train"), C.eapig_model_free)
+end
+
+local function arena(handle)
+  local p = C.eapig_model_arena(handle, n_out)
+  return p, tonumber(n_out[0])
+end
+
+-- Gradients of the biases a family does not have are dropped, so those stay exactly zero.
+local BIAS_SLOTS = { "bq", "bk", "bv", "bo", "b_in", "b_out" }
+local function drop_absent_biases(model, grads)
+  if model.training.biases then return end
+  local cfg = model.cfg
+  local gw = C.eapig_model_weights(grads)
+  local sizes = { bq = cfg.n_heads * cfg.d_head, bk = cfg.n_kv_heads * cfg.d_head, bv = cfg.n_kv_heads * cfg.d_head,
+                  bo = cfg.d_model, b_in = cfg.d_mlp, b_out = cfg.d_model }
+  for l = 0, cfg.n_layers - 1 do
+    local lw = gw.layers[l]
+    for _, k in ipairs(BIAS_SLOTS) do ffi.fill(lw[k], sizes[k] * float_size) end
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+-- One step's pieces, exposed for tests
+
+-- Next-token targets for a right-padded batch: position p of row b predicts token p+1 while
+-- that is a real token; the rest are -1. Returns the number of counted positions.
+function train.next_token_targets(batch, targets)
+  local B, P, count = batch.B, batch.P, 0
+  for b = 0, B - 1 do
+    local len = batch.lengths[b]
+    for p = 0, P - 1 do
+      local i = b * P + p
+      if p + 1 < len then
+        targets[i] = batch.tokens[i + 1]
+        count = count + 1
+      else
+        targets[i] = -1
+      end
+    end
+  end
+  return count
+end
+
+-- Learning rate at step t (1-based) of `steps`: linear warmup to lr over `warmup` steps, then
+-- a cosine from lr down to min_lr at the last step.
+function train.lr_at(t, steps, lr, warmup, min_lr)
+  if warmup > 0 and t <= warmup then return lr * t / warmup end
+  local span = max(steps - warmup, 1)
+  local progress = min(max((t - warmup) / span, 0), 1)
+  return min_lr + 0.5 * (lr - min_lr) * (1 + cos(pi * progress))
+end
+
+-- Forward over every position, mean cross-entropy against targets (int32[B*P], -1 skipped),
+-- its dlogits in place and, with grads, the backward into them (accumulating: zero them first).
+-- bufs = { logits = float[B*P*V], losses = float[B*P] } (grown by the caller). Returns the mean
+-- loss and the number of counted positions.
+function train.loss_and_grads(model, batch, targets, count, bufs, grads)
+  local B, P, V = batch.B, batch.P, model.vocab
+  local b = batch_t()
+  b.tokens, b.lengths, b.B, b.P = batch.tokens, batch.lengths, B, P
+  local o = fwd_opts_t()
+  o.logits = bufs.logits
+  o.override_group = -1
+  o.keep_for_weights = grads and 1 or 0
+  core.check(C.eapig_forward(model.handle, model.workspace, b, o), "eapig.train: forward")
+  core.check(C.eapig_cross_entropy(bufs.losses, bufs.logits, bufs.logits, targets, B * P, V, 1 / max(count, 1)),
+    "eapig.train: loss")
+  local total = 0
+  for i = 0, B * P - 1 do total = total + bufs.losses[i] end
+  if grads then
+    local bo = bwd_opts_t()
+    bo.dlogits = bufs.logits
+    bo.weight_grads = grads
+    core.check(C.eapig_backward(model.handle, model.workspace, bo), "eapig.train: backward")
+  end
+  return total / max(count, 1), count
+end
+
+---------------------------------------------------------------------------------------------------
+-- Wall clock and the progress line
+
+pcall(ffi.cdef, [[
+typedef struct { long tv_sec; long tv_nsec; } eapig_train_timespec;
+int clock_gettime(int clk_id, eapig_train_timespec *tp);
+]])
+pcall(ffi.cdef, "int isatty(int fd);")
+local ts = ffi.new("eapig_train_timespec")
+local function now()
+  if ffi.C.clock_gettime(1, ts) ~= 0 then return os.time() end -- 1 = CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+train.now = now
+
+-- A progress bar on stderr that shows the running loss; log lines on stdout clear it first.
+local Bar = {}
+Bar.__index = Bar
+
+-- Drawn only on a terminal: in a log file the carriage returns are noise.
+local function stderr_is_terminal()
+  local ok, r = pcall(function() return ffi.C.isatty(2) end)
+  return ok and r == 1
+end
+
+local function new_bar(total, quiet)
+  return setmetatable({ total = total, quiet = quiet, stream = io.stderr, shown = -1, drawn = false }, Bar)
+end
+
+function Bar:draw(done, loss, elapsed)
+  if self.quiet then return end
+  local pct = floor(100 * done / self.total)
+  if pct == self.shown and done ~= self.total then return end
+  self.shown = pct
+  local width = 30
+  local filled = floor(width * done / self.total)
+  self.stream:write(fmt("\rtrain [%s%s] %3d%% %d/%d loss %.4f %.1fs", ("#"):rep(filled), ("."):rep(width - filled),
+    pct, done, self.total, loss, elapsed))
+  self.stream:flush()
+  self.drawn = true
+end
+
+function Bar:clear()
+  if self.drawn then
+    self.stream:write("\r\27[K")
+    self.drawn = false
+    self.shown = -1 -- redraw after the log line
+  end
+end
+
+function Bar:finish()
+  if self.drawn then self.stream:write("\n") end
+  self.drawn = false
+end
+
+---------------------------------------------------------------------------------------------------
+-- The loop
+
+local DEFAULTS = {
+  steps = 1000, batch_size = 32, lr = 1e-3, min_lr = nil, warmup = nil, weight_decay = 0.1, beta1 = 0.9,
+  beta2 = 0.98, eps = 1e-8, clip = 1.0, seed = 1, log_every = nil, quiet = false, progress = nil,
+}
+
+-- Trains model (from train.new_model, or eapig.load(path, {finalize = false})) on task.
+-- opts (defaults): steps (1000), batch_size (32), lr (1e-3), min_lr (lr / 10), warmup (steps / 20),
+-- weight_decay (0.1, matrices and embeddings only), beta1 (0.9), beta2 (0.98), eps (1e-8),
+-- clip (1.0: global gradient norm; 0 = none), seed (1: the data stream), tied (the model's),
+-- log_every (steps / 20), quiet (false: print nothing), progress (the bar on stderr; default:
+-- when stderr is a terminal), out (io.stdout, for the loss lines), on_step
+-- (function(step, loss, lr, grad_norm)), evaluate (true: call task:evaluate at the end).
+-- Returns { steps, seconds, final_loss (mean of the last log_every steps), losses (per step),
+--           eval (task:evaluate's table, when the task has one) }.
+function train.train(model, task, opts)
+  local o = {}
+  for k, v in pairs(DEFAULTS) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local who = "eapig.train"
+  if type(task) ~= "table" or type(task.batch) ~= "function" then
+    error(who .. ": task must have a :batch(rng, B) method", 2)
+  end
+  positive_int(o, "steps", who)
+  positive_int(o, "batch_size", who)
+  local training = model.training or { tied = false, biases = true }
+  model.training = training
+  local tied = o.tied
+  if tied == nil then tied = training.tied end
+  o.min_lr = o.min_lr or o.lr / 10
+  o.warmup = o.warmup or floor(o.steps / 20)
+  o.log_every = o.log_every or max(1, floor(o.steps / 20))
+  local out = o.out or io.stdout
+
+  local grads, m1, m2 = same_shape(model), same_shape(model), same_shape(model)
+  local g_arena, g_n = arena(grads)
+  local rng = train.rng(o.seed)
+  local bufs, cap = {}, 0
+  local aopts = adamw_opts_t()
+  aopts.beta1, aopts.beta2, aopts.eps, aopts.weight_decay = o.beta1, o.beta2, o.eps, o.weight_decay
+  aopts.tied = tied and 1 or 0
+  if tied then -- one tensor from here on: the unembedding starts as the embedding
+    local w = C.eapig_model_weights(model.handle)
+    ffi.copy(w.w_unembed, w.wte, model.vocab * model.d_model * float_size)
+  end
+
+  local losses, window, window_n = {}, 0, 0
+  local show_bar = o.progress
+  if show_bar == nil then show_bar = stderr_is_terminal() end
+  local bar = new_bar(o.steps, o.quiet or not show_bar)
+  local t0 = now()
+  for step = 1, o.steps do
+    local batch = task:batch(rng, o.batch_size)
+    local rows = batch.B * batch.P
+    if rows > cap then
+      cap = rows
+      bufs.logits = core.floats(rows * model.vocab)
+      bufs.losses = core.floats(rows)
+      bufs.targets = core.int32s(rows)
+    end
+    local targets, count = batch.targets, 0
+    if targets then
+      for i = 0, rows - 1 do
+        if targets[i] >= 0 then count = count + 1 end
+      end
+    else
+      targets = bufs.targets
+      count = train.next_token_targets(batch, targets)
+    end
+    ffi.fill(g_arena, g_n * float_size)
+    local loss = train.loss_and_grads(model, batch, targets, count, bufs, grads)
+    drop_absent_biases(model, grads)
+    core.check(C.eapig_grad_norm(grads, aopts.tied, norm_out), who)
+    local gnorm = norm_out[0]
+    local lr = train.lr_at(step, o.steps, o.lr, o.warmup, o.min_lr)
+    aopts.lr = lr
+    aopts.step = step
+    aopts.grad_scale = (o.clip > 0 and gnorm > o.clip) and o.clip / gnorm or 1
+    core.check(C.eapig_adamw_step(model.handle, grads, m1, m2, aopts), who)
+
+    losses[step] = loss
+    window, window_n = window + loss, window_n + 1
+    if o.on_step then o.on_step(step, loss, lr, gnorm) end
+    local elapsed = now() - t0
+    if step % o.log_every == 0 or step == o.steps then
+      if not o.quiet then
+        bar:clear()
+        out:write(fmt("step %6d/%d  loss %.4f  lr %.2e  grad %.3f  %.1fs\n", step, o.steps, window / window_n, lr,
+          gnorm, elapsed))
+        out:flush()
+      end
+      if step ~= o.steps then window, window_n = 0, 0 end
+    end
+    bar:draw(step, loss, elapsed)
+  end
+  bar:finish()
+  local result = { steps = o.steps, seconds = now() - t0, final_loss = window / max(window_n, 1), losses = losses }
+  if task.evaluate and o.evaluate ~= false then result.eval = task:evaluate(model, { seed = o.seed + 1000003 }) end
+  return result
+end
+
+---------------------------------------------------------------------------------------------------
+-- Hugging Face folders
+
+local function write_text(path, text)
+  files.write_atomic(path, "eapig.train", text)
+end
+
+-- JSON arrays that may be empty (cjson 2.1 writes an empty table as {}), and objects whose keys
+-- are written in a given order instead of sorted.
+local ARRAY = {}
+local function json_array(t) return setmetatable(t, ARRAY) end
+local function json_ordered(t, keys) return setmetatable(t, { keys = keys }) end
+
+-- JSON with sorted keys and 2-space indentation, so saved files diff cleanly.
+local function json_pretty(v, indent)
+  indent = indent or ""
+  if type(v) == "table" then
+    local inner = indent .. "  "
+    local mt = getmetatable(v)
+    if mt == ARRAY or #v > 0 then
+      if #v == 0 then return "[]" end
+      local parts = {}
+      for i, x in ipairs(v) do parts[i] = inner .. json_pretty(x, inner) end
+      return "[\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "]"
+    end
+    if next(v) == nil then return "{}" end
+    local keys = mt and mt.keys
+    if not keys then
+      keys = {}
+      for k in pairs(v) do keys[#keys + 1] = k end
+      table.sort(keys)
+    end
+    local parts = {}
+    for i, k in ipairs(keys) do parts[i] = inner .. cjson.encode(k) .. ": " .. json_pretty(v[k], inner) end
+    return "{\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "}"
+  elseif type(v) == "number" and v == floor(v) and math.abs(v) < 2 ^ 53 then
+    return fmt("%d", v)
+  elseif type(v) == "number" then
+    local short = fmt("%.15g", v) -- the shortest of these that reads back exactly
+    if tonumber(short) == v then return short end
+    return fmt("%.17g", v)
+  end
+  return (cjson.encode(v):gsub("\\/", "/"))
+end
+train.json_pretty = json_pretty
+
+-- A tensor's data as stored transposed: the matrices w_1..w_k (each (rows_i, cols), stacked by
+-- rows into (R, cols)) written as their (cols, R) transpose, GPT-2's Conv1D layout.
+local function transposed(mats, cols)
+  local R, rows = 0, {}
+  for i, m in ipairs(mats) do
+    rows[i] = R
+    R = R + m[2]
+  end
+  local e = 0
+  return function(buf, n)
+    for i = 0, n - 1 do
+      local c, r = floor(e / R), e % R
+      for j = #mats, 1, -1 do
+        if r >= rows[j] then
+          buf[i] = mats[j][1][(r - rows[j]) * cols + c]
+          break
+        end
+      end
+      e = e + 1
+    end
+  end
+end
+
+local function tensor(name, shape, data)
+  return { name = name, dtype = "F32", shape = shape, data = data }
+end
+
+local function gpt2_tensors(model, w, tied)
+  local cfg = model.cfg
+  local D, F, V, Cx, L = cfg.d_model, cfg.d_mlp, cfg.vocab, cfg.n_ctx, cfg.n_layers
+  local t, p = {}, "transformer."
+  t[#t + 1] = tensor(p .. "wte.weight", { V, D }, w.wte)
+  t[#t + 1] = tensor(p .. "wpe.weight", { Cx, D }, w.wpe)
+  for l = 0, L - 1 do
+    local lw, h = w.layers[l], p .. "h." .. l .. "."
+    local qkv_bias = ffi.new("float[?]", 3 * D)
+    ffi.copy(qkv_bias, lw.bq, D * float_size)
+    ffi.copy(qkv_bias + D, lw.bk, D * float_size)
+    ffi.copy(qkv_bias + 2 * D, lw.bv, D * float_size)
+    t[#t + 1] = tensor(h .. "ln_1.weight", { D }, lw.ln1_w)
+    t[#t + 1] = tensor(h .. "ln_1.bias", { D }, lw.ln1_b)
+    t[#t + 1] = tensor(h .. "attn.c_attn.weight", { D, 3 * D }, transposed({ { lw.wq, D }, { lw.wk, D }, { lw.wv, D } }, D))
+    t[#t + 1] = tensor(h .. "attn.c_attn.bias", { 3 * D }, qkv_bias)
+    t[#t + 1] = tensor(h .. "attn.c_proj.weight", { D, D }, transposed({ { lw.wo, D } }, D))
+    t[#t + 1] = tensor(h .. "attn.c_proj.bias", { D }, lw.bo)
+    t[#t + 1] = tensor(h .. "ln_2.weight", { D }, lw.ln2_w)
+    t[#t + 1] = tensor(h .. "ln_2.bias", { D }, lw.ln2_b)
+    t[#t + 1] = tensor(h .. "mlp.c_fc.weight", { D, F }, transposed({ { lw.w_in, F } }, D))
+    t[#t + 1] = tensor(h .. "mlp.c_fc.bias", { F }, lw.b_in)
+    t[#t + 1] = tensor(h .. "mlp.c_proj.weight", { F, D }, transposed({ { lw.w_out, D } }, F))
+    t[#t + 1] = tensor(h .. "mlp.c_proj.bias", { D }, lw.b_out)
+  end
+  t[#t + 1] = tensor(p .. "ln_f.weight", { D }, w.lnf_w)
+  t[#t + 1] = tensor(p .. "ln_f.bias", { D }, w.lnf_b)
+  if not tied then t[#t + 1] = tensor("lm_head.weight", { V, D }, w.w_unembed) end
+  local config = {
+    model_type = "gpt2", architectures = { "GPT2LMHeadModel" }, n_layer = L, n_head = cfg.n_heads, n_embd = D,
+    n_inner = F, vocab_size = V, n_positions = Cx, n_ctx = Cx, layer_norm_epsilon = model.training.norm_eps,
+    activation_function = "gelu_new", tie_word_embeddings = tied, torch_dtype = "float32",
+    resid_pdrop = 0, embd_pdrop = 0, attn_pdrop = 0, initializer_range = model.training.init_std,
+  }
+  return t, config
+end
+
+local function llama_tensors(model, w, tied)
+  local cfg = model.cfg
+  local D, F, V, L = cfg.d_model, cfg.d_mlp, cfg.vocab, cfg.n_layers
+  local QD, KVD = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
+  local t = {}
+  t[#t + 1] = tensor("model.embed_tokens.weight", { V, D }, w.wte)
+  for l = 0, L - 1 do
+    local lw, p = w.layers[l], "model.layers." .. l .. "."
+    -- The core's RoPE layout is Hugging Face's (half split): rows are stored as they are.
+    t[#t + 1] = tensor(p .. "input_layernorm.weight", { D }, lw.ln1_w)
+    t[#t + 1] = tensor(p .. "self_attn.q_proj.weight", { QD, D }, lw.wq)
+    t[#t + 1] = tensor(p .. "self_attn.k_proj.weight", { KVD, D }, lw.wk)
+    t[#t + 1] = tensor(p .. "self_attn.v_proj.weight", { KVD, D }, lw.wv)
+    t[#t + 1] = tensor(p .. "self_attn.o_proj.weight", { D, QD }, lw.wo)
+    t[#t + 1] = tensor(p .. "post_attention_layernorm.weight", { D }, lw.ln2_w)
+    t[#t + 1] = tensor(p .. "mlp.gate_proj.weight", { F, D }, lw.w_gate)
+    t[#t + 1] = tensor(p .. "mlp.up_proj.weight", { F, D }, lw.w_in)
+    t[#t + 1] = tensor(p .. "mlp.down_proj.weight", { D, F }, lw.w_out)
+  end
+  t[#t + 1] = tensor("model.norm.weight", { D }, w.lnf_w)
+  if not tied then t[#t + 1] = tensor("lm_head.weight", { V, D }, w.w_unembed) end
+  local config = {
+    model_type = "llama", architectures = { "LlamaForCausalLM" }, num_hidden_layers = L,
+    num_attention_heads = cfg.n_heads, num_key_value_heads = cfg.n_kv_heads, hidden_size = D,
+    intermediate_size = F, vocab_size = V, max_position_embeddings = cfg.n_ctx,
+    rms_norm_eps = model.training.norm_eps, rope_theta = model.training.rope_theta, hidden_act = "silu",
+    tie_word_embeddings = tied, attention_bias = false, torch_dtype = "float32",
+    initializer_range = model.training.init_std,
+  }
+  if cfg.d_head * cfg.n_heads ~= D then config.head_dim = cfg.d_head end
+  return t, config
+end
+
+-- A character-level BPE tokenizer.json (no merges: one token per character, pieces[i] is id
+-- i - 1) that both eapig.tokenizer and Hugging Face tokenizers read, plus tokenizer_config.json.
+function train.write_tokenizer(dir, pieces, opts)
+  opts = opts or {}
+  local vocab = {}
+  for i, piece in ipairs(pieces) do
+    if type(piece) ~= "string" or piece == "" then error("eapig.train: tokenizer pieces must be non-empty strings", 2) end
+    if vocab[piece] then error(fmt("eapig.train: tokenizer piece '%s' appears twice", piece), 2) end
+    vocab[piece] = i - 1
+  end
+  local null = cjson.null
+  local doc = {
+    version = "1.0", truncation = null, padding = null, added_tokens = json_array({}),
+    normalizer = null, pre_tokenizer = null, post_processor = null,
+    -- Fuse: decoding concatenates the pieces (without a decoder Hugging Face joins them with spaces).
+    decoder = { type = "Fuse" },
+    -- Only fields every tokenizers release reads (byte_fallback and ignore_merges are newer,
+    -- and false by default).
+    model = { type = "BPE", dropout = null, unk_token = null, continuing_subword_prefix = null,
+              end_of_word_suffix = null, fuse_unk = false, vocab = json_ordered(vocab, pieces),
+              merges = json_array({}) },
+  }
+  write_text(dir .. "/tokenizer.json", json_pretty(doc) .. "\n")
+  write_text(dir .. "/tokenizer_config.json", json_pretty({
+    tokenizer_class = "PreTrainedTokenizerFast", model_max_length = opts.n_ctx, clean_up_tokenization_spaces = false,
+  }) .. "\n")
+end
+
+-- Writes a Hugging Face folder for model (gpt2 or llama family): config.json and
+-- model.safetensors with the names and layouts transformers saves (gpt2: Conv1D (in, out)
+-- matrices under "transformer."), and, with opts.tokenizer (a list of pieces, id order), a
+-- character-level tokenizer. opts.metadata: extra string fields for the safetensors header;
+-- opts.config: extra config.json fields. The weights must be raw (not finalized).
+function train.save_pretrained(model, dir, opts)
+  opts = opts or {}
+  local training = model.training
+  if not training then error("eapig.train.save_pretrained: model has no training record (use train.new_model)", 2) end
+  local w = C.eapig_model_weights(model.handle)
+  local tied = training.tied
+  local tensors, config
+  if training.family == "gpt2" then
+    tensors, config = gpt2_tensors(model, w, tied)
+  elseif training.family == "llama" then
+    tensors, config = llama_tensors(model, w, tied)
+  else
+    error("eapig.train.save_pretrained: cannot save family " .. tostring(training.family), 2)
+  end
+  for k, v in pairs(opts.config or {}) do config[k] = v end
+  local ok = os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
+  if not (ok == 0 or ok == true) then error("eapig.train.save_pretrained: cannot create " .. dir, 0) end
+  local meta = { format = "pt" }
+  for k, v in pairs(opts.metadata or {}) do meta[k] = tostring(v) end
+  safetensors.write(dir .. "/model.safetensors", tensors, meta)
+  write_text(dir .. "/config.json", json_pretty(config) .. "\n")
+  if opts.tokenizer then train.write_tokenizer(dir, opts.tokenizer, { n_ctx = model.n_ctx }) end
+  return dir
+end
+
+return train
