@@ -11,7 +11,7 @@ local M = {}
 
 M.DEFAULT_MODEL = "induction-2l"
 M.FRACTIONS = { 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0 }
-M.CIRCUIT_FRACTION = 0.05
+M.TARGET_FAITHFULNESS = 0.8
 
 -- The embedded model's folder: installed beside the Lua modules, or in a checkout's models/.
 function M.model_path()
@@ -48,13 +48,16 @@ function M.run(opts)
   r.curve = sweep.run(model, graph, data, "logit_diff", { fractions = M.FRACTIONS, batch_size = 16, quiet = true })
   r.clean, r.corrupted = r.curve.clean, r.curve.corrupted
 
+  -- The circuit: the smallest size on the curve that keeps TARGET_FAITHFULNESS of the behaviour
+  -- (the whole graph if none does).
+  local chosen = r.curve.points[#r.curve.points]
+  for _, p in ipairs(r.curve.points) do
+    if p.y >= M.TARGET_FAITHFULNESS then chosen = p break end
+  end
+  r.circuit_fraction, r.faithfulness, r.n_circuit = chosen.x, chosen.y, chosen.n_edges
   local circuit = graph:clone()
-  r.n_circuit = math.max(1, math.floor(M.CIRCUIT_FRACTION * graph:n_edges() + 0.5))
   circuit:apply_topn(r.n_circuit, { absolute = true })
   r.circuit = circuit
-  for _, p in ipairs(r.curve.points) do
-    if p.x == M.CIRCUIT_FRACTION then r.faithfulness = p.y end
-  end
 
   -- The mechanism's two edges, by name, in the selected circuit.
   local function in_circuit(name)

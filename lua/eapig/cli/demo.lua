@@ -48,8 +48,9 @@ return function(argv)
   print("\ntop edges by |score|:")
   for i, e in ipairs(r.top_edges) do print(("  %2d. %-22s %+.4f"):format(i, e.name, e.score)) end
 
-  print(("\ncircuit at %.0f%% of edges: %d edges kept after pruning, faithfulness %.3f"):format(
-    100 * demo.CIRCUIT_FRACTION, r.circuit:count_included_edges(), r.faithfulness or 0 / 0))
+  print(("\ncircuit: the smallest size keeping faithfulness >= %.1f: %.0f%% of edges, %d kept after pruning, "
+    .. "faithfulness %.3f"):format(demo.TARGET_FAITHFULNESS, 100 * r.circuit_fraction, r.circuit:count_included_edges(),
+    r.faithfulness))
   print(("  %s  %s (previous-token head -> induction head's keys)"):format(r.k_edge_found and "[x]" or "[ ]", r.k_edge))
   print(("  %s  %s (induction head -> logits)"):format(r.out_edge_found and "[x]" or "[ ]", r.out_edge))
   print(r.found and "known induction mechanism FOUND" or "known induction mechanism NOT found")
