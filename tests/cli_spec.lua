@@ -7,24 +7,8 @@ local cjson = require("cjson")
 local FIXTURE = "../shared/fixtures/gpt2-tiny"
 local MODEL, DATA = FIXTURE .. "/model", FIXTURE .. "/data.jsonl"
 
-local function exists(path)
-  local fh = io.open(path, "rb")
-  if fh then fh:close() end
-  return fh ~= nil
-end
-
-local function read(path)
-  local fh = assert(io.open(path, "rb"))
-  local text = fh:read("*a")
-  fh:close()
-  return text
-end
-
-local function write(path, text)
-  local fh = assert(io.open(path, "wb"))
-  fh:write(text)
-  fh:close()
-end
+local files = require("support.files")
+local exists, read, write = files.exists, files.read, files.write
 
 local function quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"

@@ -13,24 +13,8 @@ local function fixtures_present()
   return fh ~= nil
 end
 
-local function read(path)
-  local fh = assert(io.open(path, "rb"))
-  local text = fh:read("*a")
-  fh:close()
-  return text
-end
-
-local function write(path, text)
-  local fh = assert(io.open(path, "wb"))
-  fh:write(text)
-  fh:close()
-end
-
-local function exists(path)
-  local fh = io.open(path, "rb")
-  if fh then fh:close() end
-  return fh ~= nil
-end
+local files = require("support.files")
+local exists, read, write = files.exists, files.read, files.write
 
 -- A scratch folder for this run, removed at the end.
 local DIR = os.tmpname()
