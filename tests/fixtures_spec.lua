@@ -105,6 +105,8 @@ describe("fixtures", function()
         assert.is_true(close(ev.mean(corrupted), expected.corrupted_baseline_mean))
         assert.are.equal(expected.n_edges, graph:count_included_edges())
         assert.are.equal(expected.n_nodes, graph:count_included_nodes())
+      else
+        error(("manifest case of unknown kind %q: this spec cannot check it"):format(tostring(case.kind)))
       end
     end)
   end
