@@ -1,0 +1,269 @@
+/* test_kernels.c: the kernels of core/ops.c tested directly from C (llm.c's test_gpt2.c style),
+ * for the ops whose indexing is easiest to get wrong: norms, RoPE, causal attention with right
+ * padding, the MLP activations and the dense products.
+ *
+ * Each forward is compared with a plain double-precision reference written here from the
+ * definition; each backward is compared with central differences of that reference applied to
+ * the loss <dout, f(x)>. Prints one line per check and exits 1 when any fails.
+ *
+ * N = token rows, D = model width, B = batch rows, P = positions, H = heads, Dh = head width.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eapig.h"
+#include "ops.h"
+
+static int failures = 0;
+
+/* A fixed generator so every run checks the same numbers (xorshift64*). */
+static unsigned long long rng_state = 0x9E3779B97F4A7C15ULL;
+static float uniform(void) { /* in [-1, 1) */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    unsigned long long r = rng_state * 2685821657736338717ULL;
+    return (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+static float *random_floats(size_t n, float scale) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = scale * uniform();
+    return x;
+}
+
+/* max |a - b| / max(1, max |b|): one number per check, reported beside its tolerance. */
+static void check(const char *what, const float *got, const double *want, size_t n, double tol) {
+    double worst = 0.0, scale = 1.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (!(d <= worst)) worst = d; /* NaN counts as the worst */
+        if (fabs(want[i]) > scale) scale = fabs(want[i]);
+    }
+    double rel = worst / scale;
+    int ok = rel <= tol;
+    printf("%-56s max rel diff %.3g (tol %.1g) %s\n", what, rel, tol, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+/* ---- references in double ------------------------------------------------------------- */
+
+static void norm_ref(double *out, const double *x, const float *w, const float *b, size_t N, size_t D, int rms,
+                     double eps) {
+    for (size_t n = 0; n < N; n++) {
+        double mean = 0.0, var = 0.0;
+        if (!rms) {
+            for (size_t i = 0; i < D; i++) mean += x[n * D + i];
+            mean /= (double)D;
+        }
+        for (size_t i = 0; i < D; i++) var += (x[n * D + i] - mean) * (x[n * D + i] - mean);
+        var /= (double)D;
+        for (size_t i = 0; i < D; i++)
+            out[n * D + i] = (x[n * D + i] - mean) / sqrt(var + eps) * w[i] + (rms ? 0.0 : b[i]);
+    }
+}
+
+/* Causal attention with right padding: query i of row b sees keys j <= i with j < len[b]. */
+static void attention_ref(double *z, const double *q, const double *k, const double *v, const int32_t *len,
+                          size_t B, size_t P, size_t H, size_t Dh) {
+    size_t ld = H * Dh;
+    double *s = malloc(P * sizeof(double));
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++)
+            for (size_t i = 0; i < P; i++) {
+                size_t n = i + 1 < (size_t)len[b] ? i + 1 : (size_t)len[b];
+                double mx = -INFINITY, sum = 0.0;
+                for (size_t j = 0; j < n; j++) {
+                    double dot = 0.0;
+                    for (size_t d = 0; d < Dh; d++) dot += q[(b * P + i) * ld + h * Dh + d] * k[(b * P + j) * ld + h * Dh + d];
+                    s[j] = dot / sqrt((double)Dh);
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (size_t j = 0; j < n; j++) sum += (s[j] = exp(s[j] - mx));
+                for (size_t d = 0; d < Dh; d++) {
+                    double acc = 0.0;
+                    for (size_t j = 0; j < n; j++) acc += s[j] / sum * v[(b * P + j) * ld + h * Dh + d];
+                    z[(b * P + i) * ld + h * Dh + d] = acc;
+                }
+            }
+    free(s);
+}
+
+/* Rotate-half RoPE on the first rot dims of each head, angle = position * theta^(-2i/rot). */
+static void rope_ref(double *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, double theta) {
+    size_t half = rot / 2;
+    for (size_t b = 0; b < B; b++)
+        for (size_t p = 0; p < P; p++)
+            for (size_t h = 0; h < H; h++)
+                for (size_t i = 0; i < half; i++) {
+                    double a = (double)p * pow(theta, -(double)(2 * i) / (double)rot);
+                    double *v = x + ((b * P + p) * H + h) * Dh;
+                    double x1 = v[i], x2 = v[i + half];
+                    v[i] = x1 * cos(a) - x2 * sin(a);
+                    v[i + half] = x2 * cos(a) + x1 * sin(a);
+                }
+}
+
+static double act_ref(double x, double up, int act) {
+    switch (act) {
+    case EAPIG_ACT_GELU_TANH: return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    case EAPIG_ACT_GELU_ERF: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    case EAPIG_ACT_RELU: return x > 0.0 ? x : 0.0;
+    default: return x / (1.0 + exp(-x)) * up;
+    }
+}
+
+static double *to_double(const float *x, size_t n) {
+    double *y = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    return y;
+}
+
+/* ---- checks --------------------------------------------------------------------------- */
+
+static void test_linear(void) {
+    size_t M = 7, N = 5, K = 9;
+    float *x = random_floats(M * K, 1.0f), *w = random_floats(N * K, 1.0f), *bias = random_floats(N, 1.0f);
+    float *fast = malloc(M * N * sizeof(float)), *naive = malloc(M * N * sizeof(float));
+    double *want = malloc(M * N * sizeof(double));
+    linear_forward(fast, x, w, bias, M, N, K, N);
+    linear_forward_naive(naive, x, w, bias, M, N, K);
+    for (size_t i = 0; i < M * N; i++) want[i] = naive[i];
+    check("linear_forward vs the naive kernel", fast, want, M * N, 1e-5);
+    /* dinp = dout @ W against the definition */
+    float *dout = random_floats(M * N, 1.0f), *dinp = malloc(M * K * sizeof(float));
+    double *dwant = malloc(M * K * sizeof(double));
+    linear_backward_input(dinp, dout, w, M, N, K, N, 0);
+    for (size_t i = 0; i < M; i++)
+        for (size_t k = 0; k < K; k++) {
+            double acc = 0.0;
+            for (size_t j = 0; j < N; j++) acc += (double)dout[i * N + j] * w[j * K + k];
+            dwant[i * K + k] = acc;
+        }
+    check("linear_backward_input vs dout @ W", dinp, dwant, M * K, 1e-5);
+    free(x), free(w), free(bias), free(fast), free(naive), free(want), free(dout), free(dinp), free(dwant);
+}
+
+static void test_norm(int rms) {
+    size_t N = 5, D = 19; /* D not a multiple of 8: the vectorised tail runs too */
+    double eps = 1e-5;
+    float *x = random_floats(N * D, 2.0f), *w = random_floats(D, 1.0f), *b = random_floats(D, 1.0f);
+    float *out = malloc(N * D * sizeof(float)), *xhat = malloc(N * D * sizeof(float));
+    float *rstd = malloc(N * sizeof(float)), *dout = random_floats(N * D, 1.0f), *dinp = malloc(N * D * sizeof(float));
+    double *xd = to_double(x, N * D), *ref = malloc(N * D * sizeof(double)), *fd = malloc(N * D * sizeof(double));
+    norm_forward(out, xhat, rstd, x, w, b, N, D, rms, (float)eps);
+    norm_ref(ref, xd, w, b, N, D, rms, eps);
+    check(rms ? "norm_forward (RMSNorm)" : "norm_forward (LayerNorm)", out, ref, N * D, 1e-5);
+    norm_backward(dinp, dout, xhat, rstd, w, N, D, rms);
+    double h = 1e-6;
+    for (size_t i = 0; i < N * D; i++) {
+        double keep = xd[i], lp = 0.0, lm = 0.0;
+        xd[i] = keep + h;
+        norm_ref(ref, xd, w, b, N, D, rms, eps);
+        for (size_t j = 0; j < N * D; j++) lp += dout[j] * ref[j];
+        xd[i] = keep - h;
+        norm_ref(ref, xd, w, b, N, D, rms, eps);
+        for (size_t j = 0; j < N * D; j++) lm += dout[j] * ref[j];
+        xd[i] = keep;
+        fd[i] = (lp - lm) / (2.0 * h);
+    }
+    check(rms ? "norm_backward (RMSNorm) vs finite differences" : "norm_backward (LayerNorm) vs finite differences",
+          dinp, fd, N * D, 1e-4);
+    free(x), free(w), free(b), free(out), free(xhat), free(rstd), free(dout), free(dinp), free(xd), free(ref), free(fd);
+}
+
+static void test_rope(size_t rot) {
+    size_t B = 2, P = 6, H = 3, Dh = 8, n = B * P * H * Dh;
+    float theta = 10000.0f;
+    float *x = random_floats(n, 1.0f), *y = malloc(n * sizeof(float));
+    double *ref = to_double(x, n);
+    memcpy(y, x, n * sizeof(float));
+    rope_apply(y, B, P, H, Dh, rot, theta, 0);
+    rope_ref(ref, B, P, H, Dh, rot, theta);
+    char label[64];
+    snprintf(label, sizeof label, "rope_apply (rot %zu of %zu) vs rotate-half", rot, Dh);
+    check(label, y, ref, n, 1e-5);
+    /* The inverse undoes it: the backward of a rotation is its transpose. */
+    rope_apply(y, B, P, H, Dh, rot, theta, 1);
+    double *orig = to_double(x, n);
+    snprintf(label, sizeof label, "rope_apply inverse after forward (rot %zu)", rot);
+    check(label, y, orig, n, 1e-5);
+    free(x), free(y), free(ref), free(orig);
+}
+
+static void test_attention(void) {
+    size_t B = 3, P = 5, H = 2, Dh = 4, n = B * P * H * Dh;
+    int32_t len[3] = {5, 3, 1};
+    float *q = random_floats(n, 1.5f), *k = random_floats(n, 1.5f), *v = random_floats(n, 1.0f);
+    float *z = malloc(n * sizeof(float)), *att = malloc(B * H * P * P * sizeof(float));
+    double *qd = to_double(q, n), *kd = to_double(k, n), *vd = to_double(v, n), *zr = malloc(n * sizeof(double));
+    attention_forward(z, att, q, k, v, len, B, P, H, Dh);
+    attention_ref(zr, qd, kd, vd, len, B, P, H, Dh);
+    /* Padded query rows (i >= len) attend to the real keys only: the reference does the same. */
+    check("attention_forward vs the definition (padded rows)", z, zr, n, 1e-5);
+
+    float *dz = random_floats(n, 1.0f), *scratch = malloc(P * P * sizeof(float));
+    float *dq = malloc(n * sizeof(float)), *dk = malloc(n * sizeof(float)), *dv = malloc(n * sizeof(float));
+    attention_backward(dq, dk, dv, scratch, dz, att, q, k, v, len, B, P, H, Dh);
+    double *fd = malloc(n * sizeof(double)), h = 1e-6;
+    double *inputs[3] = {qd, kd, vd};
+    float *grads[3] = {dq, dk, dv};
+    const char *names[3] = {"attention_backward dq vs finite differences", "attention_backward dk vs finite differences",
+                            "attention_backward dv vs finite differences"};
+    for (int which = 0; which < 3; which++) {
+        double *xin = inputs[which];
+        for (size_t i = 0; i < n; i++) {
+            double keep = xin[i], lp = 0.0, lm = 0.0;
+            xin[i] = keep + h;
+            attention_ref(zr, qd, kd, vd, len, B, P, H, Dh);
+            for (size_t j = 0; j < n; j++) lp += dz[j] * zr[j];
+            xin[i] = keep - h;
+            attention_ref(zr, qd, kd, vd, len, B, P, H, Dh);
+            for (size_t j = 0; j < n; j++) lm += dz[j] * zr[j];
+            xin[i] = keep;
+            fd[i] = (lp - lm) / (2.0 * h);
+        }
+        check(names[which], grads[which], fd, n, 1e-4);
+    }
+    free(q), free(k), free(v), free(z), free(att), free(qd), free(kd), free(vd), free(zr);
+    free(dz), free(scratch), free(dq), free(dk), free(dv), free(fd);
+}
+
+static void test_activation(int act, const char *name) {
+    size_t n = 64;
+    float *pre = random_floats(n, 3.0f), *up = random_floats(n, 1.0f), *out = malloc(n * sizeof(float));
+    float *dout = random_floats(n, 1.0f), *dpre = malloc(n * sizeof(float)), *dup = malloc(n * sizeof(float));
+    double *ref = malloc(n * sizeof(double)), *fd = malloc(n * sizeof(double)), *fdu = malloc(n * sizeof(double));
+    int gated = act == EAPIG_ACT_SILU_GATED;
+    act_forward(out, pre, gated ? up : NULL, n, act);
+    for (size_t i = 0; i < n; i++) ref[i] = act_ref(pre[i], up[i], act);
+    char label[64];
+    snprintf(label, sizeof label, "act_forward (%s)", name);
+    check(label, out, ref, n, 1e-5);
+    act_backward(dpre, gated ? dup : NULL, dout, pre, gated ? up : NULL, n, act);
+    double h = 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        fd[i] = dout[i] * (act_ref(pre[i] + h, up[i], act) - act_ref(pre[i] - h, up[i], act)) / (2.0 * h);
+        fdu[i] = dout[i] * (act_ref(pre[i], up[i] + h, act) - act_ref(pre[i], up[i] - h, act)) / (2.0 * h);
+    }
+    snprintf(label, sizeof label, "act_backward (%s) vs finite differences", name);
+    check(label, dpre, fd, n, 1e-4);
+    if (gated) check("act_backward (silu gated) d up vs finite differences", dup, fdu, n, 1e-4);
+    free(pre), free(up), free(out), free(dout), free(dpre), free(dup), free(ref), free(fd), free(fdu);
+}
+
+int main(void) {
+    test_linear();
+    test_norm(0);
+    test_norm(1);
+    test_rope(8);
+    test_rope(4); /* partial rotary (GPT-NeoX rotary_pct) */
+    test_attention();
+    test_activation(EAPIG_ACT_GELU_TANH, "gelu tanh");
+    test_activation(EAPIG_ACT_GELU_ERF, "gelu erf");
+    test_activation(EAPIG_ACT_RELU, "relu");
+    test_activation(EAPIG_ACT_SILU_GATED, "silu gated");
+    printf("%d failed\n", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,41 @@
+-- The C kernels of core/ops.c tested from C (tests/c/test_kernels.c): forwards against double
+-- references written from the definitions, backwards against central differences. The program
+-- is compiled here with the build's flavour (sanitizers in the sanitizer pass) and each of its
+-- checks becomes one test.
+local function sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit $?\""))
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("exit (%d+)%s*$")), out:gsub("exit %d+%s*$", "")
+end
+
+local function compile()
+  local bin = os.tmpname()
+  local flags = "-std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE"
+  if os.getenv("EAPIG_SANITIZED") then
+    flags = "-std=c11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -fsanitize=address,undefined -fno-sanitize-recover=undefined"
+  end
+  local status, out = sh(("%s %s -I core/include -I core tests/c/test_kernels.c core/ops.c -o %s " ..
+    "$(pkg-config --cflags --libs openblas) -lm"):format(os.getenv("CC") or "cc", flags, bin))
+  return status == 0 and bin or nil, out
+end
+
+describe("C kernels (tests/c/test_kernels.c)", function()
+  local bin, log = compile()
+  it("compiles", function() assert.is_not_nil(bin, log) end)
+  if not bin then return end
+  local status, out = sh(bin)
+  os.remove(bin)
+  local n = 0
+  for line in out:gmatch("[^\n]+") do
+    local name, verdict = line:match("^(.-)%s+max rel diff .-%s(%S+)$")
+    if name then
+      n = n + 1
+      it(name, function() assert.are.equal("ok", verdict, line) end)
+    end
+  end
+  it("runs every check and exits 0", function()
+    assert.is_true(n >= 20, "only " .. n .. " checks ran:\n" .. out)
+    assert.are.equal(0, status, out)
+  end)
+end)
