@@ -2,4 +2,4 @@
 std = "luajit"
 max_line_length = 150
 files["tests/"] = { std = "+busted" }
-exclude_files = { "build/", "build-sanitize/" }
+exclude_files = { "build/", "build-sanitize/", "build.luarocks/" }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs missing packages, builds libeapig twice (plain, and with
 # AddressSanitizer + UBSan), runs every busted spec against each build, and ends with one line
-# "N passed, N failed[, N skipped]" summed over both runs.
+# "N passed, N failed[, N skipped]" summed over both runs. Both builds treat compiler warnings as
+# errors (EAPIG_WERROR), as CI must; users' builds do not.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh || exit 1
 
 build() { # dir, extra cmake args...
   local dir=$1; shift
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null && cmake --build "$dir" -j2 >/dev/null
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DEAPIG_WERROR=ON "$@" >/dev/null && cmake --build "$dir" -j2 >/dev/null
 }
 
 run_busted() { # build dir, label; prints busted's summary line on the last line
