@@ -72,4 +72,25 @@ function files.write_atomic(path, where, fill)
   return path
 end
 
+-- Creates a folder and its missing parents (mkdir -p), with mkdir(2) through the FFI: no shell.
+-- An existing folder is fine; a file in the way, or a folder that cannot be made, is an error
+-- naming `where` and the path.
+function files.mkdir_p(path, where)
+  if type(path) ~= "string" or path == "" then fail("%s: folder must be a non-empty string", where) end
+  local ffi = require("ffi")
+  pcall(ffi.cdef, "int mkdir(const char *path, unsigned int mode);")
+  local prefix = path:sub(1, 1) == "/" and "/" or ""
+  for part in path:gmatch("[^/]+") do
+    prefix = prefix .. part
+    if not files.is_dir(prefix) then
+      if ffi.C.mkdir(prefix, tonumber("777", 8)) ~= 0 and not files.is_dir(prefix) then
+        local why = files.exists(prefix) and "a file is in the way" or "mkdir failed (" .. ffi.errno() .. ")"
+        fail("%s: cannot create the folder '%s': %s", where, prefix, why)
+      end
+    end
+    prefix = prefix .. "/"
+  end
+  return path
+end
+
 return files

@@ -16,12 +16,13 @@ end
 return function(argv)
   local parser = cli.parser("demo", "Find the induction circuit of the embedded model and check it.",
     "Writes circuit.json, circuit.svg and curve.svg into --out.")
-  parser:option("--out", "Folder for the output files.", "."):argname("DIR")
+  parser:option("--out", "Folder for the output files (created when missing).", "."):argname("DIR")
   parser:option("--model", "Another induction-trained model folder (default: the embedded one)."):argname("PATH")
   parser:option("--rows", "Dataset rows.", "64"):argname("N"):convert(cli.integer("--rows", 1))
   parser:flag("--quiet", "No progress bar.")
   local args = cli.parse(parser, argv, "demo")
-  local out = args.out:gsub("/$", "")
+  local out = args.out:gsub("(.)/$", "%1")
+  require("eapig.files").mkdir_p(out, "demo --out")
   cli.check_writable(out .. "/circuit.json")
 
   local demo = require("eapig.demo")
