@@ -299,7 +299,7 @@ describe("dtypes and shards", function()
 end)
 
 -- The shared fixtures: skip with a message when ../shared is absent (a user's machine).
-local shared = testing.shared_dir()
+local shared = require("support.shared").dir()
 if not shared then
   pending("../shared is absent: fixture and stories260K loading tests skipped")
 else

@@ -5,7 +5,7 @@
 local tasks = require("eapig.tasks")
 local testing = require("eapig.testing")
 
-local SHARED = testing.shared_dir()
+local SHARED = require("support.shared").dir()
 
 -- A stand-in tokenizer: greedy longest match over a fixed list of pieces (id = position - 1),
 -- with single characters as the fallback. Enough pieces for the greater-than and IOI templates

@@ -1,7 +1,7 @@
--- eapig.attribute: EAP-IG's attribution methods, with its conventions (see
--- ../shared/fixtures/README.md): the loss is the batch mean of the metric, negated when higher
--- is better; scores are summed over batches, positions and d_model, then divided by the number
--- of items (and by the number of gradient runs for the integrated-gradient methods).
+-- eapig.attribute: EAP-IG's attribution methods, with its conventions (docs/conventions.md):
+-- the loss is the batch mean of the metric, negated when higher is better; scores are summed
+-- over batches, positions and d_model, then divided by the number of items (and by the number
+-- of gradient runs for the integrated-gradient methods).
 --
 -- Every method is a loop in Lua over batches around two engine calls: a patched or overridden
 -- forward, and the backward that streams destination gradients into the score matrix.

@@ -110,7 +110,7 @@ end
 local ids = M.ids
 
 ---------------------------------------------------------------------------------------------------
--- Built-ins (definitions follow EAP-IG; ../shared/fixtures/README.md states them)
+-- Built-ins (definitions follow EAP-IG's notebooks; docs/conventions.md states them)
 
 M.logit_diff = M.register {
   name = "logit_diff", higher_is_better = true,

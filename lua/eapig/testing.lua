@@ -222,14 +222,6 @@ function testing.rmtree(dir)
   os.execute("rm -rf -- " .. shell_quote(dir))
 end
 
--- ../shared (fixtures and real models), relative to the project root, or nil when absent.
-function testing.shared_dir()
-  local f = io.open("../shared/fixtures/README.md", "rb") or io.open("../shared/DESIGN.md", "rb")
-  if not f then return nil end
-  f:close()
-  return "../shared"
-end
-
 local DEFAULTS = {
   gpt2 = { tied = true }, llama = {}, mistral = {}, qwen2 = { qkv_bias = true, tied = true }, gpt_neox = {},
 }

@@ -1,8 +1,10 @@
 -- EAP-IG on a real small model: induction in stories260K (Karpathy's 260K-parameter Llama-2
 -- trained on TinyStories), with a dataset built from its own tokenizer.
 --
---   eapig run scripts/examples/induction_stories.lua ../shared/models/stories260K/stories260K.bin \
---     [--tokenizer ../shared/models/stories260K/tok512.bin] [--n 32] [--half 3] [--topn 200]
+--   eapig run scripts/examples/induction_stories.lua path/to/stories260K.bin \
+--     [--tokenizer path/to/tok512.bin] [--n 32] [--half 3] [--topn 200]
+--
+-- stories260K.bin and tok512.bin are Karpathy's llama2.c release files (stories260K).
 --
 -- Each row is H random word tokens followed by their first H - 1 again; at the last position
 -- induction predicts the H-th. The corrupted row re-draws the first half, so the second no longer

@@ -1,0 +1,13 @@
+-- Test support: the team's shared folder beside the checkout (fixtures and real models), which
+-- developer machines and CI have and users do not. Specs that read it skip when it is absent.
+local M = {}
+
+-- The folder, relative to the project root (where busted runs), or nil when absent.
+function M.dir()
+  local f = io.open("../shared/fixtures/README.md", "rb") or io.open("../shared/DESIGN.md", "rb")
+  if not f then return nil end
+  f:close()
+  return "../shared"
+end
+
+return M
