@@ -25,8 +25,9 @@ typedef struct {
     float *dz, *dq, *dk, *dv; /* (N, H*Dh) */
     float *dh, *dpre, *dup;   /* (N,F) */
     float *scratch;           /* (P,P) */
-    float *G;      /* (J,N,D) the current layer's destination gradients */
-    float *red;    /* (J,Nd,D) the same summed over batched steps */
+    float *G;      /* (J,N,D) the current layer's destination gradients (NULL: they go straight
+                    * into the score gather, see below) */
+    float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
     float *dxf, *Gf; /* (rows,D) */
     /* Weight gradients only: */
     float *wy;     /* (N,D) a norm's output, recomputed from its saved xhat */
@@ -34,12 +35,27 @@ typedef struct {
     float *wdk, *wdv; /* (N, KV*Dh) k and v gradients summed over each kv head's query heads */
 } bwd_scratch;
 
+/* Score accumulation reads the difference buffer (NF, Nd*D) against destination gradients. One
+ * GEMM per layer (37 destinations for GPT-2) would re-read all of diff for a few columns and be
+ * memory-bound, so the destination gradients (summed over steps) of consecutive layers are
+ * gathered into `buf` first, as many as the memory budget allows, and reduced together by
+ * flush_scores. The gathered layers [lo, hi) cover the score columns [col(lo), hi_col); layer L
+ * stands for the logits column. Column c lives at slot cap_cols - (hi_col - c), so the layers,
+ * gathered from the top down, end up in column order. */
+typedef struct {
+    float *buf;       /* (cap_cols, Nd*D) */
+    size_t cap_cols;
+    size_t lo, hi;    /* gathered layers; lo == hi: empty */
+    size_t hi_col;    /* one past the last gathered column */
+} score_gather;
+
 typedef struct {
     const eapig_model *m;
     const eapig_workspace *ws;
     const eapig_backward_opts *o;
     bwd_scratch s;
-    size_t B, P, N, D, Bd, steps, NB;
+    score_gather sg;
+    size_t B, P, N, D, Bd, steps, NB, NF, J, H, L;
 } bwd_run;
 
 static float *carve(float **p, size_t n) {
@@ -48,58 +64,95 @@ static float *carve(float **p, size_t n) {
     return r;
 }
 
+/* First score column of layer l (layer L: the logits column) and how many it has. */
+static size_t layer_col(const bwd_run *r, size_t l) { return l * r->J; }
+static size_t layer_ncols(const bwd_run *r, size_t l) { return l == r->L ? 1 : r->J; }
+/* Sources upstream of layer l's attention (of the logits for l = L). */
+static size_t layer_n_up(const bwd_run *r, size_t l) { return 1 + l * (r->H + 1); }
+
 /* Sums the batched integrated-gradient steps of n_blocks gradient blocks (each (N,D), step-major
- * rows) into (Nd,D) blocks; returns src itself when there is one step. */
-static const float *reduce_steps(bwd_run *r, const float *src, size_t n_blocks) {
-    if (r->steps == 1) return src;
+ * rows) into n_blocks (Nd,D) blocks at dst. */
+static void reduce_steps(const bwd_run *r, float *dst, const float *src, size_t n_blocks) {
     size_t nd = r->N * r->D, ndr = nd / r->steps;
     for (size_t j = 0; j < n_blocks; j++) {
-        float *dst = r->s.red + j * ndr;
-        memcpy(dst, src + j * nd, ndr * sizeof(float));
+        float *d = dst + j * ndr;
+        memcpy(d, src + j * nd, ndr * sizeof(float));
         for (size_t k = 1; k < r->steps; k++) {
             const float *blk = src + j * nd + k * ndr;
-            for (size_t i = 0; i < ndr; i++) dst[i] += blk[i];
+            for (size_t i = 0; i < ndr; i++) d[i] += blk[i];
         }
     }
-    return r->s.red;
 }
 
-/* S[0:n_up, col:col+ncols] += diff[0:n_up] @ G^T for ncols destination gradients G (N,D). */
-static void accumulate_edges(bwd_run *r, const float *G, size_t ncols, size_t n_up, size_t col) {
-    if (!r->o->scores) return;
-    const float *g = reduce_steps(r, G, ncols);
+/* S[u0:u1, c0:c1] += diff[u0:u1] @ Gathered[c0:c1]^T. */
+static void score_gemm(bwd_run *r, size_t u0, size_t u1, size_t c0, size_t c1) {
+    if (u1 <= u0 || c1 <= c0) return;
     size_t ndr = r->N * r->D / r->steps;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_up, (int)ncols, (int)ndr, 1.0f, r->o->diff,
-                (int)ndr, g, (int)ndr, 1.0f, r->o->scores + col, (int)r->NB);
+    const float *g = r->sg.buf + (r->sg.cap_cols - (r->sg.hi_col - c0)) * ndr;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(u1 - u0), (int)(c1 - c0), (int)ndr, 1.0f,
+                r->o->diff + u0 * ndr, (int)ndr, g, (int)ndr, 1.0f, r->o->scores + u0 * r->NB + c0, (int)r->NB);
 }
 
-/* Node and neuron scores of sources [u0, u0+n) whose outputs all meet the residual gradient g. */
+/* The edges among gathered layers [l0, l1) whose sources lie in those layers: the staircase is
+ * split in halves, so every GEMM has as many rows as columns allow (recursive blocking). */
+static void score_triangle(bwd_run *r, size_t l0, size_t l1) {
+    if (l1 - l0 == 1) { /* a layer's own heads feed its MLP (sequential blocks only) */
+        if (l0 < r->L && !r->m->cfg.parallel_attn_mlp) {
+            size_t mlp_col = layer_col(r, l0) + 3 * r->H;
+            score_gemm(r, layer_n_up(r, l0), layer_n_up(r, l0) + r->H, mlp_col, mlp_col + 1);
+        }
+        return;
+    }
+    size_t mid = (l0 + l1) / 2;
+    score_gemm(r, layer_n_up(r, l0), layer_n_up(r, mid), layer_col(r, mid), layer_col(r, l1 - 1) + layer_ncols(r, l1 - 1));
+    score_triangle(r, l0, mid);
+    score_triangle(r, mid, l1);
+}
+
+/* Reduces the gathered layers into the scores and empties the gather. */
+static void flush_scores(bwd_run *r) {
+    score_gather *sg = &r->sg;
+    if (sg->lo == sg->hi) return;
+    score_gemm(r, 0, layer_n_up(r, sg->lo), layer_col(r, sg->lo), sg->hi_col);
+    score_triangle(r, sg->lo, sg->hi);
+    sg->lo = sg->hi = 0;
+}
+
+/* Where layer l's (step-summed) destination gradients go in the gather: flushes first when they
+ * do not fit beside the layers already there. Layers arrive from the top (logits) down. */
+static float *gather_layer(bwd_run *r, size_t l) {
+    score_gather *sg = &r->sg;
+    size_t ndr = r->N * r->D / r->steps;
+    if (sg->lo != sg->hi && sg->hi_col - layer_col(r, l) > sg->cap_cols) flush_scores(r);
+    if (sg->lo == sg->hi) {
+        sg->hi = l + 1;
+        sg->hi_col = layer_col(r, l) + layer_ncols(r, l);
+    }
+    sg->lo = l;
+    return sg->buf + (sg->cap_cols - (sg->hi_col - layer_col(r, l))) * ndr;
+}
+
+/* Node and neuron scores of sources [u0, u0+n) whose outputs all meet the residual gradient g:
+ * node_scores[u0:u0+n] += diff[u0:u0+n] @ g (one pass over diff), neuron scores elementwise. */
 static void accumulate_nodes(bwd_run *r, const float *g_res, int32_t u0, size_t n) {
     if (!r->o->node_scores && !r->o->neuron_scores) return;
-    size_t ndr = r->N * r->D / r->steps, D = r->D;
-    const float *g;
-    if (r->steps == 1) {
-        g = g_res;
-    } else { /* reduce into the last block of red, which edge scores do not use at this point */
-        float *dst = r->s.red;
-        memcpy(dst, g_res, ndr * sizeof(float));
-        for (size_t k = 1; k < r->steps; k++)
-            for (size_t i = 0; i < ndr; i++) dst[i] += g_res[k * ndr + i];
-        g = dst;
+    size_t ndr = r->N * r->D / r->steps, D = r->D, Nd = ndr / D;
+    const float *g = g_res;
+    if (r->steps > 1) {
+        reduce_steps(r, r->s.g_red, g_res, 1);
+        g = r->s.g_red;
     }
-    for (size_t i = 0; i < n; i++) {
-        size_t u = (size_t)u0 + i;
-        const float *d = r->o->diff + u * ndr;
-        if (r->o->node_scores) {
-            double acc = 0.0;
-            for (size_t e = 0; e < ndr; e++) acc += (double)d[e] * g[e];
-            r->o->node_scores[u] += (float)acc;
+    const float *d0 = r->o->diff + (size_t)u0 * ndr;
+    if (r->o->node_scores)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)ndr, 1.0f, d0, (int)ndr, g, 1, 1.0f,
+                    r->o->node_scores + u0, 1);
+    if (r->o->neuron_scores)
+        for (size_t i = 0; i < n; i++) {
+            float *ns = r->o->neuron_scores + ((size_t)u0 + i) * D;
+            const float *d = d0 + i * ndr;
+            for (size_t t = 0; t < Nd; t++)
+                for (size_t e = 0; e < D; e++) ns[e] += d[t * D + e] * g[t * D + e];
         }
-        if (r->o->neuron_scores) {
-            float *ns = r->o->neuron_scores + u * D;
-            for (size_t e = 0; e < ndr; e++) ns[e % D] += d[e] * g[e];
-        }
-    }
 }
 
 static void output_node_grads(bwd_run *r, const float *g, int32_t u0, size_t n) {
@@ -257,6 +310,20 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
     return EAPIG_OK;
 }
 
+/* Columns of destination gradients the score gather holds: opts.score_memory bytes, by default
+ * as many columns as diff has rows (as much memory again as diff), at least one layer's and at
+ * most every destination. */
+static size_t gather_columns(const bwd_run *r) {
+    size_t ndr = r->N * r->D / r->steps, cols;
+    if (r->o->score_memory > 0)
+        cols = (size_t)r->o->score_memory / (ndr * sizeof(float));
+    else
+        cols = r->NF;
+    if (cols < r->J) cols = r->J;
+    if (cols > r->NB) cols = r->NB;
+    return cols;
+}
+
 int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backward_opts *o) {
     int status = check_backward(m, ws, o);
     if (status != EAPIG_OK) return status;
@@ -265,12 +332,18 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.B = (size_t)ws->B, r.P = (size_t)ws->P, r.N = r.B * r.P, r.D = (size_t)c->d_model;
     r.Bd = o->diff_B ? (size_t)o->diff_B : r.B;
     r.steps = r.B / r.Bd;
-    r.NB = (size_t)eapig_model_n_backward(m);
-    size_t N = r.N, D = r.D, H = c->n_heads, Dh = c->d_head, F = c->d_mlp, J = 3 * H + 1, L = c->n_layers;
+    r.NB = (size_t)eapig_model_n_backward(m), r.NF = (size_t)eapig_model_n_forward(m);
+    r.H = (size_t)c->n_heads, r.L = (size_t)c->n_layers, r.J = 3 * r.H + 1;
+    size_t N = r.N, D = r.D, H = r.H, Dh = c->d_head, F = c->d_mlp, J = r.J, L = r.L;
     size_t V = c->vocab, rows = ws->logit_pos ? r.B : N, nd = N * D;
-    size_t ndr = nd / r.steps, NF = (size_t)eapig_model_n_forward(m);
+    size_t ndr = nd / r.steps;
+    /* With one step and scores, the destination gradients are written straight into the gather. */
+    int scores = o->scores != NULL, direct = scores && r.steps == 1;
+    int nodes = o->node_scores || o->neuron_scores;
+    r.sg.cap_cols = scores ? gather_columns(&r) : 0;
 
-    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + r.P * r.P + J * nd + J * ndr + 2 * rows * D;
+    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + r.P * r.P + 2 * rows * D;
+    need += (direct ? 0 : J * nd) + r.sg.cap_cols * ndr + (nodes && r.steps > 1 ? ndr : 0);
     size_t kvd = (size_t)c->n_kv_heads * Dh;
     if (o->weight_grads) need += 2 * nd + 2 * N * kvd;
     if (eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, need, sizeof(float), "gradients") != EAPIG_OK)
@@ -281,7 +354,9 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.dv = carve(&p, N * H * Dh);
     r.s.dh = carve(&p, N * F), r.s.dpre = carve(&p, N * F), r.s.dup = carve(&p, N * F);
     r.s.scratch = carve(&p, r.P * r.P);
-    r.s.G = carve(&p, J * nd), r.s.red = carve(&p, J * ndr);
+    r.s.G = direct ? NULL : carve(&p, J * nd);
+    r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
+    r.s.g_red = nodes && r.steps > 1 ? carve(&p, ndr) : NULL;
     r.s.dxf = carve(&p, rows * D), r.s.Gf = carve(&p, rows * D);
     if (o->weight_grads) {
         r.s.wy = carve(&p, nd), r.s.wdxn = carve(&p, nd);
@@ -305,13 +380,13 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         memcpy(r.s.g + dst * D, r.s.Gf + q * D, D * sizeof(float));
     }
     if (o->dest_grads) memcpy(o->dest_grads + (r.NB - 1) * nd, r.s.g, nd * sizeof(float));
-    accumulate_edges(&r, r.s.g, 1, NF, r.NB - 1);
+    if (scores) reduce_steps(&r, gather_layer(&r, L), r.s.g, 1);
 
     for (size_t li = L; li-- > 0;) {
         int l = (int)li;
         const layer_state *st = &ws->layers[l];
         int32_t first_head = 1 + l * (c->n_heads + 1), mlp_node = first_head + c->n_heads;
-        float *G_att = r.s.G, *G_m = r.s.G + 3 * H * nd;
+        float *G_att = direct ? gather_layer(&r, li) : r.s.G, *G_m = G_att + 3 * H * nd;
         /* r.s.g is the gradient after the layer; the MLP's output meets it there. */
         accumulate_nodes(&r, r.s.g, mlp_node, 1);
         output_node_grads(&r, r.s.g, mlp_node, 1);
@@ -327,10 +402,8 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         attention_backward_layer(&r, l, st, g_heads, G_att);
         if (gw) attention_weight_grads(&r, l, st, g_heads);
 
-        size_t n_up = (size_t)first_head, col = (size_t)l * J;
-        accumulate_edges(&r, G_att, 3 * H, n_up, col);
-        accumulate_edges(&r, G_m, 1, n_up + (c->parallel_attn_mlp ? 0 : H), col + 3 * H);
-        if (o->dest_grads) memcpy(o->dest_grads + col * nd, r.s.G, J * nd * sizeof(float));
+        if (scores && !direct) reduce_steps(&r, gather_layer(&r, li), G_att, J);
+        if (o->dest_grads) memcpy(o->dest_grads + li * J * nd, G_att, J * nd * sizeof(float));
 
         /* The gradient before the layer: everything after it plus every reader's gradient. */
         if (c->parallel_attn_mlp)
@@ -342,6 +415,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
             for (size_t i = 0; i < nd; i++) r.s.g[i] += Gj[i];
         }
     }
+    if (scores) flush_scores(&r);
     accumulate_nodes(&r, r.s.g, 0, 1);
     output_node_grads(&r, r.s.g, 0, 1);
     /* r.s.g is now the gradient of the embedded input: token rows and learned positions. */

@@ -186,6 +186,11 @@ typedef struct eapig_backward_opts {
     float *scores;           /* (NF, NB), += */
     float *node_scores;      /* (NF), += */
     float *neuron_scores;    /* (NF, D), += */
+    /* Memory budget of the edge-score accumulation, in bytes: destination gradients (summed
+     * over steps) of as many consecutive layers as fit, at least one layer's, are gathered
+     * before their score GEMMs, so that each read of diff serves many destinations. 0: as much
+     * as diff itself (NF columns of Bd*P*D floats). */
+    int64_t score_memory;
     float *dest_grads;       /* optional out (NB, B, P, D): every destination gradient G, = */
     float *node_grads;       /* optional out (NF, B, P, D): every g_u, = */
     /* optional: a model of the same config (eapig_model_new) whose weights accumulate (+=) the

@@ -81,7 +81,8 @@ function Model:forward(batch, opts)
 end
 
 -- Backward from dlogits (same shape as the last kept forward's logits). opts: diff, diff_B,
--- scores, node_scores, neuron_scores, dest_grads, node_grads (float buffers, see eapig.h).
+-- scores, node_scores, neuron_scores, dest_grads, node_grads (float buffers, see eapig.h),
+-- score_memory (bytes the edge-score accumulation may gather; nil: the engine's default).
 function Model:backward(dlogits, opts)
   opts = opts or {}
   local o = bwd_opts_t()
@@ -89,6 +90,7 @@ function Model:backward(dlogits, opts)
   o.diff, o.diff_B = opts.diff, opts.diff_B or 0
   o.scores, o.node_scores, o.neuron_scores = opts.scores, opts.node_scores, opts.neuron_scores
   o.dest_grads, o.node_grads = opts.dest_grads, opts.node_grads
+  o.score_memory = opts.score_memory or 0
   core.check(C.eapig_backward(self.handle, self.workspace, o), "backward")
 end
 

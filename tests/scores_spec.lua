@@ -1,0 +1,121 @@
+-- Score accumulation in the engine: edge, node and neuron scores are the same whatever memory
+-- budget the edge-score gather gets (one layer at a time, a few layers, every destination), with
+-- and without batched steps, and equal <diff_u, G_v> of the returned destination gradients on
+-- real edges and exactly zero elsewhere.
+package.path = "./tests/?.lua;" .. package.path
+local tiny = require("support.tiny")
+local core = require("eapig.core")
+local C = core.C
+
+local KINDS = { "gpt2", "llama", "neox" }
+
+local function setup(kind, seed)
+  local m = tiny.model(kind, seed, { layers = 5 })
+  local batch = tiny.batch(m, { 4, 6, 5 }, seed + 1)
+  local corr = tiny.corrupt(m, batch, seed + 2)
+  local pos = tiny.last_pos(batch)
+  local n = m.n_forward * m:block_size(batch.B, batch.P)
+  local cap_c, cap_r, diff = core.floats(n), core.floats(n), core.floats(n)
+  m:forward(batch, { logit_pos = pos, capture = cap_c })
+  m:forward(corr, { logit_pos = pos, capture = cap_r })
+  for i = 0, n - 1 do diff[i] = cap_r[i] - cap_c[i] end
+  local rng = tiny.rng(seed + 3)
+  local c = core.floats(batch.B * m.vocab)
+  for i = 0, batch.B * m.vocab - 1 do c[i] = rng.normal() end
+  local mask = core.bytes(m.n_forward * m.n_backward)
+  core.check(C.eapig_model_edge_mask(m.handle, mask))
+  return { m = m, batch = batch, pos = pos, diff = diff, c = c, mask = mask }
+end
+
+-- Scores of one backward at the given budget (bytes; nil = default), on `steps` copies of the batch.
+local function scores(t, budget, steps)
+  local m, B, P = t.m, t.batch.B, t.batch.P
+  local NF, NB = m.n_forward, m.n_backward
+  local out = { edges = core.floats(NF * NB), nodes = core.floats(NF), neurons = core.floats(NF * m.d_model) }
+  local tokens, lengths, pos = core.int32s(steps * B * P), core.int32s(steps * B), core.int32s(steps * B)
+  local c = core.floats(steps * B * m.vocab)
+  for k = 0, steps - 1 do
+    for i = 0, B * P - 1 do tokens[k * B * P + i] = t.batch.tokens[i] end
+    for b = 0, B - 1 do lengths[k * B + b], pos[k * B + b] = t.batch.lengths[b], t.pos[b] end
+    for i = 0, B * m.vocab - 1 do c[k * B * m.vocab + i] = t.c[i] end
+  end
+  m:forward({ tokens = tokens, lengths = lengths, B = steps * B, P = P }, { logit_pos = pos, keep = true })
+  m:backward(c, { diff = t.diff, diff_B = B, scores = out.edges, node_scores = out.nodes,
+    neuron_scores = out.neurons, score_memory = budget })
+  return out
+end
+
+local function worst_rel(a, b, n, scale)
+  local w = 0
+  for i = 0, n - 1 do w = math.max(w, math.abs(a[i] - scale * b[i]) / (1 + math.abs(b[i]))) end
+  return w
+end
+
+describe("score accumulation", function()
+  for _, kind in ipairs(KINDS) do
+    describe(kind, function()
+      local t = setup(kind, 21)
+      local m, NF, NB = t.m, t.m.n_forward, t.m.n_backward
+      local blk = m:block_size(t.batch.B, t.batch.P)
+      local G = core.floats(NB * blk)
+      m:forward(t.batch, { logit_pos = t.pos, keep = true })
+      m:backward(t.c, { dest_grads = G })
+      local one_layer = scores(t, 1, 1)
+
+      it("edge scores are <diff_u, G_v> on real edges and zero elsewhere", function()
+        local worst = 0
+        for u = 0, NF - 1 do
+          for v = 0, NB - 1 do
+            local s = one_layer.edges[u * NB + v]
+            if t.mask[u * NB + v] == 1 then
+              local ref = 0
+              for i = 0, blk - 1 do ref = ref + t.diff[u * blk + i] * G[v * blk + i] end
+              worst = math.max(worst, math.abs(s - ref) / (1 + math.abs(ref)))
+            else
+              assert.are.equal(0, s)
+            end
+          end
+        end
+        assert.is_true(worst < 1e-4, tostring(worst))
+      end)
+
+      it("every budget gives the same scores", function()
+        local per_col = 4 * blk
+        for _, budget in ipairs({ false, per_col * 20, per_col * 2 * (3 * m.n_heads + 1) + per_col, per_col * NB,
+          per_col * NB * 4 }) do
+          local s = scores(t, budget or nil, 1)
+          assert.is_true(worst_rel(s.edges, one_layer.edges, NF * NB, 1) < 1e-5, tostring(budget))
+          for i = 0, NF * NB - 1 do
+            if t.mask[i] == 0 then assert.are.equal(0, s.edges[i]) end
+          end
+          assert.is_true(worst_rel(s.nodes, one_layer.nodes, NF, 1) < 1e-5)
+          assert.is_true(worst_rel(s.neurons, one_layer.neurons, NF * m.d_model, 1) < 1e-5)
+        end
+      end)
+
+      it("batched steps are summed before the gather at every budget", function()
+        for _, budget in ipairs({ 1, 4 * blk * NB }) do
+          local s = scores(t, budget, 3)
+          assert.is_true(worst_rel(s.edges, one_layer.edges, NF * NB, 3) < 1e-4, tostring(budget))
+          assert.is_true(worst_rel(s.nodes, one_layer.nodes, NF, 3) < 1e-4)
+          assert.is_true(worst_rel(s.neurons, one_layer.neurons, NF * m.d_model, 3) < 1e-4)
+        end
+      end)
+
+      it("node scores are sums of out-edge scores and of neuron scores", function()
+        for u = 0, NF - 1 do
+          -- a node's output meets the residual gradient, which is the sum of its readers' gradients
+          -- downstream; out-edge scores sum over destinations reading it
+          local sum_n = 0
+          for d = 0, m.d_model - 1 do sum_n = sum_n + one_layer.neurons[u * m.d_model + d] end
+          local tol = 1e-4 * (1 + math.abs(one_layer.nodes[u]))
+          assert.is_true(math.abs(sum_n - one_layer.nodes[u]) < tol)
+          local sum_e = 0
+          for v = 0, NB - 1 do sum_e = sum_e + one_layer.edges[u * NB + v] end
+          assert.is_true(math.abs(sum_e - one_layer.nodes[u]) < tol, ("node %d: %g vs %g"):format(u, sum_e,
+            one_layer.nodes[u]))
+        end
+      end)
+    end)
+  end
+end)
