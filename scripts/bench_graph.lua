@@ -1,12 +1,32 @@
--- Times circuit selection on a graph the size of Llama-3-8B's (32 layers, 32 heads: 1,058 nodes,
--- 1,592,881 edges) with random scores. Run from the repository root: luajit scripts/bench_graph.lua
-package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+-- Times circuit selection, graph files and `eapig circuit` on a graph the size of Llama-3-8B's
+-- (32 layers, 32 heads: 1,058 nodes, 1,592,881 edges) with random scores, and the peak memory
+-- (resident set) of each file operation. Run from the repository root after building:
+--   luajit scripts/bench_graph.lua
+package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;" .. package.path
+package.cpath = "./build/?.so;" .. package.cpath
 local Graph = require("eapig.graph")
 
 local function seconds(f)
   local t0 = os.clock()
   f()
   return os.clock() - t0
+end
+
+-- Resident memory in MiB from /proc/self/status: the current size and the peak since the last
+-- reset_peak() (writing 5 to clear_refs resets the peak, Linux 4.0 and later).
+local function rss(field)
+  local fh = io.open("/proc/self/status", "rb")
+  if not fh then return 0 / 0 end
+  local text = fh:read("*a")
+  fh:close()
+  return (tonumber(text:match(field .. ":%s*(%d+)")) or 0 / 0) / 1024
+end
+local function reset_peak()
+  local fh = io.open("/proc/self/clear_refs", "wb")
+  if fh then
+    fh:write("5")
+    fh:close()
+  end
 end
 
 local g
@@ -44,11 +64,40 @@ local dir = os.tmpname()
 os.remove(dir)
 os.execute("mkdir -p '" .. dir .. "'")
 g:apply_topn(1000)
+collectgarbage()
+print(string.format("resident before the files: %.0f MiB (the graph's buffers and the Lua state)", rss("VmRSS")))
 for _, form in ipairs({ { "json", "to_json", "from_json" }, { "safetensors", "to_safetensors", "from_safetensors" } }) do
   local path = dir .. "/graph." .. form[1]
+  collectgarbage()
+  local base = rss("VmRSS")
+  reset_peak()
   local w = seconds(function() g[form[2]](g, path) end)
+  local w_peak = rss("VmHWM") - base
   local size = io.open(path, "rb"):seek("end")
-  local r = seconds(function() Graph[form[3]](path) end)
-  print(string.format("%s: write %.2f s, read %.2f s, %.1f MB", form[1], w, r, size / 1e6))
+  collectgarbage()
+  base = rss("VmRSS")
+  reset_peak()
+  local r = seconds(function() Graph[form[3]](path) end) -- the new graph is dropped at once
+  local r_peak = rss("VmHWM") - base
+  print(string.format("%s: write %.2f s (peak +%.0f MiB), read %.2f s (peak +%.0f MiB, the new graph included), %.1f MB",
+    form[1], w, w_peak, r, r_peak, size / 1e6))
+end
+
+-- The command line end to end (start-up, read, select, write), as a user runs it: wall time, and
+-- the CPU time (user + system) that bash's `times` reports for it, which a busy machine inflates less.
+local function timed(cmd)
+  local p = io.popen("bash -c \"s=\\$(date +%s.%N); " .. cmd .. " >/dev/null || echo FAILED; " ..
+    "echo \\$(date +%s.%N) \\$s; times\"")
+  local out = p:read("*a")
+  p:close()
+  assert(not out:find("FAILED"), "failed: " .. cmd)
+  local t1, t0 = out:match("([%d.]+) ([%d.]+)")
+  local um, us, sm, ss = out:match("\n(%d+)m([%d.]+)s (%d+)m([%d.]+)s\n*$") -- the children's line
+  return tonumber(t1) - tonumber(t0), um * 60 + us + sm * 60 + ss
+end
+for _, form in ipairs({ "json", "safetensors" }) do
+  local w, cpu = timed(string.format("luajit scripts/eapig circuit --graph '%s/graph.%s' --topn 1000 --out '%s/circuit.%s'",
+    dir, form, dir, form))
+  print(string.format("eapig circuit --topn 1000 from %s: %.2f s wall, %.2f s CPU", form, w, cpu))
 end
 os.execute("rm -rf '" .. dir .. "'")

@@ -189,7 +189,7 @@ describe("Graph JSON", function()
       assert.is_truthy(err:find(path, 1, true), err)
       assert.is_truthy(err:find(pattern, 1, true), err)
     end
-    fails_with("{not json", "is not valid JSON")
+    fails_with("{not json", "not valid JSON: expected a string at byte 1")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}}', "missing or malformed key 'edges'")
     fails_with('{"cfg": {"n_layers": 1}, "nodes": {}, "edges": {}}', "bad cfg: Graph.new: cfg.n_heads must be")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->a7.h0<q>": {"score": 1, "in_graph": true}}}',
@@ -197,15 +197,68 @@ describe("Graph JSON", function()
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"m0->a0.h0<q>": {"score": 1, "in_graph": true}}}',
       "'m0->a0.h0<q>' is not an edge of this graph")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->m0": {"score": "x", "in_graph": true}}}',
-      "edge 'input->m0': score must be a number, got x")
+      "edge 'input->m0': score must be a number, got a string")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->m0": {"score": 1}}}',
-      "edge 'input->m0': in_graph must be a boolean, got nil")
+      "edge 'input->m0': in_graph is missing")
+    fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->m0": {"score": 1, "in_graph": 2}}}',
+      "edge 'input->m0': in_graph must be a boolean, got a number other than 0 or 1")
+    fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->m0": {"score": 1, "in_graph": true}',
+      "not valid JSON: the file ends where")
+    fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->m0": {"score": 1e, "in_graph": true}}}',
+      "not valid JSON: expected an exponent at byte")
+    fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {}} x', "expected the end of the file")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {"m5": {"in_graph": true}}, "edges": {}}', "node 'm5': unknown node")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {"m0": {"in_graph": true, "neurons": [true]}}, "edges": {}}',
       "node 'm0': neurons must be a list of d_model (4) entries")
     local ok, err = pcall(Graph.from_json, DIR .. "/missing.json")
     assert.is_false(ok)
     assert.is_truthy(err:find("cannot open", 1, true))
+  end)
+
+  it("streams a graph bigger than its read window, written by any JSON writer", function()
+    -- 12 layers of 12 heads: 2 MB of JSON, more than the reader's first 1 MiB window, so entries
+    -- straddle window boundaries
+    local g = Graph.new({ n_layers = 12, n_heads = 12, d_model = 8, parallel_attn_mlp = false })
+    math.randomseed(7)
+    for i = 0, g.n_forward * g.n_backward - 1 do
+      if g.real[i] ~= 0 then g.scores[i] = (math.random() - 0.5) * 10 ^ math.random(-30, 30) end
+    end
+    g:apply_topn(500)
+    local path = DIR .. "/big.json"
+    g:to_json(path)
+    assert.is_true(#read(path) > 2 * 1024 * 1024)
+    assert_same_graph(g, Graph.from_json(path))
+    -- the same content as cjson writes it: keys in hash order (edges may come before cfg), no
+    -- spaces, numbers in its own format (14 digits: compare as the float32 of that double)
+    local d = cjson.decode(read(path))
+    local other = DIR .. "/big-cjson.json"
+    write(other, cjson.encode(d))
+    local h = Graph.from_json(other)
+    for name, info in pairs(d.edges) do
+      local u, v = g:edge_index(name)
+      local i = u * g.n_backward + v
+      assert.are.equal(ffi.new("float[1]", cjson.decode(cjson.encode(info.score)))[0], h.scores[i])
+      assert.are.equal(g.in_graph[i], h.in_graph[i])
+    end
+  end)
+
+  it("reads escapes, any spacing and JSON's number forms", function()
+    local text = '{ "edges" : {\n  "input->m0":{"in_graph":1, "note": [1, {"x": null}], "score":-2.5E+2},\n' ..
+      '  "\\u0069nput->logits": {"score": 0, "in_graph": false}, "m0->logits": {"score": 1e-3, "in_graph": true}},' ..
+      ' "nodes": {"m0": {"in_graph": true}, "logits": {"in_graph": false}},' ..
+      ' "cfg": {"n_layers": 1, "n_heads": 1, "d_model": 4, "parallel_attn_mlp": false}, "extra": "ignored" }'
+    local path = DIR .. "/forms.json"
+    write(path, text)
+    local g = Graph.from_json(path)
+    local function at(name)
+      local u, v = g:edge_index(name)
+      return g.scores[u * g.n_backward + v], g.in_graph[u * g.n_backward + v]
+    end
+    assert.are.same({ -250, 1 }, { at("input->m0") })
+    assert.are.same({ 0, 0 }, { at("input->logits") })
+    assert.are.same({ ffi.new("float[1]", 1e-3)[0], 1 }, { at("m0->logits") })
+    assert.are.equal(1, g.nodes_in_graph[g:forward_index("m0")])
+    assert.are.equal(1, g.nodes_in_graph[g.n_forward]) -- logits is always in
   end)
 
   it("refuses a graph whose cfg does not match the model", function()

@@ -225,6 +225,33 @@ EAPIG_API int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const
 /* ---- graph selection (core/graph.c) ----------------------------------------------------- */
 /* (section owned by the graph work; keep declarations here) */
 
+/* ---- graphs in EAP-IG's JSON layout (core/graph_json.c) ---------------------------------- */
+/* Names travel as one block: n_forward source names, then n_backward destination names, each
+ * NUL-terminated, back to back (names_len bytes in all). */
+
+/* Formats edges order[*next ..] (flat indices u*NB + v, EAP-IG's edge order) into out as the
+ * entries of the "edges" object, `,\n"u->v": {"score": S, "in_graph": B}` (no comma before edge
+ * 0), as many as fit in cap bytes; sets *out_len and advances *next. Scores as "%.9g", NaN and
+ * infinities as NaN, Infinity, -Infinity. */
+EAPIG_API int eapig_graph_json_edges(char *out, size_t cap, size_t *out_len, int64_t *next,
+                                     const int32_t *order, int64_t n_edges, const float *scores,
+                                     const uint8_t *in_graph, const char *names, size_t names_len,
+                                     int32_t n_forward, int32_t n_backward);
+/* First pass over a graph JSON file: copies the "cfg" value's text into cfg (cfg_cap bytes with
+ * its NUL) and sets *level from the node entries' keys: 2 when one has "neurons" or
+ * "neurons_scores", else 1 when one has "score", else 0. Reads only as far as it needs. */
+EAPIG_API int eapig_graph_json_header(const char *path, char *cfg, size_t cfg_cap, size_t *cfg_len,
+                                      int32_t *level);
+/* Second pass: streams the file (a bounded window) into a graph's buffers: scores and in_graph
+ * (NF, NB) of the edges present (each must be real: real (NF, NB) != 0), nodes_in_graph (NF + 1)
+ * and node_scores (NF) of the nodes present, and on neuron graphs neurons_in_graph and
+ * neuron_scores (NF, D), both NULL otherwise. Entries missing from the file are left as they are. */
+EAPIG_API int eapig_graph_json_read(const char *path, const char *names, size_t names_len,
+                                    int32_t n_forward, int32_t n_backward, int32_t d_model,
+                                    const uint8_t *real, float *scores, uint8_t *in_graph,
+                                    uint8_t *nodes_in_graph, float *node_scores,
+                                    uint8_t *neurons_in_graph, float *neuron_scores);
+
 /* ---- tokenizers (core/tokenizer.c) ------------------------------------------------------ */
 /* Byte-pair encoding as Hugging Face tokenizers, GPT-2 and llama2.c do it. The Lua side reads the
  * files (tokenizer.json, vocab.json + merges.txt) and feeds pieces and merges in; llama2.c's

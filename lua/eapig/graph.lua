@@ -311,6 +311,12 @@ local function edge_order(g)
   return order
 end
 
+-- The flat indices u*NB+v of the real edges in EAP-IG's order (int32_t[n_edges], 0-based; shared
+-- by every copy of the graph: read only).
+function Graph:edge_order()
+  return edge_order(self)
+end
+
 -- Iterator over real edges in EAP-IG order: name, score, in_graph (boolean), u, v.
 function Graph:edges()
   local order, n, k = edge_order(self), self._n_real, -1
