@@ -9,6 +9,7 @@ local core = require("eapig.core")
 local metrics = require("eapig.metrics")
 local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
+local parallel = require("eapig.parallel")
 local ffi = core.ffi
 
 local M = {}
@@ -370,21 +371,33 @@ function M.attribute(model, graph, data, metric, opts)
     ctx.means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)
   end
   local n_items, n_runs, n_batches = 0, 1, 0
-  local total = #data
+  local total, units = #data, nil -- units: progress steps per batch of exact
   if method == "exact" then
     total = 0
-    local units = level == "edge" and graph:n_edges() or model.n_forward
+    units = level == "edge" and graph:n_edges() or model.n_forward
     for _ in data:batches(batch_size) do total = total + units end
   end
-  ctx.progress = Progress.new(method, total, opts.quiet)
+  -- Under mpirun each rank runs its share of the batches (parallel.owns); rank 0's progress bar
+  -- counts every batch as it passes it, which tracks the other ranks.
+  ctx.progress = Progress.new(method, total, opts.quiet or not parallel.is_root())
   for b in data:batches(batch_size) do
-    n_runs = RUNNERS[method](ctx, b)
+    if parallel.owns(n_batches) then
+      n_runs = RUNNERS[method](ctx, b)
+    elseif units then
+      ctx.progress:step(units) -- this batch runs on another rank
+    end
     n_items = n_items + b.B
     n_batches = n_batches + 1
     if method ~= "exact" then ctx.progress:step(b.B) end
   end
   ctx.progress:finish()
   if n_items == 0 then error("attribute: the dataset is empty", 0) end
+  -- the other ranks' partial sums (n_runs is the method's: a rank with no batch has the default)
+  n_runs = parallel.max(n_runs)
+  for _, buf in ipairs({ { ctx.sums.edges, model.n_forward * model.n_backward }, { ctx.sums.nodes, model.n_forward },
+    { ctx.sums.neurons, model.n_forward * model.d_model } }) do
+    if buf[1] then parallel.sum_floats(buf[1], buf[2]) end
+  end
 
   -- exact averages batch means over batches; the gradient methods divide by items and runs.
   local divisor = method == "exact" and n_batches or n_items * n_runs

@@ -2,9 +2,11 @@
 -- mean) value of each edge that is not in the circuit, through the engine's patched forward
 -- with W = 1 - in_graph on real edges; neuron masks scale the patched difference per dimension.
 local core = require("eapig.core")
+local ffi = core.ffi
 local metrics = require("eapig.metrics")
 local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
+local parallel = require("eapig.parallel")
 
 local M = {}
 
@@ -20,6 +22,37 @@ end
 local function unwrap(results, many)
   if many then return results end
   return results[1]
+end
+
+-- Per-row values of every metric, filled batch by batch: under mpirun each rank runs only its
+-- batches (parallel.owns), leaves the other rows 0 and finish() sums the rows over ranks.
+local function row_values(n_metrics, n_rows)
+  local rows = { n = n_rows, batch = -1 }
+  for i = 1, n_metrics do
+    rows[i] = ffi.new("double[?]", math.max(1, n_rows))
+  end
+  return rows
+end
+
+-- Whether this process runs the next batch (batches are counted in dataset order).
+local function take_batch(rows)
+  rows.batch = rows.batch + 1
+  return parallel.owns(rows.batch)
+end
+
+local function put_values(rows, i, b, values)
+  for j, v in ipairs(values) do rows[i][b.first + j - 2] = v end
+end
+
+local function finish_rows(rows)
+  local results = {}
+  for i = 1, #rows do
+    parallel.sum_doubles(rows[i], rows.n)
+    local list = {}
+    for r = 1, rows.n do list[r] = rows[i][r - 1] end
+    results[i] = list
+  end
+  return results
 end
 
 -- The patching weights and per-dimension scales of a (pruned) circuit.
@@ -69,25 +102,25 @@ function M.evaluate_graph(model, graph, data, ms, opts)
   end
   if opts.prune ~= false then graph:prune() end
   local W, scale, any = circuit_weights(model, graph)
-  local results = {}
-  for i = 1, #list do results[i] = {} end
-  local progress = Progress.new("evaluate", #data, opts.quiet)
+  local rows = row_values(#list, #data)
+  local progress = Progress.new("evaluate", #data, opts.quiet or not parallel.is_root())
   for b in data:batches(batch_size) do
-    local clean = runs.engine_batches(b)
-    local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
-    local logits = clean_logits
-    if any then
-      local R = runs.reference(model, b, intervention, means, opts.reference)
-      logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
-    end
-    for i, mt in ipairs(list) do
-      local values = runs.metric_values(model, mt, b, logits, clean_logits, b.rows)
-      for _, v in ipairs(values) do results[i][#results[i] + 1] = v end
+    if take_batch(rows) then
+      local clean = runs.engine_batches(b)
+      local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+      local logits = clean_logits
+      if any then
+        local R = runs.reference(model, b, intervention, means, opts.reference)
+        logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
+      end
+      for i, mt in ipairs(list) do
+        put_values(rows, i, b, runs.metric_values(model, mt, b, logits, clean_logits, b.rows))
+      end
     end
     progress:step(b.B)
   end
   progress:finish()
-  return unwrap(results, many)
+  return unwrap(finish_rows(rows), many)
 end
 
 -- evaluate_baseline(model, data, metrics, {run_corrupted}): the model unchanged, on the clean
@@ -95,19 +128,19 @@ end
 function M.evaluate_baseline(model, data, ms, opts)
   opts = opts or {}
   local list, many = metric_list(ms)
-  local results = {}
-  for i = 1, #list do results[i] = {} end
+  local rows = row_values(#list, #data)
   for b in data:batches(opts.batch_size or 8) do
-    local clean, corrupted = runs.engine_batches(b)
-    local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
-    local logits = clean_logits
-    if opts.run_corrupted then logits = model:forward(corrupted, { logit_pos = b.last_pos }) end
-    for i, mt in ipairs(list) do
-      local values = runs.metric_values(model, mt, b, logits, clean_logits, b.rows)
-      for _, v in ipairs(values) do results[i][#results[i] + 1] = v end
+    if take_batch(rows) then
+      local clean, corrupted = runs.engine_batches(b)
+      local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+      local logits = clean_logits
+      if opts.run_corrupted then logits = model:forward(corrupted, { logit_pos = b.last_pos }) end
+      for i, mt in ipairs(list) do
+        put_values(rows, i, b, runs.metric_values(model, mt, b, logits, clean_logits, b.rows))
+      end
     end
   end
-  return unwrap(results, many)
+  return unwrap(finish_rows(rows), many)
 end
 
 local function mean(x)

@@ -60,6 +60,7 @@ return function(argv)
     intervention_data = intervention_data, aggregation = args.aggregation, batch_size = args.batch_size,
     quiet = args.quiet,
   })
+  if not require("eapig.parallel").is_root() then return 0 end -- under mpirun, rank 0 writes
   cli.write_graph(graph, args.out)
   if not args.quiet then
     print(("%s: %s scores of %d edges from %d rows (%s, %s)"):format(args.out, args.level,

@@ -50,6 +50,7 @@ return function(argv)
   -- numbers still say something.
   if r.clean ~= r.corrupted then r.faithfulness = eapig.faithfulness(r.circuit, r.clean, r.corrupted) end
   r.n_edges, r.n_nodes = graph:count_included_edges(), graph:count_included_nodes()
+  if not require("eapig.parallel").is_root() then return 0 end -- under mpirun, rank 0 prints
 
   if args.json then
     print(cli.json_object(JSON_KEYS, r))

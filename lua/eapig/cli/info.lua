@@ -19,10 +19,11 @@ local ROWS = {
   { "n_forward", function(i) return ("%d (source nodes: input, heads, MLPs)"):format(i.n_forward) end },
   { "n_backward", function(i) return ("%d (destinations: q/k/v inputs, MLP inputs, logits)"):format(i.n_backward) end },
   { "edges", "n_edges" },
+  { "mpi", function(i) return i.mpi and ("yes (mpirun -np K runs batches in parallel; %s)"):format(i.mpi) or "no (built without MPI)" end },
 }
 
 local JSON_KEYS = { "path", "family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp",
-  "vocab", "n_ctx", "norm", "parallel_attn_mlp", "n_forward", "n_backward", "n_edges" }
+  "vocab", "n_ctx", "norm", "parallel_attn_mlp", "n_forward", "n_backward", "n_edges", "mpi" }
 
 return function(argv)
   local parser = cli.parser("info", "Print a model's shape and the size of its graph.")
@@ -33,6 +34,9 @@ return function(argv)
   local model = cli.load_model(args.model)
   local info = model:info()
   info.path = args.model
+  -- whether this build can spread batches over MPI ranks (mpirun -np K eapig attribute ...)
+  local parallel = require("eapig.parallel")
+  info.mpi = parallel.available() and parallel.library_version() or false
   if args.json then
     -- the known keys in a readable order, then any others model:info() gains later
     local keys, seen = {}, {}

@@ -269,12 +269,15 @@ function M.main(argv)
     return one_line(err)
   end
   local ok, status = xpcall(dispatch, handler, argv or {})
+  local parallel = require("eapig.parallel") -- under mpirun: ends MPI, or aborts every rank on an error
   if ok then
     io.stdout:flush()
+    parallel.finish(true)
     return tonumber(status) or 0
   end
   io.stdout:flush()
   io.stderr:write("eapig: ", status, "\n")
+  parallel.finish(false)
   return 1
 end
 

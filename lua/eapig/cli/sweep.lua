@@ -47,10 +47,12 @@ return function(argv)
   graph:check_matches(model:info())
   local data = cli.load_data(args.data, model, "--data")
   local idata = args.intervention_data and cli.load_data(args.intervention_data, model, "--intervention-data")
+  local root = require("eapig.parallel").is_root() -- under mpirun, rank 0 prints and writes
   local result = require("eapig.sweep").run(model, graph, data, args.metric, {
     fractions = args.sizes, signed = args.signed, intervention = args.intervention,
-    intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet,
+    intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet or not root,
   })
+  if not root then return 0 end
   local plot = require("eapig.plot")
   plot.write(args.out, plot.svg(result.points, { logx = true, hline = 1,
     title = ("Faithfulness against circuit size (%s)"):format(eapig.metrics.get(args.metric).name),
