@@ -53,6 +53,7 @@ typedef struct {
     const eapig_model *m;
     const eapig_workspace *ws;
     const eapig_backward_opts *o;
+    const eapig_layer_weights *lw; /* the current layer's f32 weights (eapig_layer_view) */
     bwd_scratch s;
     score_gather sg;
     size_t B, P, N, D, Bd, steps, NB, NF, J, H, L;
@@ -179,7 +180,7 @@ static void dest_grad(bwd_run *r, float *G, const layer_state *st, size_t j, int
 /* G_m (N,D) from the gradient g at the MLP's output. */
 static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *g, float *G_m) {
     const eapig_config *c = &r->m->cfg;
-    const eapig_layer_weights *lw = &r->m->layers[l];
+    const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, F = c->d_mlp;
     if (r->ws->override_group == 2 + 2 * l) { /* a constant output: nothing flows back */
         memset(G_m, 0, N * D * sizeof(float));
@@ -199,7 +200,7 @@ static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *
 /* G (3H,N,D) for every head's q, k and v input from the gradient g at the attention's output. */
 static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, const float *g, float *G) {
     const eapig_config *c = &r->m->cfg;
-    const eapig_layer_weights *lw = &r->m->layers[l];
+    const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head, group = H / KV;
     if (r->ws->override_group == 1 + 2 * l) {
         memset(G, 0, 3 * H * N * D * sizeof(float));
@@ -228,7 +229,7 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
 static void mlp_weight_grads(bwd_run *r, int l, const layer_state *st, const float *g) {
     const eapig_config *c = &r->m->cfg;
     if (r->ws->override_group == 2 + 2 * l) return; /* a constant output: no weight was used */
-    const eapig_layer_weights *lw = &r->m->layers[l];
+    const eapig_layer_weights *lw = r->lw;
     eapig_layer_weights *gl = &r->o->weight_grads->layers[l];
     size_t N = r->N, D = r->D, F = c->d_mlp;
     int rms = c->norm == EAPIG_NORM_RMSNORM;
@@ -261,7 +262,7 @@ static const float *group_sum(float *dst, const float *src, size_t N, size_t H, 
  * activation backward's dq, dk, dv of this layer (after the inverse rotation). */
 static void attention_weight_grads(bwd_run *r, int l, const layer_state *st, const float *g) {
     const eapig_config *c = &r->m->cfg;
-    const eapig_layer_weights *lw = &r->m->layers[l];
+    const eapig_layer_weights *lw = r->lw;
     eapig_layer_weights *gl = &r->o->weight_grads->layers[l];
     size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head;
     size_t qd = H * Dh, kvd = KV * Dh;
@@ -303,9 +304,10 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
                                    "eapig_backward: weight_grads needs a forward run with keep_for_weights");
         if (ws->patched)
             return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight_grads on a patched run is not supported");
-        if (o->weight_grads == m || memcmp(&o->weight_grads->cfg, &m->cfg, sizeof m->cfg) != 0)
+        if (o->weight_grads == m || o->weight_grads->stored ||
+            memcmp(&o->weight_grads->cfg, &m->cfg, sizeof m->cfg) != 0)
             return eapig_set_error(EAPIG_ERR_ARG,
-                                   "eapig_backward: weight_grads must be another model of the same config");
+                                   "eapig_backward: weight_grads must be another f32 model of the same config");
     }
     return EAPIG_OK;
 }
@@ -366,7 +368,8 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     eapig_weights *gw = o->weight_grads ? &o->weight_grads->w : NULL;
 
     /* Logits: dL/dx_final = norm backward of dlogits @ W_U, at the unembedded rows only. */
-    linear_backward_input(r.s.dxf, o->dlogits, m->w.w_unembed, rows, V, D, V, 0);
+    status = eapig_unembed_backward(m, ws, r.s.dxf, o->dlogits, rows);
+    if (status != EAPIG_OK) return status;
     norm_backward(r.s.Gf, r.s.dxf, ws->final_hat, ws->final_rstd, m->w.lnf_w, rows, D,
                   c->norm == EAPIG_NORM_RMSNORM);
     if (gw) {
@@ -385,6 +388,8 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     for (size_t li = L; li-- > 0;) {
         int l = (int)li;
         const layer_state *st = &ws->layers[l];
+        status = eapig_layer_view(m, ws, l, &r.lw);
+        if (status != EAPIG_OK) return status;
         int32_t first_head = 1 + l * (c->n_heads + 1), mlp_node = first_head + c->n_heads;
         float *G_att = direct ? gather_layer(&r, li) : r.s.G, *G_m = G_att + 3 * H * nd;
         /* r.s.g is the gradient after the layer; the MLP's output meets it there. */

@@ -22,6 +22,7 @@ struct eapig_file {
     char *path;          /* owned copy, for error messages */
     const uint8_t *data; /* (size) bytes, mapped read-only; NULL when size is 0 */
     uint64_t size;
+    int refs;            /* the opener plus every model that reads weights from the mapping */
 };
 
 eapig_file *eapig_file_open(const char *path) {
@@ -50,6 +51,7 @@ eapig_file *eapig_file_open(const char *path) {
         return NULL;
     }
     f->path = copy;
+    f->refs = 1;
     f->size = (uint64_t)st.st_size;
     /* mmap rejects a zero length; an empty file simply has no bytes to read. */
     if (f->size > 0) {
@@ -74,13 +76,17 @@ fail:
 }
 
 void eapig_file_close(eapig_file *f) {
-    if (!f) return;
+    if (!f || --f->refs > 0) return;
     if (f->data) munmap((void *)f->data, (size_t)f->size);
     free(f->path);
     free(f);
 }
 
 uint64_t eapig_file_size(const eapig_file *f) { return f ? f->size : 0; }
+
+void eapig_file_retain(eapig_file *f) { f->refs++; }
+
+const char *eapig_file_path(const eapig_file *f) { return f->path; }
 
 /* 1 when [offset, offset + n) lies inside the file; written so that nothing can overflow. */
 static int in_file(const eapig_file *f, uint64_t offset, uint64_t n) {
@@ -147,7 +153,7 @@ static float element(const uint8_t *p, int32_t dtype) {
     }
 }
 
-static size_t dtype_size(int32_t dtype) {
+size_t eapig_dtype_size(int32_t dtype) {
     switch (dtype) {
     case EAPIG_DTYPE_F32:
     case EAPIG_DTYPE_I32: return 4;
@@ -160,7 +166,7 @@ static size_t dtype_size(int32_t dtype) {
 int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t dtype, float *dst,
                       int64_t rows, int64_t cols, int32_t transpose) {
     if (!f) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: file is NULL");
-    size_t esize = dtype_size(dtype);
+    size_t esize = eapig_dtype_size(dtype);
     if (esize == 0) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: %s: unknown dtype %d", f->path, dtype);
     size_t count, bytes;
     if (rows < 0 || cols < 0 || !eapig_mul_ok((size_t)rows, (size_t)cols, &count) ||
@@ -195,6 +201,43 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
     for (size_t c = 0; c < Cn; c++)
         for (size_t r = 0; r < R; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
     return EAPIG_OK;
+}
+
+const uint8_t *eapig_file_bytes(const eapig_file *f, uint64_t begin, uint64_t end) {
+    if (!f || end < begin || end > f->size || !f->data) return NULL;
+    return f->data + begin;
+}
+
+/* The loops are written per dtype so that the compiler vectorises the common ones (bf16 is a
+ * shift; f32 a copy). */
+void eapig_convert(float *dst, const uint8_t *src, size_t n, int32_t dtype) {
+    switch (dtype) {
+    case EAPIG_DTYPE_F32: memcpy(dst, src, n * sizeof(float)); return;
+    case EAPIG_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, sizeof h);
+            uint32_t bits = (uint32_t)h << 16;
+            memcpy(dst + i, &bits, sizeof bits);
+        }
+        return;
+    case EAPIG_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, sizeof h);
+            dst[i] = half_to_float(h);
+        }
+        return;
+    default:
+        for (size_t i = 0; i < n; i++) dst[i] = element(src + 4 * i, dtype);
+    }
+}
+
+void eapig_file_release(const uint8_t *p, size_t n) {
+    /* Only whole pages inside [p, p + n): neighbours' bytes stay mapped. */
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) / page * page, hi = ((uintptr_t)p + n) / page * page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 int eapig_rope_permute_rows(float *w, int32_t n_heads, int32_t d_head, int32_t d_in) {

@@ -30,6 +30,7 @@ void eapig_workspace_free(eapig_workspace *ws) {
     free(ws->lengths);
     free(ws->logit_pos);
     free(ws->tokens);
+    free(ws->wbuf);
     free(ws);
 }
 
@@ -112,6 +113,7 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
 typedef struct {
     const eapig_model *m;
     const eapig_forward_opts *o;
+    const eapig_layer_weights *lw; /* the current layer's f32 weights (eapig_layer_view) */
     scratch s;
     size_t B, P, N, D;
 } fwd_run;
@@ -209,7 +211,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
                             const int32_t *lengths) {
     const eapig_model *m = r->m;
     const eapig_config *c = &m->cfg;
-    const eapig_layer_weights *lw = &m->layers[l];
+    const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, nd = N * D;
     size_t n_up = 1 + (size_t)l * (H + 1);
     int32_t first_head = (int32_t)n_up;
@@ -262,7 +264,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
 static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const float *x) {
     const eapig_model *m = r->m;
     const eapig_config *c = &m->cfg;
-    const eapig_layer_weights *lw = &m->layers[l];
+    const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, F = c->d_mlp, nd = N * D, J = 3 * H + 1;
     int32_t node = 1 + l * (c->n_heads + 1) + c->n_heads;
     int rms = c->norm == EAPIG_NORM_RMSNORM;
@@ -355,7 +357,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     if (st_check != EAPIG_OK) return st_check;
     const eapig_config *c = &m->cfg;
     size_t B = (size_t)bt->B, P = (size_t)bt->P, N = B * P, D = c->d_model, L = (size_t)c->n_layers;
-    size_t H = c->n_heads, J = 3 * H + 1, V = c->vocab;
+    size_t H = c->n_heads, J = 3 * H + 1;
     size_t rows = o->logit_pos ? B : N;
     int for_weights = o->keep_for_weights != 0;
     int keep = o->keep_for_backward != 0 || for_weights, patching = o->patch_w != NULL;
@@ -402,8 +404,8 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         /* Embedding: the input node is the token embedding; learned positions are outside it. */
         memcpy(r.s.resid, o->override_value, N * D * sizeof(float));
     } else {
-        for (size_t n = 0; n < N; n++)
-            memcpy(r.s.resid + n * D, m->w.wte + (size_t)bt->tokens[n] * D, D * sizeof(float));
+        int status = eapig_embed_rows(m, r.s.resid, bt->tokens, N);
+        if (status != EAPIG_OK) return status;
     }
     if (first_layer == 0) {
         record_node(&r, 0, r.s.resid);
@@ -416,6 +418,8 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     for (size_t l = first_layer; l < L; l++) {
         layer_state *st = &ws->layers[keep ? l : 0];
         uint8_t *own = ws->flags + l * J;
+        int status = eapig_layer_view(m, ws, (int)l, &r.lw);
+        if (status != EAPIG_OK) return status;
         memcpy(r.s.x_in, r.s.resid, N * D * sizeof(float));
         record_resid(&r, 2 * l, r.s.x_in);
         attention_block(&r, (int)l, st, own, r.s.x_in, bt->lengths);
@@ -442,7 +446,8 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         }
         norm_forward(r.s.final_y, final_hat, final_rstd, r.s.final_x, m->w.lnf_w, m->w.lnf_b, rows, D,
                      c->norm == EAPIG_NORM_RMSNORM, c->norm_eps);
-        linear_forward(o->logits, r.s.final_y, m->w.w_unembed, NULL, rows, V, D, V);
+        int status = eapig_unembed_forward(m, ws, o->logits, r.s.final_y, rows);
+        if (status != EAPIG_OK) return status;
     }
 
     ws->final_hat = final_hat;

@@ -14,13 +14,61 @@ static inline int eapig_mul_ok(size_t a, size_t b, size_t *out) {
     return !__builtin_mul_overflow(a, b, out);
 }
 
+/* A weight matrix that stays in a mapped checkpoint and is converted to f32 at each use
+ * (core/weights.c). It gives the (rows, cols) f32 matrix
+ *   dst[r][c] = stored[map[r]][c]      (transpose 0: the stored tensor is (stored_rows, cols))
+ *   dst[r][c] = stored[c][map[r]]      (transpose 1: the stored tensor is (cols, stored_rows))
+ * with map[r] = r when row_map is NULL. */
+typedef struct stored_matrix {
+    const uint8_t *data;  /* first byte of the stored tensor in its mapping; NULL = not bound */
+    int32_t dtype;        /* EAPIG_DTYPE_* */
+    int32_t transpose;
+    size_t rows, cols;    /* the f32 matrix */
+    size_t stored_rows;
+    int32_t *row_map;     /* (rows) owned, or NULL */
+    int centre_columns;   /* subtract each column's mean over the rows (LayerNorm writers) */
+    int centre_rows;      /* subtract each row's mean (wte on LayerNorm models) */
+} stored_matrix;
+
+/* Matrices per layer in stored_matrix order after the two global ones (wte, unembedding). */
+enum { EAPIG_LAYER_MATS = EAPIG_MAT_W_OUT - EAPIG_MAT_WQ + 1 };
+
 struct eapig_model {
     eapig_config cfg;
     eapig_weights w;
     eapig_layer_weights *layers; /* (L), owned */
-    float *arena;                /* every weight tensor, one allocation */
+    float *arena;                /* every f32 weight tensor, one allocation */
     size_t arena_floats;
     int finalized;
+    /* Stored mode: the big matrices are NULL in w and layers and are read from mats instead. */
+    int stored;
+    stored_matrix *mats;         /* (2 + EAPIG_LAYER_MATS * L), indexed by mat_index() */
+    eapig_file **files;          /* (n_files) mappings the matrices point into, retained */
+    size_t n_files;
 };
+
+/* ---- files (core/file.c) ---- */
+size_t eapig_dtype_size(int32_t dtype);
+void eapig_file_retain(eapig_file *f);
+const char *eapig_file_path(const eapig_file *f);
+/* Pointer to bytes [begin, end) of the mapping, or NULL when the range leaves the file. */
+const uint8_t *eapig_file_bytes(const eapig_file *f, uint64_t begin, uint64_t end);
+/* n elements of dtype at src (any alignment) -> float32 dst. */
+void eapig_convert(float *dst, const uint8_t *src, size_t n, int32_t dtype);
+/* Drops the whole pages inside [p, p + n) from this process's resident set (they stay in the
+ * page cache and come back on the next read). */
+void eapig_file_release(const uint8_t *p, size_t n);
+
+/* ---- weights (core/model.c, core/weights.c) ---- */
+/* Subtracts from every column of the (rows, cols) row-major w its mean over the rows. */
+void eapig_centre_columns(float *w, size_t rows, size_t cols);
+/* Releases what stored mode added to m (matrices, retained files). */
+void eapig_model_free_stored(eapig_model *m);
+/* Stored mode: an error naming the first matrix not bound yet (EAPIG_OK in f32 mode). */
+int eapig_model_check_bound(const eapig_model *m, const char *fn);
+/* Stored mode: matrix which (EAPIG_MAT_*) of layer l converted into dst (rows*cols floats). */
+int eapig_stored_convert(const eapig_model *m, int l, int which, float *dst);
+/* Stored mode, LayerNorm models: centre wo and w_out columns and wte rows at every conversion. */
+void eapig_stored_centre(eapig_model *m);
 
 #endif

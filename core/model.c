@@ -50,40 +50,65 @@ static float *carve(carver *cv, size_t n) {
     return p;
 }
 
+/* A big matrix: carved in f32 mode, left NULL (read from its file) in stored mode. */
+static float *carve_matrix(carver *cv, size_t n, int stored) { return stored ? NULL : carve(cv, n); }
+
 static void point_weights(eapig_model *m, carver *cv) {
     const eapig_config *c = &m->cfg;
     size_t D = c->d_model, F = c->d_mlp, V = c->vocab, Cx = c->n_ctx;
     size_t qd = (size_t)c->n_heads * c->d_head, kvd = (size_t)c->n_kv_heads * c->d_head;
-    m->w.wte = carve(cv, V * D);
+    int st = m->stored, gated = c->act == EAPIG_ACT_SILU_GATED;
+    m->w.wte = carve_matrix(cv, V * D, st);
     m->w.wpe = c->pos == EAPIG_POS_LEARNED ? carve(cv, Cx * D) : NULL;
     m->w.lnf_w = carve(cv, D);
     m->w.lnf_b = carve(cv, D);
-    m->w.w_unembed = carve(cv, V * D);
+    m->w.w_unembed = carve_matrix(cv, V * D, st);
     for (int l = 0; l < c->n_layers; l++) {
         eapig_layer_weights *lw = &m->layers[l];
         lw->ln1_w = carve(cv, D), lw->ln1_b = carve(cv, D);
-        lw->wq = carve(cv, qd * D), lw->bq = carve(cv, qd);
-        lw->wk = carve(cv, kvd * D), lw->bk = carve(cv, kvd);
-        lw->wv = carve(cv, kvd * D), lw->bv = carve(cv, kvd);
-        lw->wo = carve(cv, D * qd), lw->bo = carve(cv, D);
+        lw->wq = carve_matrix(cv, qd * D, st), lw->bq = carve(cv, qd);
+        lw->wk = carve_matrix(cv, kvd * D, st), lw->bk = carve(cv, kvd);
+        lw->wv = carve_matrix(cv, kvd * D, st), lw->bv = carve(cv, kvd);
+        lw->wo = carve_matrix(cv, D * qd, st), lw->bo = carve(cv, D);
         lw->ln2_w = carve(cv, D), lw->ln2_b = carve(cv, D);
-        lw->w_in = carve(cv, F * D), lw->b_in = carve(cv, F);
-        lw->w_gate = c->act == EAPIG_ACT_SILU_GATED ? carve(cv, F * D) : NULL;
-        lw->w_out = carve(cv, D * F), lw->b_out = carve(cv, D);
+        lw->w_in = carve_matrix(cv, F * D, st), lw->b_in = carve(cv, F);
+        lw->w_gate = gated ? carve_matrix(cv, F * D, st) : NULL;
+        lw->w_out = carve_matrix(cv, D * F, st), lw->b_out = carve(cv, D);
     }
 }
 
-eapig_model *eapig_model_new(const eapig_config *cfg) {
+/* Floats of the arena of a model of cfg, f32 or stored. */
+static size_t arena_floats(const eapig_config *cfg, int stored) {
+    eapig_model tmp = {.cfg = *cfg, .stored = stored};
+    eapig_layer_weights one;
+    carver count = {NULL, 0};
+    /* point_weights walks every layer; they are all the same size, so count one and scale */
+    tmp.cfg.n_layers = 1;
+    tmp.layers = &one;
+    point_weights(&tmp, &count);
+    size_t with_one = count.used;
+    tmp.cfg.n_layers = 0;
+    count.used = 0;
+    point_weights(&tmp, &count);
+    return count.used + (with_one - count.used) * (size_t)cfg->n_layers;
+}
+
+static eapig_model *model_new(const eapig_config *cfg, int stored, const char *fn) {
     if (!cfg) {
-        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: cfg is NULL");
+        eapig_set_error(EAPIG_ERR_ARG, "%s: cfg is NULL", fn);
         return NULL;
     }
     if (check_config(cfg) != EAPIG_OK) return NULL;
     eapig_model *m = calloc(1, sizeof *m);
     if (!m) goto nomem;
     m->cfg = *cfg;
+    m->stored = stored;
     m->layers = calloc((size_t)cfg->n_layers, sizeof *m->layers);
     if (!m->layers) goto nomem;
+    if (stored) {
+        m->mats = calloc(2 + (size_t)EAPIG_LAYER_MATS * (size_t)cfg->n_layers, sizeof *m->mats);
+        if (!m->mats) goto nomem;
+    }
     carver count = {NULL, 0};
     point_weights(m, &count);
     m->arena_floats = count.used;
@@ -95,12 +120,28 @@ eapig_model *eapig_model_new(const eapig_config *cfg) {
     return m;
 nomem:
     eapig_model_free(m);
-    eapig_set_error(EAPIG_ERR_NOMEM, "eapig_model_new: out of memory for the weights");
+    eapig_set_error(EAPIG_ERR_NOMEM, "%s: out of memory for the weights", fn);
     return NULL;
+}
+
+eapig_model *eapig_model_new(const eapig_config *cfg) { return model_new(cfg, 0, "eapig_model_new"); }
+eapig_model *eapig_model_new_stored(const eapig_config *cfg) {
+    return model_new(cfg, 1, "eapig_model_new_stored");
+}
+
+int64_t eapig_weights_f32_bytes(const eapig_config *cfg) {
+    if (!cfg || check_config(cfg) != EAPIG_OK) return -1;
+    return (int64_t)(arena_floats(cfg, 0) * sizeof(float));
+}
+
+int64_t eapig_weights_stored_bytes(const eapig_config *cfg) {
+    if (!cfg || check_config(cfg) != EAPIG_OK) return -1;
+    return (int64_t)(arena_floats(cfg, 1) * sizeof(float));
 }
 
 void eapig_model_free(eapig_model *m) {
     if (!m) return;
+    eapig_model_free_stored(m);
     free(m->arena);
     free(m->layers);
     free(m);
@@ -111,7 +152,7 @@ eapig_weights *eapig_model_weights(eapig_model *m) { return &m->w; }
 
 /* Subtracts, from each output (a row of a (rows, D) matrix laid out as out-major columns),
  * its mean over d_model. w is (D, cols) row-major: centre every column. */
-static void centre_columns(float *w, size_t D, size_t cols) {
+void eapig_centre_columns(float *w, size_t D, size_t cols) {
     for (size_t j = 0; j < cols; j++) {
         double mean = 0;
         for (size_t i = 0; i < D; i++) mean += w[i * cols + j];
@@ -122,7 +163,7 @@ static void centre_columns(float *w, size_t D, size_t cols) {
 
 /* w is (rows, D): centre every row. */
 static void centre_rows(float *w, size_t rows, size_t D) {
-    for (size_t r = 0; r < rows; r++) centre_columns(w + r * D, D, 1);
+    for (size_t r = 0; r < rows; r++) eapig_centre_columns(w + r * D, D, 1);
 }
 
 int eapig_model_finalize(eapig_model *m) {
@@ -131,29 +172,55 @@ int eapig_model_finalize(eapig_model *m) {
     const eapig_config *c = &m->cfg;
     size_t D = c->d_model, qd = (size_t)c->n_heads * c->d_head;
     int group = c->n_heads / c->n_kv_heads;
+    size_t kvd = (size_t)c->n_kv_heads * c->d_head;
+    int status = eapig_model_check_bound(m, "eapig_model_finalize");
+    if (status != EAPIG_OK) return status;
+    float *wo_f32 = NULL; /* stored mode: one layer's W_O, converted to fold its value bias */
     for (int l = 0; l < c->n_layers; l++) {
         eapig_layer_weights *lw = &m->layers[l];
-        /* Fold value biases: softmax rows sum to one, so b_V reaches the output as W_O b_V. */
-        for (size_t i = 0; i < D; i++) {
+        int any_bv = 0;
+        for (size_t i = 0; i < kvd; i++) any_bv |= lw->bv[i] != 0.0f;
+        /* Fold value biases: softmax rows sum to one, so b_V reaches the output as W_O b_V.
+         * (Skipped when b_V is zero, so stored weights are not read at load.) */
+        const float *wo_all = lw->wo;
+        if (any_bv && m->stored) {
+            if (!wo_f32 && !(wo_f32 = malloc(D * qd * sizeof(float))))
+                return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_model_finalize: out of memory");
+            status = eapig_stored_convert(m, l, EAPIG_MAT_WO, wo_f32);
+            if (status != EAPIG_OK) {
+                free(wo_f32);
+                return status;
+            }
+            wo_all = wo_f32;
+        }
+        for (size_t i = 0; any_bv && i < D; i++) {
             double acc = 0;
             for (int h = 0; h < c->n_heads; h++) {
                 const float *bv = lw->bv + (size_t)(h / group) * c->d_head;
-                const float *wo = lw->wo + i * qd + (size_t)h * c->d_head;
+                const float *wo = wo_all + i * qd + (size_t)h * c->d_head;
                 for (int e = 0; e < c->d_head; e++) acc += (double)wo[e] * bv[e];
             }
             lw->bo[i] += (float)acc;
         }
-        memset(lw->bv, 0, sizeof(float) * (size_t)c->n_kv_heads * c->d_head);
+        memset(lw->bv, 0, sizeof(float) * kvd);
         if (c->norm == EAPIG_NORM_LAYERNORM) {
-            /* Every reader normalises away the mean, so centring writes changes no output. */
-            centre_columns(lw->wo, D, qd);
-            centre_columns(lw->bo, D, 1);
-            centre_columns(lw->w_out, D, (size_t)c->d_mlp);
-            centre_columns(lw->b_out, D, 1);
+            /* Every reader normalises away the mean, so centring writes changes no output.
+             * Stored matrices are centred each time they are converted. */
+            if (!m->stored) {
+                eapig_centre_columns(lw->wo, D, qd);
+                eapig_centre_columns(lw->w_out, D, (size_t)c->d_mlp);
+            }
+            eapig_centre_columns(lw->bo, D, 1);
+            eapig_centre_columns(lw->b_out, D, 1);
         }
     }
+    free(wo_f32);
     if (c->norm == EAPIG_NORM_LAYERNORM) {
-        centre_rows(m->w.wte, (size_t)c->vocab, D);
+        if (m->stored) {
+            eapig_stored_centre(m);
+        } else {
+            centre_rows(m->w.wte, (size_t)c->vocab, D);
+        }
         if (m->w.wpe) centre_rows(m->w.wpe, (size_t)c->n_ctx, D);
     }
     m->finalized = 1;

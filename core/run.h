@@ -46,10 +46,24 @@ struct eapig_workspace {
     int kept_weights;
     int32_t *tokens;    /* (B, P) copy */
     size_t tok_cap;
+    /* Stored weights (core/weights.c): one layer converted to f32, then an unembedding chunk. */
+    float *wbuf;
+    size_t wbuf_cap;
+    eapig_layer_weights view; /* layer pointers into wbuf (matrices) and the model (the rest) */
 };
 
 /* Grows *buf (freeing the old contents) to hold n elements of elem bytes. */
 int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what);
+
+/* The f32 weights of layer l for the kernels: the model's own layer (f32 mode), or its stored
+ * matrices converted into ws (valid until the next call on ws). */
+int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eapig_layer_weights **out);
+/* out (N,D) = embedding rows of tokens (N). */
+int eapig_embed_rows(const eapig_model *m, float *out, const int32_t *tokens, size_t N);
+/* logits (R,V) = y (R,D) @ W_U^T, and dy (R,D) = dlogits (R,V) @ W_U: by vocabulary chunks when
+ * the unembedding is stored. */
+int eapig_unembed_forward(const eapig_model *m, eapig_workspace *ws, float *logits, const float *y, size_t R);
+int eapig_unembed_backward(const eapig_model *m, eapig_workspace *ws, float *dy, const float *dlogits, size_t R);
 
 /* Weight-gradient kernels (core/train.c), accumulating (+=) as every backward does.
  * dw (N,K) += dout^T @ inp for dout (M,N) with row stride ld_dout and inp (M,K) with row stride

@@ -143,12 +143,19 @@ float *eapig_model_arena(eapig_model *m, int64_t *n) {
         eapig_set_error(EAPIG_ERR_ARG, "eapig_model_arena: model is NULL");
         return NULL;
     }
+    if (m->stored) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_arena: the model keeps its weights as stored; training and "
+                                       "weight copies need f32 weights (load with weights = \"f32\")");
+        return NULL;
+    }
     if (n) *n = (int64_t)m->arena_floats;
     return m->arena;
 }
 
 int eapig_model_copy_weights(eapig_model *dst, const eapig_model *src) {
     if (!dst || !src) return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_copy_weights: NULL model");
+    if (dst->stored || src->stored)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_copy_weights: needs f32 weights (load with weights = \"f32\")");
     if (!same_config(dst, src))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_copy_weights: the two models have different configs");
     if (dst != src) memcpy(dst->arena, src->arena, src->arena_floats * sizeof(float));
@@ -171,6 +178,7 @@ static double uniform01(uint64_t *state) {
 
 int eapig_model_init(eapig_model *m, uint64_t seed, float std, int32_t tied) {
     if (!m) return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_init: model is NULL");
+    if (m->stored) return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_init: needs a model with f32 weights");
     if (!(std >= 0.0f) || isinf(std))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_init: std %g must be finite and >= 0", (double)std);
     size_t count;
@@ -232,6 +240,7 @@ int eapig_cross_entropy(float *losses, float *dlogits, const float *logits, cons
 
 int eapig_grad_norm(const eapig_model *grads, int32_t tied, double *norm) {
     if (!grads || !norm) return eapig_set_error(EAPIG_ERR_ARG, "eapig_grad_norm: NULL argument");
+    if (grads->stored) return eapig_set_error(EAPIG_ERR_ARG, "eapig_grad_norm: gradients must be an f32 model");
     const float *g = grads->arena;
     size_t n = grads->arena_floats;
     double acc = 0.0;
@@ -248,6 +257,9 @@ int eapig_grad_norm(const eapig_model *grads, int32_t tied, double *norm) {
 int eapig_adamw_step(eapig_model *m, const eapig_model *grads, eapig_model *m1, eapig_model *m2,
                      const eapig_adamw_opts *o) {
     if (!m || !grads || !m1 || !m2 || !o) return eapig_set_error(EAPIG_ERR_ARG, "eapig_adamw_step: NULL argument");
+    if (m->stored || grads->stored || m1->stored || m2->stored)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_adamw_step: training needs f32 weights; this model keeps its "
+                                              "weights as stored (load with weights = \"f32\")");
     if (!same_config(m, grads) || !same_config(m, m1) || !same_config(m, m2))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_adamw_step: grads, m1 and m2 must have the model's config");
     if (m == grads || m == m1 || m == m2 || grads == m1 || grads == m2 || m1 == m2)

@@ -121,6 +121,43 @@ EAPIG_API int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t en
  * (pairs 2i, 2i+1) into the half-split layout (i, i + d_head/2), in place. */
 EAPIG_API int eapig_rope_permute_rows(float *w, int32_t n_heads, int32_t d_head, int32_t d_in);
 
+/* ---- weights kept as stored (core/weights.c) ------------------------------------------ */
+/* A model made with eapig_model_new_stored has f32 norms, biases and learned positions, but its
+ * big matrices stay in the mapped checkpoint in their stored dtype (F32, F16, BF16): each is bound
+ * to its file with eapig_model_bind, and the forward and backward convert one layer at a time
+ * (and the unembedding in vocabulary chunks, the embedding row by row) into workspace buffers
+ * just before use. Their pointers in eapig_weights are NULL. Training needs f32 weights. */
+enum {
+    EAPIG_MAT_WTE = 0,     /* (V, D) */
+    EAPIG_MAT_UNEMBED = 1, /* (V, D) */
+    EAPIG_MAT_WQ = 2,      /* (H*Dh, D) */
+    EAPIG_MAT_WK = 3,      /* (KV*Dh, D) */
+    EAPIG_MAT_WV = 4,      /* (KV*Dh, D) */
+    EAPIG_MAT_WO = 5,      /* (D, H*Dh) */
+    EAPIG_MAT_W_IN = 6,    /* (F, D) */
+    EAPIG_MAT_W_GATE = 7,  /* (F, D), gated MLPs only */
+    EAPIG_MAT_W_OUT = 8    /* (D, F) */
+};
+EAPIG_API eapig_model *eapig_model_new_stored(const eapig_config *cfg);
+/* Binds matrix `which` (EAPIG_MAT_*) of layer `layer` (ignored for WTE and UNEMBED) to the tensor
+ * at bytes [begin, end) of f, of dtype EAPIG_DTYPE_F32/F16/BF16 and stored_rows rows of the
+ * matrix's cols (transpose 0), or cols rows of stored_rows (transpose != 0: a (in, out) Conv1D).
+ * Row r of the matrix is stored row (column when transposed) row_map[r]; row_map (rows) may be
+ * NULL for r -> r and is copied (fused q/k/v tensors, RoPE row orders). Every index and the byte
+ * count are checked. The model keeps the mapping open until it is freed. */
+EAPIG_API int eapig_model_bind(eapig_model *m, int32_t layer, int32_t which, eapig_file *f, uint64_t begin,
+                               uint64_t end, int32_t dtype, int64_t stored_rows, int32_t transpose,
+                               const int32_t *row_map);
+/* 1 for a model made with eapig_model_new_stored. */
+EAPIG_API int32_t eapig_model_is_stored(const eapig_model *m);
+/* Bytes of cfg's weights converted whole to f32 (what eapig_model_new allocates). */
+EAPIG_API int64_t eapig_weights_f32_bytes(const eapig_config *cfg);
+/* Bytes a model made with eapig_model_new_stored allocates (its f32 tensors). */
+EAPIG_API int64_t eapig_weights_stored_bytes(const eapig_config *cfg);
+/* Bytes of the workspace buffers a stored model's runs add: one layer in f32 and one vocabulary
+ * chunk of the unembedding. */
+EAPIG_API int64_t eapig_weights_view_bytes(const eapig_config *cfg);
+
 /* ---- forward and backward -------------------------------------------------------------- */
 typedef struct eapig_workspace eapig_workspace;
 EAPIG_API eapig_workspace *eapig_workspace_new(void);

@@ -236,11 +236,40 @@ end
 
 local TRANSPOSE = { transpose = true }
 
+-- The big matrices. With stored weights they are bound to the checkpoint (eapig_model_bind) and
+-- converted to f32 one layer at a time when used; everything else is read into f32 at load.
+local MATS = {
+  wte = C.EAPIG_MAT_WTE, w_unembed = C.EAPIG_MAT_UNEMBED, wq = C.EAPIG_MAT_WQ, wk = C.EAPIG_MAT_WK,
+  wv = C.EAPIG_MAT_WV, wo = C.EAPIG_MAT_WO, w_in = C.EAPIG_MAT_W_IN, w_gate = C.EAPIG_MAT_W_GATE,
+  w_out = C.EAPIG_MAT_W_OUT,
+}
+
+-- Part p (0-based) of a fused tensor holding `parts` matrices of `rows` rows stacked within each
+-- of `groups` row groups: the stored row of each of its rows.
+local function fused_row_map(rows, parts, p, groups)
+  local per = rows / groups
+  local map = ffi.new("int32_t[?]", rows)
+  for g = 0, groups - 1 do
+    for i = 0, per - 1 do map[g * per + i] = (g * parts + p) * per + i end
+  end
+  return map
+end
+
 -- Reads one table entry into target's slot(s). A fused entry holds its parts stacked by rows,
 -- within each of `groups` row groups (neox's per-head [3, Dh] blocks; one group for gpt2).
-local function fill_entry(src, e, name, target, dims)
+-- bind = {handle =, layer =} (stored weights): big matrices are bound instead of read.
+local function fill_entry(src, e, name, target, dims, bind)
   local rows, cols = dims[e[3]], e[4] and dims[e[4]] or 1
   local opts = e.T and TRANSPOSE or nil
+  local slots = type(e[1]) == "string" and { e[1] } or e[1]
+  if bind and MATS[slots[1]] then
+    local groups = e.groups and dims[e.groups] or 1
+    for p, slot in ipairs(slots) do
+      local row_map = #slots > 1 and fused_row_map(rows, #slots, p - 1, groups) or nil
+      src:bind(name, bind.handle, bind.layer, MATS[slot], #slots * rows, cols, { transpose = e.T, row_map = row_map })
+    end
+    return
+  end
   if type(e[1]) == "string" then return src:read_into(name, target[e[1]], rows, cols, opts) end
   local parts = #e[1]
   local tmp = ffi.new("float[?]", parts * rows * cols)
@@ -254,7 +283,8 @@ local function fill_entry(src, e, name, target, dims)
   end
 end
 
-local function fill_family(src, fam, c, w)
+-- handle: the eapig_model when its weights stay stored (nil: f32, everything read into w).
+local function fill_family(src, fam, c, w, handle)
   local dims = dims_of(c)
   local prefix
   for _, p in ipairs(fam.prefixes) do
@@ -265,33 +295,62 @@ local function fill_family(src, fam, c, w)
     for i, p in ipairs(fam.prefixes) do tried[i] = "'" .. p .. fam.global[1][2] .. "'" end
     fail("%s: missing tensor %s", src.path, table.concat(tried, " or "))
   end
-  for _, e in ipairs(fam.global) do fill_entry(src, e, prefix .. e[2], w, dims) end
+  local global_bind = handle and { handle = handle, layer = -1 }
+  for _, e in ipairs(fam.global) do fill_entry(src, e, prefix .. e[2], w, dims, global_bind) end
   for l = 0, c.n_layers - 1 do
     local lp = prefix .. fam.layer_prefix:format(l)
+    local bind = handle and { handle = handle, layer = l }
     for _, e in ipairs(fam.layer) do
-      if not e.when or c.flags[e.when] then fill_entry(src, e, lp .. e[2], w.layers[l], dims) end
+      if not e.when or c.flags[e.when] then fill_entry(src, e, lp .. e[2], w.layers[l], dims, bind) end
     end
   end
   -- A tied model's checkpoint may or may not repeat the embedding; the embedding is the truth.
-  if c.tied then
+  -- (The first global entry of every family is the embedding.)
+  local embedding = prefix .. fam.global[1][2]
+  local unembed = c.tied and embedding or fam.unembed
+  if handle then
+    src:bind(unembed, handle, -1, C.EAPIG_MAT_UNEMBED, dims.V, dims.D)
+  elseif c.tied then
     ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
   else
-    src:read_into(fam.unembed, w.w_unembed, dims.V, dims.D)
+    src:read_into(unembed, w.w_unembed, dims.V, dims.D)
   end
+  return src:dtype(embedding)
 end
 
 local NORMS = { [0] = "layernorm", "rmsnorm" }
 local ACTS = { [0] = "gelu_tanh", "gelu_erf", "relu", "silu_gated" }
 local POS = { [0] = "learned", "rope" }
 
-local function new_model(c, where)
+local function config_of(c)
   local cfg = ffi.new("eapig_config")
   for _, k in ipairs({ "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx",
                        "norm", "act", "pos", "rotary_dim", "norm_eps", "rope_theta" }) do
     cfg[k] = c[k]
   end
   cfg.parallel_attn_mlp = c.parallel_attn_mlp and 1 or 0
-  return ffi.gc(core.check_ptr(C.eapig_model_new(cfg), where), C.eapig_model_free)
+  return cfg
+end
+
+-- Which weights a load keeps: opts.weights "f32" (converted whole at load), "stored" (kept in
+-- the checkpoint's dtype, memory-mapped, converted per layer at each use) or "auto" (default:
+-- f32 when its copy fits opts.memory, a budget in GiB, else stored). Unfinalized loads (training)
+-- default to f32. Returns the mode and why.
+local function weights_mode(c, opts, where)
+  local want = opts and opts.weights or "auto"
+  if want ~= "auto" and want ~= "f32" and want ~= "stored" then
+    fail("%s: weights must be 'auto', 'f32' or 'stored' (got %s)", where, tostring(want))
+  end
+  if want ~= "auto" then return want, "asked for" end
+  if opts and opts.finalize == false then return "f32", "training and raw weights need f32" end
+  local memory = require("eapig.memory")
+  return memory.choose_weights(config_of(c), memory.budget(opts and opts.memory))
+end
+
+local function new_model(c, where, mode)
+  local cfg = config_of(c)
+  local new = mode == "stored" and C.eapig_model_new_stored or C.eapig_model_new
+  return ffi.gc(core.check_ptr(new(cfg), where), C.eapig_model_free)
 end
 
 local function info_of(family, c)
@@ -303,9 +362,12 @@ local function info_of(family, c)
   }
 end
 
-local function finish(m, c, family, path, folder, opts)
+-- weights = {mode =, why =, dtype = the checkpoint's dtype}
+local function finish(m, c, family, path, folder, opts, weights)
   if not (opts and opts.finalize == false) then core.check(C.eapig_model_finalize(m), path) end
-  return { handle = m, info = info_of(family, c), path = path, folder = folder }
+  local info = info_of(family, c)
+  info.weights, info.weights_why, info.weights_dtype = weights.mode, weights.why, weights.dtype
+  return { handle = m, info = info, path = path, folder = folder }
 end
 
 local file_exists = require("eapig.files").exists
@@ -330,12 +392,14 @@ local function load_hf(folder, opts)
   local fam = FAMILIES[model_type]
   if not fam then fail("%s: field 'model_type': unknown model_type '%s' (known: %s)", cfg_path, model_type, KNOWN) end
   local c = fam.config(get, model_type)
-  local m = new_model(c, cfg_path)
+  local mode, why = weights_mode(c, opts, folder)
+  local m = new_model(c, cfg_path, mode)
   local src = open_weights(folder)
-  local ok, err = pcall(fill_family, src, fam, c, C.eapig_model_weights(m))
+  -- The model keeps its own reference to the mappings it reads stored weights from.
+  local ok, dtype = pcall(fill_family, src, fam, c, C.eapig_model_weights(m), mode == "stored" and m or nil)
   src:close()
-  if not ok then error(err, 0) end
-  return finish(m, c, model_type, folder, folder, opts)
+  if not ok then error(dtype, 0) end
+  return finish(m, c, model_type, folder, folder, opts, { mode = mode, why = why, dtype = dtype })
 end
 
 ---------------------------------------------------------------------------------------------
@@ -423,11 +487,28 @@ local function load_llama2c(path, opts)
   local dims = dims_of(c)
   dims.KV, dims.HALF = c.n_kv_heads, c.d_head / 2
   local plan = llama2c_plan(path, c, dims, size)
-  local m = new_model(c, path)
+  local mode, why = weights_mode(c, opts, path)
+  local m = new_model(c, path, mode)
   local w = C.eapig_model_weights(m)
+  local wte_plan
   for _, p in ipairs(plan) do
     local t = p.t
-    if t[4] then
+    if t[4] == "wte" then wte_plan = p end
+    if t[4] and mode == "stored" and MATS[t[4]] then
+      -- llama2.c rotates adjacent pairs; the core rotates halves: a row map reorders q and k.
+      local row_map
+      if t.permute then
+        local Dh, half = c.d_head, c.d_head / 2
+        row_map = ffi.new("int32_t[?]", p.rows)
+        for h = 0, dims[t.permute] - 1 do
+          for i = 0, half - 1 do
+            row_map[h * Dh + i], row_map[h * Dh + half + i] = h * Dh + 2 * i, h * Dh + 2 * i + 1
+          end
+        end
+      end
+      core.check(C.eapig_model_bind(m, t.layer and p.layer or -1, MATS[t[4]], file, p.b, p.e, C.EAPIG_DTYPE_F32,
+                                    p.rows, 0, row_map), string.format("%s: tensor '%s'", path, t[1]))
+    elseif t[4] then
       local dst = t.layer and w.layers[p.layer][t[4]] or w[t[4]]
       core.check(C.eapig_file_tensor(file, p.b, p.e, C.EAPIG_DTYPE_F32, dst, p.rows, p.cols, 0),
                  string.format("%s: tensor '%s'", path, t[1]))
@@ -435,15 +516,21 @@ local function load_llama2c(path, opts)
       if t.permute then core.check(C.eapig_rope_permute_rows(dst, dims[t.permute], c.d_head, p.cols), path) end
     end
   end
-  if c.tied then ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float")) end
+  if c.tied and mode == "stored" then
+    core.check(C.eapig_model_bind(m, -1, C.EAPIG_MAT_UNEMBED, file, wte_plan.b, wte_plan.e, C.EAPIG_DTYPE_F32,
+                                  wte_plan.rows, 0, nil), path)
+  elseif c.tied then
+    ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
+  end
   C.eapig_file_close(ffi.gc(file, nil))
-  return finish(m, c, "llama", path, dirname(path), opts)
+  return finish(m, c, "llama", path, dirname(path), opts, { mode = mode, why = why, dtype = "F32" })
 end
 
 ---------------------------------------------------------------------------------------------
 
 -- Loads a Hugging Face folder (or a file inside one) or a llama2.c .bin checkpoint.
--- opts.finalize = false skips eapig_model_finalize (tests compare the raw weights).
+-- opts.finalize = false skips eapig_model_finalize (tests compare the raw weights; training).
+-- opts.weights = "auto" | "f32" | "stored" and opts.memory (GiB): see weights_mode.
 function load.load(path, opts)
   if type(path) ~= "string" or path == "" then fail("eapig.load: path must be a non-empty string") end
   path = path:gsub("/+$", "")

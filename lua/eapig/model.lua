@@ -26,6 +26,11 @@ function Model.new(handle, info, extra)
   self.n_forward = C.eapig_model_n_forward(handle)
   self.n_backward = C.eapig_model_n_backward(handle)
   self.family = info and info.family or "model"
+  -- "f32" (converted whole at load) or "stored" (the checkpoint's dtype, memory-mapped, one layer
+  -- converted at a time), the checkpoint's dtype and why the loader chose it
+  self.weights = C.eapig_model_is_stored(handle) ~= 0 and "stored" or "f32"
+  self.weights_dtype = info and info.weights_dtype
+  self.weights_why = info and info.weights_why
   self.source = extra and extra.path
   self.folder = extra and extra.folder
   return self
@@ -39,6 +44,7 @@ function Model:info()
     n_ctx = self.n_ctx, context_length = self.n_ctx, parallel_attn_mlp = self.parallel_attn_mlp,
     norm = FAMILY_NORM[cfg.norm], n_forward = self.n_forward, n_backward = self.n_backward,
     n_edges = tonumber(C.eapig_model_n_edges(self.handle)),
+    weights = self.weights, weights_dtype = self.weights_dtype,
   }
 end
 

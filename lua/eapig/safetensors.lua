@@ -194,6 +194,32 @@ function Reader:read_into(name, dst, rows, cols, opts)
   core.check(status, string.format("%s: tensor '%s'", self.path, name))
 end
 
+-- Binds tensor `name` as stored matrix `which` (EAPIG_MAT_*) of `layer` of a stored model
+-- (eapig_model_bind): no copy is made; the model converts it at each use. stored_rows rows of
+-- cols (a transposed read: the stored tensor is (cols, stored_rows)); opts.row_map (int32_t[rows])
+-- picks the stored row of each matrix row (fused q/k/v, RoPE orders).
+function Reader:bind(name, model, layer, which, stored_rows, cols, opts)
+  local info = self:info(name)
+  local transpose = opts and opts.transpose or false
+  local code = DTYPES[info.dtype].code
+  if not code or code == C.EAPIG_DTYPE_I32 then
+    fail("%s: tensor '%s': dtype %s cannot be used as weights (F32, F16 or BF16)", self.path, name, info.dtype)
+  end
+  if not shape_fits(info.shape, stored_rows, cols, transpose) then
+    local want = transpose and { cols, stored_rows } or { stored_rows, cols }
+    fail("%s: tensor '%s' has shape %s, expected %s", self.path, name, shape_string(info.shape), shape_string(want))
+  end
+  if not self.file then fail("%s: file is closed", self.path) end
+  local status = C.eapig_model_bind(model, layer, which, self.file, info.begin, info["end"], code, stored_rows,
+                                    transpose and 1 or 0, opts and opts.row_map)
+  core.check(status, string.format("%s: tensor '%s'", self.path, name))
+end
+
+-- The dtype of tensor `name` as the file spells it (F32, BF16, ...).
+function Reader:dtype(name)
+  return self:info(name).dtype
+end
+
 -- Unmaps the file now instead of at garbage collection.
 function Reader:close()
   if self.file then
@@ -267,6 +293,16 @@ function Sharded:read_into(name, dst, rows, cols, opts)
   local r = self.where[name]
   if not r then fail("%s: missing tensor '%s'", self.path, name) end
   return r:read_into(name, dst, rows, cols, opts)
+end
+
+function Sharded:bind(name, ...)
+  local r = self.where[name]
+  if not r then fail("%s: missing tensor '%s'", self.path, name) end
+  return r:bind(name, ...)
+end
+
+function Sharded:dtype(name)
+  return self:info(name).dtype
 end
 
 function Sharded:close()

@@ -22,6 +22,7 @@ Example:
 return function(argv)
   local parser = cli.parser("attribute", "Score the edges of a model's graph on a dataset.", EPILOG)
   parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  cli.weights_options(parser)
   parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
   parser:option("--method", "Attribution method: " .. table.concat(METHODS, ", ") .. ".", "EAP-IG-inputs")
     :argname("NAME"):convert(cli.one_of("method", METHODS))
@@ -50,7 +51,7 @@ return function(argv)
   if args.intervention_data then cli.check_readable(args.intervention_data, "--intervention-data") end
   cli.check_writable(args.out)
 
-  local model = cli.load_model(args.model)
+  local model = cli.load_model(args.model, args)
   local data = cli.load_data(args.data, model, "--data")
   local intervention_data
   if args.intervention_data then intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data") end

@@ -12,6 +12,7 @@ return function(argv)
   local parser = cli.parser("evaluate", "Baselines, circuit value and faithfulness of a circuit.",
     "Values are means over the rows of the metric (the same metric the circuit was found with).")
   parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  cli.weights_options(parser)
   parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
   parser:option("--graph", "Circuit (.json, or .safetensors) from eapig circuit."):argname("CIRCUIT"):count(1)
   parser:option("--metric", "Metric (logit_diff, prob_diff, kl_div, accuracy, ...).", "logit_diff"):argname("NAME")
@@ -31,7 +32,7 @@ return function(argv)
   cli.check_readable(args.data, "--data")
 
   local graph = cli.load_graph(args.graph)
-  local model = cli.load_model(args.model)
+  local model = cli.load_model(args.model, args)
   graph:check_matches(model:info()) -- before the data: a wrong graph is the likelier mistake
   local data = cli.load_data(args.data, model, "--data")
   local intervention_data

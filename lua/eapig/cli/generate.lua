@@ -38,6 +38,7 @@ return function(argv)
     "Prints the prompt and generated ids space-separated, then the decoded text if a tokenizer\n" ..
     "loads from the model's folder.")
   parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  cli.weights_options(parser)
   local ids_opt = parser:option("--ids", "Prompt token ids: repeat the option or separate with commas.")
     :argname("IDS"):count("*")
   local prompt_opt = parser:option("--prompt", "Prompt text, encoded with the model's tokenizer."):argname("TEXT")
@@ -46,7 +47,7 @@ return function(argv)
   local args = cli.parse(parser, argv, "generate")
   if #args.ids == 0 and not args.prompt then cli.fail("generate: give the prompt with --ids or --prompt") end
 
-  local model = cli.load_model(args.model)
+  local model = cli.load_model(args.model, args)
   local tok, why = load_tokenizer(model)
   local ids
   if args.prompt then

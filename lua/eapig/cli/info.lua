@@ -20,18 +20,26 @@ local ROWS = {
   { "n_backward", function(i) return ("%d (destinations: q/k/v inputs, MLP inputs, logits)"):format(i.n_backward) end },
   { "edges", "n_edges" },
   { "mpi", function(i) return i.mpi and ("yes (mpirun -np K runs batches in parallel; %s)"):format(i.mpi) or "no (built without MPI)" end },
+  { "weights", function(i)
+    if i.weights == "stored" then
+      return ("stored (%s, memory-mapped; one layer converted to f32 at a time)"):format(i.weights_dtype or "?")
+    end
+    return ("f32 (converted at load from %s)"):format(i.weights_dtype or "?")
+  end },
 }
 
 local JSON_KEYS = { "path", "family", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp",
-  "vocab", "n_ctx", "norm", "parallel_attn_mlp", "n_forward", "n_backward", "n_edges", "mpi" }
+  "vocab", "n_ctx", "norm", "parallel_attn_mlp", "n_forward", "n_backward", "n_edges", "mpi", "weights",
+  "weights_dtype" }
 
 return function(argv)
   local parser = cli.parser("info", "Print a model's shape and the size of its graph.")
   parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  cli.weights_options(parser)
   parser:flag("--json", "Print model:info() as one JSON object.")
   local args = cli.parse(parser, argv, "info")
 
-  local model = cli.load_model(args.model)
+  local model = cli.load_model(args.model, args)
   local info = model:info()
   info.path = args.model
   -- whether this build can spread batches over MPI ranks (mpirun -np K eapig attribute ...)

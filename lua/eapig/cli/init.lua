@@ -186,9 +186,23 @@ function M.is_safetensors(path)
   return path:lower():match("%.safetensors$") ~= nil
 end
 
-function M.load_model(path)
+-- --weights and --memory, for every command that loads a model.
+function M.weights_options(parser)
+  parser:option("--weights", "Weights: auto (f32 when the copy fits --memory), f32 (converted at load), "
+    .. "stored (kept in the checkpoint's dtype, memory-mapped, converted one layer at a time).", "auto")
+    :argname("HOW"):convert(M.one_of("weights", { "auto", "f32", "stored" }))
+  parser:option("--memory", "Memory budget in GiB (default: the machine's memory minus a margin).")
+    :argname("GIB"):convert(function(s)
+      local v = tonumber(s)
+      if v and v > 0 and v < math.huge then return v end
+      return nil, ("--memory must be a positive number of GiB, got '%s'"):format(s)
+    end)
+end
+
+-- args: the parsed options (weights, memory) when the command has weights_options.
+function M.load_model(path, args)
   local eapig = require("eapig")
-  return eapig.load(path)
+  return eapig.load(path, { weights = args and args.weights, memory = args and args.memory })
 end
 
 -- JSONL rows checked against the model: ids in [0, vocab), rows no longer than its context.
