@@ -312,18 +312,28 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
     return EAPIG_OK;
 }
 
-/* Columns of destination gradients the score gather holds: opts.score_memory bytes, by default
- * as many columns as diff has rows (as much memory again as diff), at least one layer's and at
- * most every destination. */
-static size_t gather_columns(const bwd_run *r) {
-    size_t ndr = r->N * r->D / r->steps, cols;
-    if (r->o->score_memory > 0)
-        cols = (size_t)r->o->score_memory / (ndr * sizeof(float));
-    else
-        cols = r->NF;
-    if (cols < r->J) cols = r->J;
-    if (cols > r->NB) cols = r->NB;
+/* Columns of destination gradients the score gather holds: score_memory bytes, by default as
+ * many columns as diff has rows (as much memory again as diff), at least one layer's (J) and at
+ * most every destination. ndr = floats of one reduced gradient block. */
+static size_t gather_columns(size_t ndr, int64_t score_memory, size_t NF, size_t J, size_t NB) {
+    size_t cols = score_memory > 0 ? (size_t)score_memory / (ndr * sizeof(float)) : NF;
+    if (cols < J) cols = J;
+    if (cols > NB) cols = NB;
     return cols;
+}
+
+size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t rows, size_t steps, int scores,
+                             int nodes, int64_t score_memory, int weight_grads) {
+    size_t N = B * P, D = (size_t)c->d_model, H = (size_t)c->n_heads, Dh = (size_t)c->d_head, F = (size_t)c->d_mlp;
+    size_t J = 3 * H + 1, nd = N * D, ndr = nd / steps, kvd = (size_t)c->n_kv_heads * Dh;
+    size_t NF = 1 + (size_t)c->n_layers * (H + 1), NB = (size_t)c->n_layers * J + 1;
+    /* With one step and scores, the destination gradients are written straight into the gather. */
+    int direct = scores && steps == 1;
+    size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
+    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + P * P + 2 * rows * D;
+    need += (direct ? 0 : J * nd) + cap_cols * ndr + (nodes && steps > 1 ? ndr : 0);
+    if (weight_grads) need += 2 * nd + 2 * N * kvd;
+    return need;
 }
 
 int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backward_opts *o) {
@@ -342,12 +352,11 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     /* With one step and scores, the destination gradients are written straight into the gather. */
     int scores = o->scores != NULL, direct = scores && r.steps == 1;
     int nodes = o->node_scores || o->neuron_scores;
-    r.sg.cap_cols = scores ? gather_columns(&r) : 0;
+    r.sg.cap_cols = scores ? gather_columns(ndr, o->score_memory, r.NF, J, r.NB) : 0;
 
-    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + r.P * r.P + 2 * rows * D;
-    need += (direct ? 0 : J * nd) + r.sg.cap_cols * ndr + (nodes && r.steps > 1 ? ndr : 0);
+    size_t need = eapig_backward_floats(c, r.B, r.P, rows, r.steps, scores, nodes, o->score_memory,
+                                        o->weight_grads != NULL);
     size_t kvd = (size_t)c->n_kv_heads * Dh;
-    if (o->weight_grads) need += 2 * nd + 2 * N * kvd;
     if (eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, need, sizeof(float), "gradients") != EAPIG_OK)
         return EAPIG_ERR_NOMEM;
     float *p = ws->bwd;

@@ -296,6 +296,34 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
     for (size_t i = 0; i < nd; i++) r->s.resid[i] += out[i];
 }
 
+int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_t diff_B, int32_t flags) {
+    if (!m || B < 1 || P < 1 || diff_B < 0 || (diff_B > 0 && B % diff_B != 0)) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_workspace_bytes: bad batch (%d, %d) or diff_B %d", B, P, diff_B);
+        return -1;
+    }
+    const eapig_config *c = &m->cfg;
+    int keep = (flags & (EAPIG_RUN_KEEP | EAPIG_RUN_WEIGHT_GRADS)) != 0;
+    int weights = (flags & EAPIG_RUN_WEIGHT_GRADS) != 0, patching = (flags & EAPIG_RUN_PATCH) != 0;
+    size_t rows = (flags & EAPIG_RUN_ALL_LOGITS) ? (size_t)B * (size_t)P : (size_t)B;
+    /* carve_run's size is linear in the number of kept layer slots: count 0 and 1, then scale */
+    layer_state one;
+    scratch s;
+    float *fh, *fr;
+    carver none = {NULL, 0}, with_one = {NULL, 0};
+    carve_run(&none, c, &one, 0, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr);
+    carve_run(&with_one, c, &one, 1, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr);
+    size_t slots = keep ? (size_t)c->n_layers : 1;
+    size_t floats = none.used + (with_one.used - none.used) * slots;
+    if (keep) {
+        size_t steps = diff_B > 0 ? (size_t)(B / diff_B) : 1;
+        /* the attribution backward: edge scores with the default gather, no node scores */
+        floats += eapig_backward_floats(c, (size_t)B, (size_t)P, rows, steps, 1, 0, 0, weights);
+    }
+    size_t bytes = floats * sizeof(float) + (size_t)c->n_layers * (3 * (size_t)c->n_heads + 1);
+    if (m->stored) bytes += (size_t)eapig_weights_view_bytes(c);
+    return (int64_t)bytes;
+}
+
 static int check_inputs(const eapig_model *m, const eapig_batch *bt, const eapig_forward_opts *o) {
     const eapig_config *c = &m->cfg;
     if (!bt || !o || !bt->tokens || !bt->lengths)

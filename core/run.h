@@ -52,6 +52,12 @@ struct eapig_workspace {
     eapig_layer_weights view; /* layer pointers into wbuf (matrices) and the model (the rest) */
 };
 
+/* Floats of eapig_backward's arena for B rows of P positions, `rows` rows of logits, `steps`
+ * batched integrated-gradient steps (B = steps * diff_B), edge scores and node scores asked for,
+ * the score gather's budget (eapig_backward_opts.score_memory) and weight gradients. */
+size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t rows, size_t steps, int scores,
+                             int nodes, int64_t score_memory, int weight_grads);
+
 /* Grows *buf (freeing the old contents) to hold n elements of elem bytes. */
 int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what);
 

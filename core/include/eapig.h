@@ -238,6 +238,12 @@ typedef struct eapig_backward_opts {
 
 EAPIG_API int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *batch,
                             const eapig_forward_opts *opts);
+/* Bytes a workspace holds for one run of B rows of P positions: eapig_forward's arena and, with
+ * EAPIG_RUN_KEEP, eapig_backward's (diff_B as in eapig_backward_opts; 0 = B), plus a stored
+ * model's converted layer. Logits on B rows unless EAPIG_RUN_ALL_LOGITS. -1 on bad arguments. */
+enum { EAPIG_RUN_KEEP = 1, EAPIG_RUN_PATCH = 2, EAPIG_RUN_WEIGHT_GRADS = 4, EAPIG_RUN_ALL_LOGITS = 8 };
+EAPIG_API int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_t diff_B, int32_t flags);
+
 /* Backward for the last forward run in ws, which must have had keep_for_backward set: the
  * activations, and the weights only when opts.weight_grads is set. */
 EAPIG_API int eapig_backward(const eapig_model *m, eapig_workspace *ws,

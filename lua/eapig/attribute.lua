@@ -10,6 +10,7 @@ local metrics = require("eapig.metrics")
 local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
 local parallel = require("eapig.parallel")
+local memory = require("eapig.memory")
 local ffi = core.ffi
 
 local M = {}
@@ -18,8 +19,6 @@ M.METHODS = { "EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "
   "information-flow-routes" }
 local METHODS = M.METHODS
 local NODE_METHODS = { EAP = true, ["EAP-IG-inputs"] = true, exact = true }
--- Batched integrated-gradient steps are capped at this many tokens per run (memory).
-local MAX_STEP_TOKENS = 8192
 
 local function known(list, x)
   for _, v in ipairs(list) do if v == x then return true end end
@@ -61,11 +60,12 @@ local function eap(ctx, b)
   return 1
 end
 
--- Runs `steps` overridden copies of the batch in chunks of at most MAX_STEP_TOKENS tokens:
--- make_value(first_step, n_steps) returns the override buffer for those steps.
+-- Runs `steps` overridden copies of the batch in chunks of ctx.steps_per_run steps (as many as
+-- the memory budget allows): make_value(first_step, n_steps) returns the override buffer for
+-- those steps.
 local function batched_steps(ctx, b, clean, clean_logits, diff, group, steps, make_value)
   local model = ctx.model
-  local per = math.max(1, math.floor(MAX_STEP_TOKENS / (b.B * b.P)))
+  local per = ctx.steps_per_run
   local first = 1
   while first <= #steps do
     local n = math.min(per, #steps - first + 1)
@@ -362,10 +362,16 @@ function M.attribute(model, graph, data, metric, opts)
     error(("metric '%s' has no gradient; it can only evaluate"):format(mt.name), 0)
   end
   local batch_size = opts.batch_size or 8
+  -- Before any run: the largest batch must fit the memory budget (opts.memory GiB), and the
+  -- budget sets how many integrated-gradient steps share one run.
+  local longest = 0
+  for i = 1, #data.rows do longest = math.max(longest, #data.rows[i].clean, #data.rows[i].corrupted) end
+  local estimate = memory.check(model, { B = math.max(1, math.min(batch_size, #data)), P = math.max(1, longest),
+    method = method, steps = steps, level = level }, memory.budget(opts.memory), "attribute")
   local ctx = {
     model = model, graph = graph, metric = mt, level = level, steps = steps,
     sign = mt.higher_is_better and -1 or 1, intervention = intervention, sums = new_sums(model, level),
-    reference = opts.reference,
+    reference = opts.reference, steps_per_run = estimate.steps_per_run or 1,
   }
   if intervention:find("^mean") then
     ctx.means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)

@@ -57,10 +57,133 @@ function memory.choose_weights(cfg, budget)
     memory.format(f32), F32_SHARE * 100, memory.format(budget))
 end
 
--- "12.3 GiB" / "45.6 MiB".
+-- "12.30 GiB" / "45.6 MiB" / "12.0 KiB".
 function memory.format(bytes)
   if bytes >= GiB then return ("%.2f GiB"):format(bytes / GiB) end
-  return ("%.1f MiB"):format(bytes / 2 ^ 20)
+  if bytes >= 2 ^ 20 then return ("%.1f MiB"):format(bytes / 2 ^ 20) end
+  return ("%.1f KiB"):format(bytes / 1024)
+end
+
+---------------------------------------------------------------------------------------------
+-- Estimates
+
+local function workspace(model, B, P, diff_B, flags)
+  local bytes = tonumber(C.eapig_workspace_bytes(model.handle, B, P, diff_B or 0, flags or 0))
+  if bytes < 0 then error(require("ffi").string(C.eapig_last_error()), 0) end
+  -- a stored model's converted layer is counted with the weights
+  if model.weights == "stored" then bytes = bytes - tonumber(C.eapig_weights_view_bytes(model.cfg)) end
+  return bytes
+end
+
+-- Weights in memory: the f32 copy, or (stored) the f32 norms and biases, one layer converted to
+-- f32 with an unembedding chunk, and one layer of the checkpoint's pages while it is converted.
+function memory.weights_bytes(model)
+  if model.weights ~= "stored" then return tonumber(C.eapig_weights_f32_bytes(model.cfg)) end
+  local view = tonumber(C.eapig_weights_view_bytes(model.cfg))
+  local stored_size = ({ F32 = 4, F16 = 2, BF16 = 2 })[model.weights_dtype or "F32"] or 4
+  return tonumber(C.eapig_weights_stored_bytes(model.cfg)) + view + view * stored_size / 4
+end
+
+local KEEP, PATCH = C.EAPIG_RUN_KEEP, C.EAPIG_RUN_PATCH
+
+-- Activation bytes of one batch of B rows and P positions for a method, with n integrated-gradient
+-- steps per batched run. These are the buffers lua/eapig/attribute.lua and evaluate.lua hold at
+-- once: node-major (NF, B, P, D) captures, references and differences, the runs' override values
+-- and logits, and the engine's workspace.
+local function activation_bytes(model, method, B, P, n, level)
+  local NF, NB, D, V, L, H = model.n_forward, model.n_backward, model.d_model, model.vocab, model.n_layers,
+    model.n_heads
+  local blk = B * P * D * 4
+  local nodes = NF * blk
+  local logits = B * V * 4
+  if method == "EAP" or method == "clean-corrupted" then
+    return 3 * nodes + workspace(model, B, P, 0, KEEP) + 2 * logits
+  elseif method == "EAP-IG-inputs" then
+    local run = math.max(workspace(model, B, P, 0, KEEP), workspace(model, n * B, P, B, KEEP))
+    return 3 * nodes + run + n * blk + 3 * n * logits
+  elseif method == "EAP-IG-activations" then
+    return 3 * nodes + workspace(model, n * B, P, B, KEEP) + H * n * blk + 3 * n * logits
+  elseif method == "exact" then
+    local extra = level == "edge" and 0 or NF * 4
+    return 2 * nodes + (2 * L + 1) * blk + NF * NB * 4 + workspace(model, B, P, 0, PATCH) + 2 * logits + extra
+  elseif method == "information-flow-routes" then
+    return nodes + (2 * L + 1) * blk + workspace(model, B, P, 0, 0)
+  elseif method == "evaluate" then
+    return nodes + NF * NB * 4 + workspace(model, B, P, 0, PATCH) + 2 * logits
+  end
+  error(("memory estimate: unknown method '%s'"):format(tostring(method)), 0)
+end
+
+-- The scored graph and the method's accumulators: edge scores twice (sums and graph), the real
+-- and in-graph masks, node and neuron scores at those levels.
+local function scores_bytes(model, level)
+  local NF, NB = model.n_forward, model.n_backward
+  local bytes = NF * NB * (4 + 4 + 1 + 1)
+  if level == "node" or level == "neuron" then bytes = bytes + 2 * NF * 4 end
+  if level == "neuron" then bytes = bytes + 2 * NF * model.d_model * 4 end
+  return bytes
+end
+
+local IG = { ["EAP-IG-inputs"] = true, ["EAP-IG-activations"] = true }
+
+-- What one run needs, per phase, in bytes. opts: B (rows per batch), P (positions), method
+-- (an attribution method or "evaluate"), steps (integrated-gradient steps, 5), level ("edge"),
+-- steps_per_run (batched steps; default: as many as the budget allows, see steps_per_run).
+-- Returns {weights =, activations =, scores =, total =, steps_per_run =}.
+function memory.estimate(model, opts)
+  local B, P = opts.B, opts.P
+  local method, level = opts.method or "EAP-IG-inputs", opts.level or "edge"
+  local steps = IG[method] and (opts.steps or 5) or 1
+  local n = opts.steps_per_run or 1
+  local e = {
+    weights = memory.weights_bytes(model),
+    activations = activation_bytes(model, method, B, P, n, level),
+    scores = scores_bytes(model, level),
+    steps_per_run = IG[method] and n or nil,
+    steps = steps,
+  }
+  e.total = e.weights + e.activations + e.scores
+  return e
+end
+
+-- The integrated-gradient steps batched into one run: the most (up to the steps a run has left:
+-- steps - 1 for EAP-IG-inputs, whose first step is the corrupted run) whose estimate fits the
+-- budget. nil, estimate when even one step does not fit.
+function memory.steps_per_run(model, opts, budget)
+  local most = opts.method == "EAP-IG-inputs" and math.max(1, (opts.steps or 5) - 1) or (opts.steps or 5)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.steps_per_run = 1
+  local e = memory.estimate(model, o)
+  if e.total > budget then return nil, e end
+  local lo, hi = 1, most -- largest n with estimate(n) <= budget: estimates grow with n
+  while lo < hi do
+    local mid = math.ceil((lo + hi) / 2)
+    o.steps_per_run = mid
+    if memory.estimate(model, o).total <= budget then lo = mid else hi = mid - 1 end
+  end
+  o.steps_per_run = lo
+  return lo, memory.estimate(model, o)
+end
+
+-- Raises, before any run starts, when a run of this shape cannot fit the budget; returns the
+-- estimate (with the chosen steps per run) otherwise. what: "attribute" / "evaluate".
+function memory.check(model, opts, budget, what)
+  local IGm = IG[opts.method]
+  local n, e
+  if IGm then
+    n, e = memory.steps_per_run(model, opts, budget)
+  else
+    e = memory.estimate(model, opts)
+    n = e.total <= budget
+  end
+  if not n then
+    error(("%s: needs about %s (weights %s, activations %s for %d rows x %d positions, scores %s) but the "
+      .. "memory budget is %s: use a smaller --batch-size, --weights stored, or a larger --memory"):format(
+      what, memory.format(e.total), memory.format(e.weights), memory.format(e.activations), opts.B, opts.P,
+      memory.format(e.scores), memory.format(budget)), 0)
+  end
+  return e
 end
 
 ---------------------------------------------------------------------------------------------

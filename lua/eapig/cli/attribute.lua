@@ -38,6 +38,7 @@ return function(argv)
   parser:option("--aggregation", "Reduce scores over d_model: sum, mean.", "sum")
     :argname("HOW"):convert(cli.one_of("aggregation", { "sum", "mean" }))
   parser:flag("--quiet", "No progress bar and no summary line.")
+  parser:flag("--verbose", "Print each phase's time and measured peak resident memory.")
   parser:option("--out", "Scored graph to write (.json, or .safetensors for the binary form)."):argname("GRAPH")
     :count(1)
   local args = cli.parse(parser, argv, "attribute")
@@ -51,18 +52,26 @@ return function(argv)
   if args.intervention_data then cli.check_readable(args.intervention_data, "--intervention-data") end
   cli.check_writable(args.out)
 
-  local model = cli.load_model(args.model, args)
-  local data = cli.load_data(args.data, model, "--data")
-  local intervention_data
-  if args.intervention_data then intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data") end
-  local graph = eapig.Graph.from_model(model, { level = args.level })
-  eapig.attribute(model, graph, data, metric, {
-    method = args.method, ig_steps = args.ig_steps, intervention = args.intervention,
-    intervention_data = intervention_data, aggregation = args.aggregation, batch_size = args.batch_size,
-    quiet = args.quiet,
-  })
+  local phase = cli.phases(args.verbose)
+  local model = phase("load model", function() return cli.load_model(args.model, args) end)
+  if args.verbose then io.stderr:write(("weights: %s (%s)\n"):format(model.weights, model.weights_why or "")) end
+  local data, intervention_data, graph
+  phase("load data", function()
+    data = cli.load_data(args.data, model, "--data")
+    if args.intervention_data then
+      intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data")
+    end
+    graph = eapig.Graph.from_model(model, { level = args.level })
+  end)
+  phase("attribute", function()
+    eapig.attribute(model, graph, data, metric, {
+      method = args.method, ig_steps = args.ig_steps, intervention = args.intervention,
+      intervention_data = intervention_data, aggregation = args.aggregation, batch_size = args.batch_size,
+      quiet = args.quiet, memory = args.memory,
+    })
+  end)
   if not require("eapig.parallel").is_root() then return 0 end -- under mpirun, rank 0 writes
-  cli.write_graph(graph, args.out)
+  phase("write graph", function() cli.write_graph(graph, args.out) end)
   if not args.quiet then
     print(("%s: %s scores of %d edges from %d rows (%s, %s)"):format(args.out, args.level,
       graph:n_edges(), #data, args.method, metric.name))

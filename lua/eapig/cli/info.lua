@@ -1,7 +1,9 @@
--- `eapig info --model PATH [--json]`: a model's shape and the size of its graph, from
--- model:info(). Loading the model is the check: a bad checkpoint fails here with the loader's
--- message naming the file and the field.
+-- `eapig info --model PATH [--json] [--memory [GIB]]`: a model's shape and the size of its graph,
+-- from model:info(), and with --memory what a run needs per phase (weights, activations, scores)
+-- for a batch size and sequence length, against the memory budget. Loading the model is the
+-- check: a bad checkpoint fails here with the loader's message naming the file and the field.
 local cli = require("eapig.cli")
+local memory_methods = require("eapig.attribute").METHODS
 
 -- Rows of the readable form: label, info key (or a function of the info table).
 local ROWS = {
@@ -32,14 +34,56 @@ local JSON_KEYS = { "path", "family", "n_layers", "n_heads", "n_kv_heads", "d_mo
   "vocab", "n_ctx", "norm", "parallel_attn_mlp", "n_forward", "n_backward", "n_edges", "mpi", "weights",
   "weights_dtype" }
 
+-- The --memory table: one row per phase of an attribution (and of an evaluation) of one batch.
+local function print_memory(model, args, budget_gib)
+  local memory = require("eapig.memory")
+  local budget = memory.budget(budget_gib)
+  local opts = { B = args.batch_size, P = args.seq_len, method = args.method, steps = args.ig_steps }
+  local n = memory.steps_per_run(model, opts, budget)
+  opts.steps_per_run = n or 1
+  local e = memory.estimate(model, opts)
+  local ev = memory.estimate(model, { B = args.batch_size, P = args.seq_len, method = "evaluate" })
+  local weights = model.weights == "stored"
+    and ("stored %s: f32 norms and biases, one layer converted to f32"):format(model.weights_dtype or "")
+    or "f32 copy of every weight"
+  print(("memory estimate: %d rows x %d positions, %s%s; budget %s"):format(args.batch_size, args.seq_len,
+    args.method, e.steps_per_run and (" (%d steps, %d per run)"):format(e.steps, e.steps_per_run) or "",
+    memory.format(budget)))
+  print(("  %-12s %12s   %s"):format("weights", memory.format(e.weights), weights))
+  print(("  %-12s %12s   %s"):format("activations", memory.format(e.activations),
+    "node buffers, override values, logits and the engine's workspace of one batch"))
+  print(("  %-12s %12s   %s"):format("scores", memory.format(e.scores), ("%d x %d edge matrix and masks"):format(
+    model.n_forward, model.n_backward)))
+  print(("  %-12s %12s   %s"):format("total", memory.format(e.total),
+    n and "fits the budget" or "does NOT fit the budget: smaller --batch-size, --weights stored or more --memory"))
+  print(("  %-12s %12s   %s"):format("evaluate", memory.format(ev.total), "weights + one patched batch + scores"))
+  return 0
+end
+
 return function(argv)
   local parser = cli.parser("info", "Print a model's shape and the size of its graph.")
   parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
   parser:flag("--json", "Print model:info() as one JSON object.")
+  cli.weights_options(parser, true)
+  parser:option("--memory", "Print the memory a run needs per phase; GIB is the budget (default: the "
+    .. "machine's memory minus a margin)."):argname("GIB"):args("?")
+  parser:option("--batch-size", "Rows per batch, for --memory.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
+  parser:option("--seq-len", "Positions per row, for --memory.", "16"):argname("P"):convert(cli.integer("--seq-len", 1))
+  parser:option("--method", "Attribution method, for --memory.", "EAP-IG-inputs"):argname("NAME")
+    :convert(cli.one_of("method", memory_methods))
+  parser:option("--ig-steps", "Integrated-gradient steps, for --memory.", "5"):argname("N")
+    :convert(cli.integer("--ig-steps", 1))
   local args = cli.parse(parser, argv, "info")
+  local budget_gib
+  if args.memory and args.memory[1] then
+    local v, err = cli.gib(args.memory[1])
+    if not v then cli.fail("info: %s", err) end
+    budget_gib = v
+  end
 
-  local model = cli.load_model(args.model, args)
+  local model = cli.load_model(args.model, { weights = args.weights, memory = budget_gib })
+  if args.memory then return print_memory(model, args, budget_gib) end
   local info = model:info()
   info.path = args.model
   -- whether this build can spread batches over MPI ranks (mpirun -np K eapig attribute ...)

@@ -186,17 +186,40 @@ function M.is_safetensors(path)
   return path:lower():match("%.safetensors$") ~= nil
 end
 
--- --weights and --memory, for every command that loads a model.
-function M.weights_options(parser)
+-- --weights and --memory, for every command that loads a model (no_memory: the command defines
+-- its own --memory).
+function M.weights_options(parser, no_memory)
   parser:option("--weights", "Weights: auto (f32 when the copy fits --memory), f32 (converted at load), "
     .. "stored (kept in the checkpoint's dtype, memory-mapped, converted one layer at a time).", "auto")
     :argname("HOW"):convert(M.one_of("weights", { "auto", "f32", "stored" }))
+  if no_memory then return end
   parser:option("--memory", "Memory budget in GiB (default: the machine's memory minus a margin).")
-    :argname("GIB"):convert(function(s)
-      local v = tonumber(s)
-      if v and v > 0 and v < math.huge then return v end
-      return nil, ("--memory must be a positive number of GiB, got '%s'"):format(s)
-    end)
+    :argname("GIB"):convert(M.gib)
+end
+
+-- A --memory value: a positive number of GiB.
+function M.gib(s)
+  local v = tonumber(s)
+  if v and v > 0 and v < math.huge then return v end
+  return nil, ("--memory must be a positive number of GiB, got '%s'"):format(s)
+end
+
+-- phase(name, fn) runs fn and returns its results; with verbose it also prints to stderr the
+-- phase's wall time and the peak resident memory measured during it (Linux: the peak is reset
+-- before each phase through /proc/self/clear_refs).
+function M.phases(verbose)
+  if not verbose then return function(_, fn) return fn() end end
+  local memory = require("eapig.memory")
+  local now = require("eapig.train").now -- the one wall clock
+  return function(name, fn)
+    local reset = memory.reset_peak()
+    local t0 = now()
+    local results = { fn() }
+    local peak = memory.peak_rss()
+    io.stderr:write(("phase %-12s %8.2f s   peak RSS %s%s\n"):format(name, now() - t0,
+      peak and memory.format(peak) or "?", reset and "" or " (since start: peak cannot be reset here)"))
+    return unpack(results)
+  end
 end
 
 -- args: the parsed options (weights, memory) when the command has weights_options.
