@@ -29,6 +29,7 @@ local core = require("eapig.core")
 local files = require("eapig.files")
 local Model = require("eapig.model")
 local safetensors = require("eapig.safetensors")
+local Progress = require("eapig.progress")
 
 local C = core.C
 local bxor, lshift, rshift, tobit = bit.bxor, bit.lshift, bit.rshift, bit.tobit
@@ -223,59 +224,10 @@ function train.loss_and_grads(model, batch, targets, count, bufs, grads)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Wall clock and the progress line
+-- Wall clock (the progress display's)
 
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_nsec; } eapig_train_timespec;
-int clock_gettime(int clk_id, eapig_train_timespec *tp);
-]])
-pcall(ffi.cdef, "int isatty(int fd);")
-local ts = ffi.new("eapig_train_timespec")
-local function now()
-  if ffi.C.clock_gettime(1, ts) ~= 0 then return os.time() end -- 1 = CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-end
+local now = Progress.now
 train.now = now
-
--- A progress bar on stderr that shows the running loss; log lines on stdout clear it first.
-local Bar = {}
-Bar.__index = Bar
-
--- Drawn only on a terminal: in a log file the carriage returns are noise.
-local function stderr_is_terminal()
-  local ok, r = pcall(function() return ffi.C.isatty(2) end)
-  return ok and r == 1
-end
-
-local function new_bar(total, quiet)
-  return setmetatable({ total = total, quiet = quiet, stream = io.stderr, shown = -1, drawn = false }, Bar)
-end
-
-function Bar:draw(done, loss, elapsed)
-  if self.quiet then return end
-  local pct = floor(100 * done / self.total)
-  if pct == self.shown and done ~= self.total then return end
-  self.shown = pct
-  local width = 30
-  local filled = floor(width * done / self.total)
-  self.stream:write(fmt("\rtrain [%s%s] %3d%% %d/%d loss %.4f %.1fs", ("#"):rep(filled), ("."):rep(width - filled),
-    pct, done, self.total, loss, elapsed))
-  self.stream:flush()
-  self.drawn = true
-end
-
-function Bar:clear()
-  if self.drawn then
-    self.stream:write("\r\27[K")
-    self.drawn = false
-    self.shown = -1 -- redraw after the log line
-  end
-end
-
-function Bar:finish()
-  if self.drawn then self.stream:write("\n") end
-  self.drawn = false
-end
 
 ---------------------------------------------------------------------------------------------------
 -- The loop
@@ -289,8 +241,8 @@ local DEFAULTS = {
 -- opts (defaults): steps (1000), batch_size (32), lr (1e-3), min_lr (lr / 10), warmup (steps / 20),
 -- weight_decay (0.1, matrices and embeddings only), beta1 (0.9), beta2 (0.98), eps (1e-8),
 -- clip (1.0: global gradient norm; 0 = none), seed (1: the data stream), tied (the model's),
--- log_every (steps / 20), quiet (false: print nothing), progress (the bar on stderr; default:
--- when stderr is a terminal), out (io.stdout, for the loss lines), on_step
+-- log_every (steps / 20), quiet (false: print nothing), progress (the bar on stderr; default: eapig.progress:
+-- a bar on a terminal, one line at the end elsewhere), out (io.stdout, for the loss lines), on_step
 -- (function(step, loss, lr, grad_norm)), evaluate (true: call task:evaluate at the end).
 -- Returns { steps, seconds, final_loss (mean of the last log_every steps), losses (per step),
 --           eval (task:evaluate's table, when the task has one) }.
@@ -326,9 +278,8 @@ function train.train(model, task, opts)
   end
 
   local losses, window, window_n = {}, 0, 0
-  local show_bar = o.progress
-  if show_bar == nil then show_bar = stderr_is_terminal() end
-  local bar = new_bar(o.steps, o.quiet or not show_bar)
+  -- progress = false: nothing on stderr; true: the bar even off a terminal; nil: eapig.progress decides.
+  local bar = Progress.new("train", o.steps, { quiet = o.quiet or o.progress == false, terminal = o.progress or nil })
   local t0 = now()
   for step = 1, o.steps do
     local batch = task:batch(rng, o.batch_size)
@@ -372,7 +323,7 @@ function train.train(model, task, opts)
       end
       if step ~= o.steps then window, window_n = 0, 0 end
     end
-    bar:draw(step, loss, elapsed)
+    bar:update(step, fmt("loss %.4f", loss))
   end
   bar:finish()
   local result = { steps = o.steps, seconds = now() - t0, final_loss = window / max(window_n, 1), losses = losses }
