@@ -162,10 +162,15 @@ function tasks.check_tokenizer(tok, who, need)
   end
 end
 
--- The ids of text that must be one token (a name, a noun): the id or nil.
+-- The id of text that must be one token (a name, a noun, " is"), or nil. Text with a leading
+-- space means the word inside a sentence. Byte-level tokenizers (GPT-2) encode " key" as that
+-- one token, but SentencePiece-style ones (Llama-2, llama2.c) put their own space marker before
+-- the text, so " key" encodes as a lone marker plus "▁key": there the token is looked up by
+-- its text instead (tok:id(" key") finds "▁key", the piece a sentence uses).
 function tasks.single_token(tok, text)
   local ids = tok:encode(text, { bos = false })
   if #ids == 1 then return ids[1] end
+  if type(tok.id) == "function" then return tok:id(text) end
   return nil
 end
 
