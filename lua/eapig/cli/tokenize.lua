@@ -1,53 +1,32 @@
--- `eapig tokenize`: check tokenization from the shell.
---
---   eapig tokenize --tokenizer PATH [--jsonl] [--decode] [--bos | --no-bos] [--no-special]
---
--- Encoding reads UTF-8 text lines from stdin (with --jsonl, JSON rows with a "text" field) and
--- prints one JSON array of ids per line. --decode reads JSON arrays of ids (with --jsonl, rows
--- with an "ids" field) and prints the text of each (with --jsonl, as {"text": ...} rows).
+-- `eapig tokenize`: check tokenization from the shell (`eapig tokenize --help` says how).
 -- The module is a function(argv, streams): argv holds the arguments after `tokenize`; streams
 -- (optional, for tests) has stdin, stdout. It returns 0, or raises an error message that names
 -- the line at fault.
 local cjson = require("cjson.safe")
+local cli = require("eapig.cli")
 local tokenizer = require("eapig.tokenizer")
 
-local USAGE = "usage: eapig tokenize --tokenizer PATH [--jsonl] [--decode] [--bos | --no-bos] [--no-special]"
-
-local function usage_error(msg)
-  error("eapig tokenize: " .. msg .. "\n" .. USAGE, 0)
-end
-
 local function parse_args(argv)
-  local o = { special = true }
-  local i = 1
-  if argv[1] == "tokenize" then i = 2 end
-  while i <= #argv do
-    local a = argv[i]
-    if a == "--tokenizer" then
-      o.path = argv[i + 1]
-      if not o.path then usage_error("--tokenizer needs a path") end
-      i = i + 1
-    elseif a:match("^%-%-tokenizer=") then
-      o.path = a:sub(#"--tokenizer=" + 1)
-    elseif a == "--jsonl" then
-      o.jsonl = true
-    elseif a == "--decode" then
-      o.decode = true
-    elseif a == "--bos" then
-      o.bos = true
-    elseif a == "--no-bos" then
-      o.bos = false
-    elseif a == "--no-special" then
-      o.special = false
-    elseif a == "--help" or a == "-h" then
-      o.help = true
-    else
-      usage_error("unknown argument " .. a)
-    end
-    i = i + 1
-  end
-  if not o.help and not o.path then usage_error("--tokenizer PATH is required") end
-  return o
+  local parser = cli.parser("tokenize", "Encode text into token ids, or decode ids into text, with a model's tokenizer.",
+    "Encoding reads UTF-8 text from stdin, one text per line, and prints one JSON array of ids per line;\n" ..
+    "with --jsonl it reads JSON rows with a \"text\" field instead. --decode reads one JSON array of ids\n" ..
+    "per line (with --jsonl, rows with an \"ids\" field) and prints the text of each (with --jsonl, as\n" ..
+    "{\"text\": ...} rows). An error names the stdin line at fault.\n\n" ..
+    "Examples:\n" ..
+    "   echo 'Hello world' | eapig tokenize --tokenizer path/to/gpt2          # -> [15496,995]\n" ..
+    "   echo '[15496, 995]' | eapig tokenize --tokenizer path/to/gpt2 --decode # -> Hello world")
+  parser:option("--tokenizer", "Tokenizer: a model folder, tokenizer.json, vocab.json + merges.txt, or\n" ..
+    "llama2.c's tokenizer.bin."):argname("PATH"):count(1)
+  parser:flag("--jsonl", "Read JSON rows (\"text\", or \"ids\" with --decode) and, decoding, write JSON rows.")
+  parser:flag("--decode", "Decode JSON arrays of ids into text instead of encoding.")
+  parser:mutex(
+    parser:flag("--bos", "Put the BOS token first (default: the tokenizer's own convention)."),
+    parser:flag("--no-bos", "Never put the BOS token first."))
+  parser:flag("--no-special", "Encode special tokens written in the text (\"<|endoftext|>\") as plain text.")
+  local args = cli.parse(parser, argv, "tokenize")
+  local bos
+  if args.bos then bos = true elseif args.no_bos then bos = false end
+  return { path = args.tokenizer, jsonl = args.jsonl, decode = args.decode, bos = bos, special = not args.no_special }
 end
 
 -- A JSON array of ids, written directly: cjson writes an empty table as {}.
@@ -67,11 +46,8 @@ return function(argv, streams)
   argv = argv or {}
   local input = streams and streams.stdin or io.stdin
   local output = streams and streams.stdout or io.stdout
+  if argv[1] == "tokenize" then argv = { unpack(argv, 2) } end
   local o = parse_args(argv)
-  if o.help then
-    output:write(USAGE, "\n")
-    return 0
-  end
   local tok = tokenizer.load(o.path)
   local line_no = 0
   for line in input:lines() do
