@@ -57,9 +57,12 @@ describe("luarocks install from the README", function()
       local status, out = run(("cd %s && %s demo --quiet --out %s"):format(sh_quote(dir),
         sh_quote(tree .. "/bin/eapig"), sh_quote(out_dir)))
       assert(status == 0, ("installed eapig demo failed (exit %s):\n%s"):format(tostring(status), out))
-      assert(out:find("known induction mechanism FOUND", 1, true), out)
       assert(files.exists(out_dir .. "/circuit.json"), "no circuit.json in " .. out_dir)
       assert(files.exists(out_dir .. "/circuit.svg"), "no circuit.svg in " .. out_dir)
+      -- the installed REPL finds the installed API reference
+      status, out = run(("cd %s && echo 'help(\"apply_topn\")' | %s repl"):format(sh_quote(dir),
+        sh_quote(tree .. "/bin/eapig")))
+      assert(status == 0 and out:find("Graph:apply_topn(n, opts)", 1, true), "installed repl help:\n" .. out)
     end)
     testing.rmtree(dir)
     assert(ok, err)

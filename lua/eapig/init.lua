@@ -16,6 +16,8 @@ local lazy = {
   autodiff = function() return require("eapig.autodiff") end,
   testing = function() return require("eapig.testing") end,
   tokenizer = function() return require("eapig.tokenizer") end,
+  tasks = function() return require("eapig.tasks") end,
+  help = function() return require("eapig.help").help end,
   safetensors = function() return require("eapig.safetensors") end,
 }
 
