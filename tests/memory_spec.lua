@@ -90,6 +90,22 @@ describe("memory budget", function()
     end
   end)
 
+  it("per-batch buffers: with_batch returns fn's results, frees what it allocated, passes errors on", function()
+    local kept = core.batch_floats(4) -- outside a batch: collected as usual
+    local a, b = core.with_batch(function(x)
+      local buf = core.batch_floats(1000)
+      buf[999] = x
+      local inner = core.with_batch(function() return core.batch_floats(10)[9] + buf[999] end)
+      return buf[999], inner
+    end, 2.5)
+    assert.are.same({ 2.5, 2.5 }, { a, b })
+    assert.has_error(function() core.with_batch(function() core.batch_floats(8) error("boom", 0) end) end, "boom")
+    kept[3] = 1
+    assert.are.equal(1, kept[3])
+    assert.is_true(C.eapig_floats_new(-1) == nil)
+    assert.matches("bad size", ffi.string(C.eapig_last_error()))
+  end)
+
   it("a run that cannot fit fails before it starts, with the estimate", function()
     local g = eapig.Graph.from_model(model)
     local ok, err = pcall(eapig.attribute, model, g, dataset(64, 4), "logit_diff", { quiet = true, memory = 1e-6 })

@@ -249,6 +249,12 @@ EAPIG_API int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t
 EAPIG_API int eapig_backward(const eapig_model *m, eapig_workspace *ws,
                              const eapig_backward_opts *opts);
 
+/* ---- buffers ------------------------------------------------------------------------- */
+/* n zeroed floats for the Lua side's big per-batch buffers, freed explicitly when the batch ends
+ * (eapig_floats_free) instead of whenever the garbage collector runs. NULL on error. */
+EAPIG_API float *eapig_floats_new(int64_t n);
+EAPIG_API void eapig_floats_free(float *p);
+
 /* ---- ABI check: the sizes C compiled, which the Lua side compares with its cdef ----------- */
 enum {
     EAPIG_ABI_CONFIG = 0,

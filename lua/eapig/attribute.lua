@@ -53,7 +53,7 @@ local function eap(ctx, b)
   local model = ctx.model
   local clean = runs.engine_batches(b)
   local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
-  local cap = model:nodes_buffer(b.B, b.P)
+  local cap = runs.nodes(model, b.B, b.P)
   local logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, keep = true })
   local diff = runs.difference(R, cap, model.n_forward * model:block_size(b.B, b.P))
   backward_into(model, ctx.sums, b, ctx.metric, logits, logits, b.rows, ctx.sign, diff)
@@ -86,16 +86,16 @@ local function eap_ig_inputs(ctx, b)
   local model, m = ctx.model, ctx.steps
   local clean, corrupted = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local cap_c = model:nodes_buffer(b.B, b.P)
+  local cap_c = runs.nodes(model, b.B, b.P)
   local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
-  local cap_r = model:nodes_buffer(b.B, b.P)
+  local cap_r = runs.nodes(model, b.B, b.P)
   local logits_r = model:forward(corrupted, { logit_pos = b.last_pos, capture = cap_r, keep = true })
   local diff = runs.difference(cap_r, cap_c, model.n_forward * blk)
   backward_into(model, ctx.sums, b, ctx.metric, logits_r, clean_logits, b.rows, ctx.sign, diff)
   local steps = {}
   for k = 1, m - 1 do steps[#steps + 1] = k end
   batched_steps(ctx, b, clean, clean_logits, diff, 0, steps, function(first, n)
-    local value = core.floats(n * blk)
+    local value = core.batch_floats(n * blk)
     for s = 0, n - 1 do
       local alpha = steps[first + s] / m
       local dst = value + s * blk
@@ -113,7 +113,7 @@ local function eap_ig_activations(ctx, b)
   local clean = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
   local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
-  local cap_c = model:nodes_buffer(b.B, b.P)
+  local cap_c = runs.nodes(model, b.B, b.P)
   local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
   local diff = runs.difference(R, cap_c, model.n_forward * blk)
   local H, L = model.n_heads, model.n_layers
@@ -129,7 +129,7 @@ local function eap_ig_activations(ctx, b)
     end
     batched_steps(ctx, b, clean, clean_logits, diff, group, steps, function(first, n)
       -- override layout: (node in group, step-major rows, P, D)
-      local value = core.floats(count * n * blk)
+      local value = core.batch_floats(count * n * blk)
       for j = 0, count - 1 do
         local c, r = cap_c + (u0 + j) * blk, R + (u0 + j) * blk
         for s = 0, n - 1 do
@@ -149,9 +149,9 @@ local function clean_corrupted(ctx, b)
   local model = ctx.model
   local clean, corrupted = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local cap_r = model:nodes_buffer(b.B, b.P)
+  local cap_r = runs.nodes(model, b.B, b.P)
   model:forward(corrupted, { capture = cap_r, no_logits = true })
-  local cap_c = model:nodes_buffer(b.B, b.P)
+  local cap_c = runs.nodes(model, b.B, b.P)
   local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap_c, keep = true })
   local diff = runs.difference(cap_r, cap_c, model.n_forward * blk)
   backward_into(model, ctx.sums, b, ctx.metric, clean_logits, clean_logits, b.rows, ctx.sign, diff)
@@ -230,7 +230,7 @@ local function exact(ctx, b)
   local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local clean = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local cap, resid = model:nodes_buffer(b.B, b.P), core.floats((2 * L + 1) * blk)
+  local cap, resid = runs.nodes(model, b.B, b.P), core.batch_floats((2 * L + 1) * blk)
   local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, resid = resid })
   local baseline = batch_loss(ctx, b, {}, clean_logits)
   local W = core.floats(NF * NB)
@@ -279,8 +279,8 @@ local function information_flow_routes(ctx, b)
   local B, P, D = b.B, b.P, model.d_model
   local H, L, NB = model.n_heads, model.n_layers, model.n_backward
   local blk = B * P * D
-  local cap = model:nodes_buffer(B, P)
-  local resid = core.floats((2 * L + 1) * blk)
+  local cap = runs.nodes(model, B, P)
+  local resid = core.batch_floats((2 * L + 1) * blk)
   model:forward(clean, { capture = cap, resid = resid, no_logits = true })
   local prox = ffi.new("double[?]", model.n_forward)
   local imp = ffi.new("double[?]", model.n_forward)
@@ -388,7 +388,7 @@ function M.attribute(model, graph, data, metric, opts)
   ctx.progress = Progress.new(method, total, opts.quiet or not parallel.is_root())
   for b in data:batches(batch_size) do
     if parallel.owns(n_batches) then
-      n_runs = RUNNERS[method](ctx, b)
+      n_runs = core.with_batch(RUNNERS[method], ctx, b) -- frees the batch's buffers
     elseif units then
       ctx.progress:step(units) -- this batch runs on another rank
     end

@@ -43,4 +43,28 @@ function core.floats(n) return float_array(n) end
 function core.int32s(n) return int32_array(n) end
 function core.bytes(n) return uint8_array(n) end
 
+-- Per-batch buffers (STYLE 12): big float buffers allocated in C and freed explicitly when the
+-- batch that made them ends (core.with_batch), so a run's memory does not wait for the garbage
+-- collector. Outside a batch they are collected like any other (ffi.gc). Nothing allocated with
+-- batch_floats may outlive its batch.
+local open_batches = {}
+
+function core.batch_floats(n)
+  local p = ffi.gc(core.check_ptr(C.eapig_floats_new(n), "batch buffer"), C.eapig_floats_free)
+  local batch = open_batches[#open_batches]
+  if batch then batch[#batch + 1] = p end
+  return p
+end
+
+-- Runs fn(...) and frees every batch_floats buffer it allocated when it returns or raises.
+function core.with_batch(fn, ...)
+  local batch = {}
+  open_batches[#open_batches + 1] = batch
+  local results = { pcall(fn, ...) }
+  open_batches[#open_batches] = nil
+  for i = #batch, 1, -1 do C.eapig_floats_free(ffi.gc(batch[i], nil)) end
+  if not results[1] then error(results[2], 0) end
+  return unpack(results, 2, table.maxn(results))
+end
+
 return core

@@ -104,19 +104,21 @@ function M.evaluate_graph(model, graph, data, ms, opts)
   local W, scale, any = circuit_weights(model, graph)
   local rows = row_values(#list, #data)
   local progress = Progress.new("evaluate", #data, opts.quiet or not parallel.is_root())
-  for b in data:batches(batch_size) do
-    if take_batch(rows) then
-      local clean = runs.engine_batches(b)
-      local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
-      local logits = clean_logits
-      if any then
-        local R = runs.reference(model, b, intervention, means, opts.reference)
-        logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
-      end
-      for i, mt in ipairs(list) do
-        put_values(rows, i, b, runs.metric_values(model, mt, b, logits, clean_logits, b.rows))
-      end
+  -- one batch; its reference buffer is freed when it ends (core.with_batch)
+  local function run_batch(b)
+    local clean = runs.engine_batches(b)
+    local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+    local logits = clean_logits
+    if any then
+      local R = runs.reference(model, b, intervention, means, opts.reference)
+      logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
     end
+    for i, mt in ipairs(list) do
+      put_values(rows, i, b, runs.metric_values(model, mt, b, logits, clean_logits, b.rows))
+    end
+  end
+  for b in data:batches(batch_size) do
+    if take_batch(rows) then core.with_batch(run_batch, b) end
     progress:step(b.B)
   end
   progress:finish()

@@ -7,6 +7,11 @@ local ffi = core.ffi
 
 local runs = {}
 
+-- A node-major (NF, B, P, D) buffer owned by the current batch (core.with_batch frees it).
+function runs.nodes(model, B, P)
+  return core.batch_floats(model.n_forward * B * P * model.d_model)
+end
+
 runs.INTERVENTIONS = { patching = true, zero = true, mean = true, ["mean-positional"] = true }
 
 function runs.check_intervention(intervention, intervention_data, custom)
@@ -75,9 +80,9 @@ function runs.compute_means(model, ds, per_position, batch_size)
   local width = per_position and P_all * D or D
   local sums = ffi.new("double[?]", NF * width)
   local count = 0
-  for b in ds:batches(batch_size or 8) do
+  local function add_batch(b) -- the capture is freed when the batch ends
     local clean = runs.engine_batches(b)
-    local cap = model:nodes_buffer(b.B, b.P)
+    local cap = runs.nodes(model, b.B, b.P)
     model:forward(clean, { capture = cap, no_logits = true })
     local blk = b.B * b.P * D
     for u = 0, NF - 1 do
@@ -92,6 +97,7 @@ function runs.compute_means(model, ds, per_position, batch_size)
     end
     for i = 0, b.B - 1 do count = count + (per_position and 1 or b.lengths[i]) end
   end
+  for b in ds:batches(batch_size or 8) do core.with_batch(add_batch, b) end
   local values = core.floats(NF * width)
   for i = 0, NF * width - 1 do values[i] = sums[i] / count end
   return { values = values, per_position = per_position, P = P_all }
@@ -102,7 +108,7 @@ end
 -- function(model, batch) replaces the built-in interventions (a user-defined ablation).
 function runs.reference(model, b, intervention, means, custom)
   if custom then return custom(model, b) end
-  local R = model:nodes_buffer(b.B, b.P)
+  local R = runs.nodes(model, b.B, b.P)
   if intervention == "patching" then
     local _, corrupted = runs.engine_batches(b)
     model:forward(corrupted, { capture = R, no_logits = true })
@@ -126,7 +132,7 @@ end
 
 -- diff = R - clean, elementwise.
 function runs.difference(R, clean, n)
-  local diff = core.floats(n)
+  local diff = core.batch_floats(n)
   for i = 0, n - 1 do diff[i] = R[i] - clean[i] end
   return diff
 end
