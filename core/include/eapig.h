@@ -158,6 +158,67 @@ EAPIG_API int64_t eapig_weights_stored_bytes(const eapig_config *cfg);
  * chunk of the unembedding. */
 EAPIG_API int64_t eapig_weights_view_bytes(const eapig_config *cfg);
 
+/* ---- GGUF files (core/gguf.c): llama.cpp's checkpoint format -------------------------------
+ * Layout (little-endian, versions 2 and 3): "GGUF", uint32 version, uint64 tensor count, uint64
+ * key count; each key: string name, uint32 value type, value (an array is uint32 element type,
+ * uint64 count, elements); each tensor: string name, uint32 n_dims, uint64 ne[n_dims], uint32
+ * ggml type, uint64 offset; then, at the next multiple of general.alignment (default 32), the
+ * data section the offsets are relative to. A string is a uint64 length and that many bytes.
+ * ne[0] varies fastest: a PyTorch (out, in) matrix is stored with ne = {in, out}.
+ *
+ * eapig_gguf_open checks the whole header before anything is returned: every length against the
+ * bytes left, counts against the smallest size their entries can take, unique key and tensor
+ * names, ne[0] a multiple of the type's block, every tensor inside the data section, aligned, and
+ * no two tensors sharing a byte. Names and strings are returned as pointers into the mapping with
+ * their lengths (not NUL-terminated); they live as long as the handle. Key and tensor indices
+ * run from 0 in file order. */
+enum {
+    EAPIG_GGUF_UINT8 = 0, EAPIG_GGUF_INT8 = 1, EAPIG_GGUF_UINT16 = 2, EAPIG_GGUF_INT16 = 3,
+    EAPIG_GGUF_UINT32 = 4, EAPIG_GGUF_INT32 = 5, EAPIG_GGUF_FLOAT32 = 6, EAPIG_GGUF_BOOL = 7,
+    EAPIG_GGUF_STRING = 8, EAPIG_GGUF_ARRAY = 9, EAPIG_GGUF_UINT64 = 10, EAPIG_GGUF_INT64 = 11,
+    EAPIG_GGUF_FLOAT64 = 12
+};
+/* ggml tensor types that eapig converts to float32; the others are known by name only. */
+enum { EAPIG_GGML_F32 = 0, EAPIG_GGML_F16 = 1, EAPIG_GGML_Q8_0 = 8, EAPIG_GGML_BF16 = 30 };
+
+typedef struct eapig_gguf eapig_gguf;
+/* NULL on error; the message names the file and the field at fault. */
+EAPIG_API eapig_gguf *eapig_gguf_open(const char *path);
+EAPIG_API void eapig_gguf_close(eapig_gguf *g);
+EAPIG_API uint32_t eapig_gguf_version(const eapig_gguf *g);
+EAPIG_API int64_t eapig_gguf_n_keys(const eapig_gguf *g);
+EAPIG_API int64_t eapig_gguf_n_tensors(const eapig_gguf *g);
+/* Byte offset of the data section (tensor offsets are relative to it). */
+EAPIG_API uint64_t eapig_gguf_data_offset(const eapig_gguf *g);
+/* Index of the key with this NUL-terminated name, or -1. */
+EAPIG_API int64_t eapig_gguf_find_key(const eapig_gguf *g, const char *name);
+/* Key i's name and its length in *len; NULL for a bad index. */
+EAPIG_API const char *eapig_gguf_key(const eapig_gguf *g, int64_t i, uint64_t *len);
+/* Key i's value type (EAPIG_GGUF_*), or -1 for a bad index. An array sets *elem_type and *count
+ * (its elements); a scalar sets *elem_type to its own type and *count to 1. */
+EAPIG_API int32_t eapig_gguf_key_type(const eapig_gguf *g, int64_t i, int32_t *elem_type, uint64_t *count);
+/* Elements [first, first + n) of key i's value (a scalar is element 0) as doubles: numbers and
+ * bools (0 or 1). Strings are an error. */
+EAPIG_API int eapig_gguf_key_numbers(const eapig_gguf *g, int64_t i, uint64_t first, uint64_t n, double *out);
+/* The same as exact integers: integer and bool types only; a uint64 above INT64_MAX is an error. */
+EAPIG_API int eapig_gguf_key_integers(const eapig_gguf *g, int64_t i, uint64_t first, uint64_t n, int64_t *out);
+/* The same for strings: pointers into the mapping and their lengths. */
+EAPIG_API int eapig_gguf_key_strings(const eapig_gguf *g, int64_t i, uint64_t first, uint64_t n,
+                                     const char **ptrs, uint64_t *lens);
+/* Index of the tensor with this NUL-terminated name, or -1. */
+EAPIG_API int64_t eapig_gguf_find_tensor(const eapig_gguf *g, const char *name);
+/* Tensor i's name and its length in *len; NULL for a bad index. */
+EAPIG_API const char *eapig_gguf_tensor_name(const eapig_gguf *g, int64_t i, uint64_t *len);
+/* Tensor i: ggml type, n_dims (0 .. 4, ne[] filled with 1 past them), element count and its
+ * absolute byte range [*begin, *end) in the file. Any out-pointer may be NULL. */
+EAPIG_API int eapig_gguf_tensor_info(const eapig_gguf *g, int64_t i, int32_t *type, int32_t *n_dims,
+                                     int64_t *ne /* (4) */, int64_t *n_elements, uint64_t *begin, uint64_t *end);
+/* "F32", "Q4_K", ... for a ggml type number, or NULL for one ggml does not define. */
+EAPIG_API const char *eapig_gguf_type_name(int32_t type);
+/* Converts tensor i (F32, F16, BF16 or Q8_0, dequantised: block scale times int8) into n floats
+ * in stored order; n must be its element count. Other types are an error naming the type. */
+EAPIG_API int eapig_gguf_tensor_read(const eapig_gguf *g, int64_t i, float *dst, int64_t n);
+
 /* ---- forward and backward -------------------------------------------------------------- */
 typedef struct eapig_workspace eapig_workspace;
 EAPIG_API eapig_workspace *eapig_workspace_new(void);

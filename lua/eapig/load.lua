@@ -1,6 +1,6 @@
--- Checkpoint loading: Hugging Face folders (config.json + safetensors, single or sharded) and
--- llama2.c .bin files, into one eapig_model in the core's layout (PyTorch Linear (out, in),
--- half-split RoPE rows, every bias present).
+-- Checkpoint loading: Hugging Face folders (config.json + safetensors, single or sharded), GGUF
+-- files (through lua/eapig/gguf.lua) and llama2.c .bin files, into one eapig_model in the core's
+-- layout (PyTorch Linear (out, in), half-split RoPE rows, every bias present).
 --
 -- Each family is a small table: how to read its config.json, and which tensor fills which
 -- weight slot. Dimension symbols in the tables: D = d_model, F = d_mlp, V = vocab,
@@ -384,22 +384,52 @@ local function open_weights(folder)
   fail("%s: missing model.safetensors (or model.safetensors.index.json)", folder)
 end
 
-local function load_hf(folder, opts)
-  local cfg_path = folder .. "/config.json"
-  local json = safetensors.read_json(cfg_path)
+-- Builds a model from config.json fields (json, read from cfg_path) and the tensor source that
+-- open_src returns, opened only once the config is known to be good. mode_of(c) picks how the
+-- weights are kept (weights_mode).
+local function load_family(json, cfg_path, open_src, path, folder, opts, mode_of)
   local get = config_reader(cfg_path, json)
   local model_type = get.str("model_type")
   local fam = FAMILIES[model_type]
   if not fam then fail("%s: field 'model_type': unknown model_type '%s' (known: %s)", cfg_path, model_type, KNOWN) end
   local c = fam.config(get, model_type)
-  local mode, why = weights_mode(c, opts, folder)
+  local mode, why = mode_of(c)
   local m = new_model(c, cfg_path, mode)
-  local src = open_weights(folder)
+  local src = open_src()
   -- The model keeps its own reference to the mappings it reads stored weights from.
   local ok, dtype = pcall(fill_family, src, fam, c, C.eapig_model_weights(m), mode == "stored" and m or nil)
   src:close()
   if not ok then error(dtype, 0) end
-  return finish(m, c, model_type, folder, folder, opts, { mode = mode, why = why, dtype = dtype })
+  return finish(m, c, model_type, path, folder, opts, { mode = mode, why = why, dtype = dtype })
+end
+
+local function load_hf(folder, opts)
+  local cfg_path = folder .. "/config.json"
+  local json = safetensors.read_json(cfg_path)
+  return load_family(json, cfg_path, function() return open_weights(folder) end, folder, folder, opts,
+                     function(c) return weights_mode(c, opts, folder) end)
+end
+
+-- GGUF: the metadata as config.json fields and the tensors under their Hugging Face names
+-- (lua/eapig/gguf.lua), so the family tables above describe GGUF models too. GGUF tensors
+-- (Q8_0 among them) are converted to f32 at load: weights = "stored" is refused.
+local function load_gguf(path, opts)
+  local function mode_of(c)
+    local mode = weights_mode(c, opts, path) -- checks the option's value
+    if opts and opts.weights == "stored" then
+      fail("%s: weights = 'stored' is not available for GGUF files (their tensors are converted to f32 at load)", path)
+    end
+    if mode == "stored" then return "f32", "GGUF tensors are converted to f32 at load" end
+    return mode, "GGUF tensors are converted to f32 at load"
+  end
+  local json, src = require("eapig.gguf").checkpoint(path)
+  local ok, loaded = pcall(load_family, json, path .. " (GGUF metadata)", function() return src end, path,
+                           dirname(path), opts, mode_of)
+  if not ok then
+    src:close()
+    error(loaded, 0)
+  end
+  return loaded
 end
 
 ---------------------------------------------------------------------------------------------
@@ -528,7 +558,7 @@ end
 
 ---------------------------------------------------------------------------------------------
 
--- Loads a Hugging Face folder (or a file inside one) or a llama2.c .bin checkpoint.
+-- Loads a Hugging Face folder (or a file inside one), a GGUF file or a llama2.c .bin checkpoint.
 -- opts.finalize = false skips eapig_model_finalize (tests compare the raw weights; training).
 -- opts.weights = "auto" | "f32" | "stored" and opts.memory (GiB): see weights_mode.
 function load.load(path, opts)
@@ -540,7 +570,8 @@ function load.load(path, opts)
   if not f then fail("%s: cannot open: %s", path, tostring(err)) end
   local _, rerr = f:read(0)
   f:close()
-  if rerr then fail("%s: no config.json here, and not a llama2.c checkpoint file (%s)", path, rerr) end
+  if rerr then fail("%s: no config.json here, and not a GGUF or llama2.c checkpoint file (%s)", path, rerr) end
+  if require("eapig.gguf").is_gguf(path) then return load_gguf(path, opts) end
   return load_llama2c(path, opts)
 end
 

@@ -9,7 +9,8 @@
 --
 -- Formats: Hugging Face tokenizer.json with a BPE model (byte-level like GPT-2, Llama-3 and Qwen2,
 -- or SentencePiece style with Metaspace / Prepend+Replace and byte_fallback like Llama-2 and
--- Mistral), GPT-2's vocab.json|encoder.json + merges.txt|vocab.bpe, and llama2.c's tokenizer.bin.
+-- Mistral), GPT-2's vocab.json|encoder.json + merges.txt|vocab.bpe, llama2.c's tokenizer.bin, and
+-- the tokenizer a GGUF file stores (tokenizer.ggml.model "llama" or "gpt2").
 -- Anything in a tokenizer.json that would change the ids and is not supported is an error that
 -- names the file and the field, never silently ignored. Two exceptions, documented here: an NFC
 -- normalizer is accepted and does nothing (text is expected to be NFC already, as nearly all
@@ -610,6 +611,104 @@ local function load_llama2c(path, opts)
   return tok
 end
 
+-- ---- the tokenizer stored in a GGUF file ----------------------------------------------------------
+
+-- tokenizer.ggml.pre names the pre-tokenizer of a byte-level ("gpt2") vocabulary.
+local GGUF_PRE = {
+  ["gpt-2"] = { split = C.EAPIG_TOK_SPLIT_GPT2 }, default = { split = C.EAPIG_TOK_SPLIT_GPT2 },
+  ["llama-bpe"] = { split = C.EAPIG_TOK_SPLIT_LLAMA3, ignore_merges = true },
+  ["llama3"] = { split = C.EAPIG_TOK_SPLIT_LLAMA3, ignore_merges = true },
+  qwen2 = { split = C.EAPIG_TOK_SPLIT_QWEN2 },
+}
+-- tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
+local GGUF_UNKNOWN, GGUF_CONTROL, GGUF_USER_DEFINED = 2, 3, 4
+
+-- The vocabulary in a GGUF file's tokenizer.ggml.* keys: model "llama" (SentencePiece style:
+-- pieces with scores, "▁" for the space, byte fallback) or "gpt2" (byte-level BPE with merges).
+local function load_gguf(path)
+  local g = require("eapig.gguf").open(path)
+  local ok, tok = pcall(function()
+    local function key(name, kind)
+      local v = g:get(name)
+      if v ~= nil and type(v) ~= kind then fail(path, name, "expected a " .. kind) end
+      return v
+    end
+    local model = key("tokenizer.ggml.model", "string")
+    if not model then fail(path, "tokenizer.ggml.model", "missing: the file holds no tokenizer") end
+    local tokens = g:array("tokenizer.ggml.tokens")
+    if type(tokens) ~= "table" or #tokens == 0 then fail(path, "tokenizer.ggml.tokens", "missing or empty") end
+    local types = g:array("tokenizer.ggml.token_type")
+    if types and #types ~= #tokens then fail(path, "tokenizer.ggml.token_type", "has a different length from the tokens") end
+    local cfg = { n_vocab = #tokens, field = "tokenizer.ggml.model" }
+    local scores, merges, style
+    if model == "llama" then
+      scores = g:array("tokenizer.ggml.scores")
+      if type(scores) ~= "table" or #scores ~= #tokens then
+        fail(path, "tokenizer.ggml.scores", "missing, or not one score per token")
+      end
+      local add_space = key("tokenizer.ggml.add_space_prefix", "boolean")
+      cfg.symbols, cfg.split, cfg.space = C.EAPIG_TOK_CHARS, C.EAPIG_TOK_SPLIT_NONE, "\xe2\x96\x81"
+      cfg.prefix = add_space == false and C.EAPIG_TOK_PREFIX_NONE or C.EAPIG_TOK_PREFIX_ALWAYS
+      cfg.byte_fallback, cfg.strip_prefix = true, add_space ~= false
+      cfg.unk_id = key("tokenizer.ggml.unknown_token_id", "number")
+      style = "sentencepiece+byte_fallback"
+    elseif model == "gpt2" then
+      merges = g:array("tokenizer.ggml.merges")
+      if type(merges) ~= "table" then fail(path, "tokenizer.ggml.merges", "missing") end
+      local pre_name = key("tokenizer.ggml.pre", "string") or "default"
+      local pre = GGUF_PRE[pre_name]
+      if not pre then fail(path, "tokenizer.ggml.pre", quote(pre_name) .. " is not a known pre-tokenizer") end
+      cfg.symbols, cfg.split, cfg.ignore_merges = C.EAPIG_TOK_BYTE_LEVEL, pre.split, pre.ignore_merges
+      style = "byte-level"
+    else
+      fail(path, "tokenizer.ggml.model", quote(model) .. " is not supported (llama and gpt2 are)")
+    end
+    if cfg.unk_id and (cfg.unk_id < 0 or cfg.unk_id >= #tokens) then cfg.unk_id = nil end
+    local h = new_handle(path, cfg)
+    for id = 0, #tokens - 1 do
+      local piece = tokens[id + 1]
+      -- An empty piece is a hole (never produced), as in llama2.c's files.
+      if #piece > 0 and C.eapig_tokenizer_set_token(h, id, piece, #piece, scores and scores[id + 1] or 0) ~= 0 then
+        fail(path, "tokenizer.ggml.tokens[" .. id .. "]", ffi.string(C.eapig_last_error()))
+      end
+    end
+    if merges then
+      for i, m in ipairs(merges) do add_merge(path, h, m, "tokenizer.ggml.merges[" .. (i - 1) .. "]") end
+    else
+      core.check(C.eapig_tokenizer_rank_by_score(h), "eapig.tokenizer: " .. path)
+    end
+    -- Control tokens (BOS, EOS, ...) and user-defined ones are found in text as llama.cpp's
+    -- parse_special finds them; control and unknown tokens are left out by skip_special.
+    for id = 0, types and #tokens - 1 or -1 do
+      local t, piece = types[id + 1], tokens[id + 1]
+      local flags = 0
+      if t == GGUF_CONTROL then flags = C.EAPIG_TOKEN_CONTROL + C.EAPIG_TOKEN_MATCH
+      elseif t == GGUF_USER_DEFINED then flags = C.EAPIG_TOKEN_MATCH
+      elseif t == GGUF_UNKNOWN then flags = C.EAPIG_TOKEN_CONTROL end
+      if flags ~= 0 and #piece > 0 and C.eapig_tokenizer_set_special(h, id, piece, #piece, flags) ~= 0 then
+        fail(path, "tokenizer.ggml.token_type[" .. id .. "]", ffi.string(C.eapig_last_error()))
+      end
+    end
+    local name = basename(path):gsub("%.gguf$", "")
+    local t = wrap(ffi.gc(h, nil), { name = name, style = style, path = path })
+    for _, which in ipairs({ "bos", "eos" }) do
+      local id = key("tokenizer.ggml." .. which .. "_token_id", "number")
+      if id and id >= 0 and id < #tokens then t[which .. "_id"] = id end
+    end
+    -- llama.cpp adds BOS for SentencePiece vocabularies unless the file says otherwise.
+    local add_bos = key("tokenizer.ggml.add_bos_token", "boolean")
+    if add_bos == nil then add_bos = model == "llama" end
+    local add_eos = key("tokenizer.ggml.add_eos_token", "boolean") or false
+    if add_bos and not t.bos_id then fail(path, "tokenizer.ggml.add_bos_token", "true, but there is no BOS token") end
+    if add_eos and not t.eos_id then fail(path, "tokenizer.ggml.add_eos_token", "true, but there is no EOS token") end
+    t.add_bos, t.add_eos = add_bos, add_eos
+    return t
+  end)
+  g:close()
+  if not ok then error(tok, 0) end
+  return tok
+end
+
 -- ---- finding the files ---------------------------------------------------------------------------
 
 local function sibling(path, names)
@@ -665,11 +764,13 @@ function M.load(path, opts)
     return load_gpt2_pair(v, path, opts)
   elseif name:match("%.json$") then
     return load_hf(path, opts)
+  elseif name:match("%.gguf$") then
+    return load_gguf(path)
   elseif name:match("%.bin$") then
     return load_llama2c(path, opts)
   end
   error(("eapig.tokenizer: %s: not a known tokenizer file (tokenizer.json, vocab.json, merges.txt, "
-    .. "encoder.json, vocab.bpe, *.bin)"):format(path), 0)
+    .. "encoder.json, vocab.bpe, *.gguf, *.bin)"):format(path), 0)
 end
 
 -- The same, returning nil and the message instead of raising (STYLE 15).

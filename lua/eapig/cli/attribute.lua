@@ -21,7 +21,7 @@ Example:
 
 return function(argv)
   local parser = cli.parser("attribute", "Score the edges of a model's graph on a dataset.", EPILOG)
-  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
   parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
   parser:option("--method", "Attribution method: " .. table.concat(METHODS, ", ") .. ".", "EAP-IG-inputs")

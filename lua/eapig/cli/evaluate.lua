@@ -11,7 +11,7 @@ local JSON_KEYS = { "clean", "corrupted", "circuit", "faithfulness", "n_edges", 
 return function(argv)
   local parser = cli.parser("evaluate", "Baselines, circuit value and faithfulness of a circuit.",
     "Values are means over the rows of the metric (the same metric the circuit was found with).")
-  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
   parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
   parser:option("--graph", "Circuit (.json, or .safetensors) from eapig circuit."):argname("CIRCUIT"):count(1)

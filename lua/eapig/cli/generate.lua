@@ -23,12 +23,14 @@ local function collect_ids(values, vocab)
   return ids
 end
 
--- The model folder's tokenizer, or nil and why: it is optional unless --prompt needs it.
+-- The model's tokenizer (the one a GGUF file stores, else its folder's), or nil and why: it is
+-- optional unless --prompt needs it.
 local function load_tokenizer(model)
-  if not model.folder then return nil, "the model has no folder to look for a tokenizer in" end
+  local where = model.source and model.source:match("%.gguf$") and model.source or model.folder
+  if not where then return nil, "the model has no folder to look for a tokenizer in" end
   local ok, tokenizer = pcall(require, "eapig.tokenizer")
   if not ok then return nil, tokenizer end
-  local loaded, tok = pcall(tokenizer.load, model.folder)
+  local loaded, tok = pcall(tokenizer.load, where)
   if loaded then return tok end
   return nil, tok
 end
@@ -37,7 +39,7 @@ return function(argv)
   local parser = cli.parser("generate", "Greedy decoding from token ids or a text prompt.",
     "Prints the prompt and generated ids space-separated, then the decoded text if a tokenizer\n" ..
     "loads from the model's folder.")
-  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
   local ids_opt = parser:option("--ids", "Prompt token ids: repeat the option or separate with commas.")
     :argname("IDS"):count("*")

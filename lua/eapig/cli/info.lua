@@ -62,7 +62,7 @@ end
 
 return function(argv)
   local parser = cli.parser("info", "Print a model's shape and the size of its graph.")
-  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
   parser:flag("--json", "Print model:info() as one JSON object.")
   cli.weights_options(parser, true)

@@ -22,7 +22,7 @@ end
 return function(argv)
   local parser = cli.parser("sweep", "Faithfulness against circuit size, drawn as an SVG curve.",
     "Sizes are fractions of the real edges (0.01) or percentages (1%), comma-separated.")
-  parser:option("--model", "Hugging Face folder or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
   parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
   parser:option("--graph", "Scored graph (.json or .safetensors) from eapig attribute."):argname("SCORED"):count(1)
