@@ -462,7 +462,7 @@ end)
 ---------------------------------------------------------------------------------------------
 
 describe("GGUF files from llama.cpp (../shared/models)", function()
-  local shared = testing.shared_dir()
+  local shared = require("support.shared").dir()
   local stories = shared and shared .. "/models/stories260K-gguf/stories260K.gguf"
   local vocab = shared and shared .. "/models/gpt2-vocab-gguf"
   if not (stories and files.exists(stories)) then
