@@ -192,6 +192,8 @@ describe("Graph JSON", function()
     fails_with("{not json", "not valid JSON: expected a string at byte 1")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}}', "missing or malformed key 'edges'")
     fails_with('{"cfg": {"n_layers": 1}, "nodes": {}, "edges": {}}', "bad cfg: Graph.new: cfg.n_heads must be")
+    fails_with('{"cfg": {"n_layers": 100000, "n_heads": 1000, "d_model": 4}, "nodes": {}, "edges": {}}',
+      "cfg.n_layers 100000 and cfg.n_heads 1000 give a graph of")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"input->a7.h0<q>": {"score": 1, "in_graph": true}}}',
       "unknown edge 'input->a7.h0<q>'")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}, "edges": {"m0->a0.h0<q>": {"score": 1, "in_graph": true}}}',
@@ -239,6 +241,49 @@ describe("Graph JSON", function()
       local i = u * g.n_backward + v
       assert.are.equal(ffi.new("float[1]", cjson.decode(cjson.encode(info.score)))[0], h.scores[i])
       assert.are.equal(g.in_graph[i], h.in_graph[i])
+    end
+  end)
+
+  it("parses entries cut anywhere by the read window's edge", function()
+    -- leading spaces shift the 1 MiB window boundary through every byte of an edge entry
+    local g = Graph.new({ n_layers = 12, n_heads = 12, d_model = 8, parallel_attn_mlp = false })
+    math.randomseed(11)
+    for i = 0, g.n_forward * g.n_backward - 1 do
+      if g.real[i] ~= 0 then g.scores[i] = (math.random() - 0.5) * 10 ^ math.random(-9, 9) end
+    end
+    g:apply_topn(300)
+    local path = DIR .. "/shift.json"
+    g:to_json(path)
+    local text = read(path)
+    local entry = #text:match('\n"[^\n]+}')
+    for pad = 0, entry + 1 do
+      local shifted = DIR .. "/shifted.json"
+      write(shifted, string.rep(" ", pad) .. text)
+      assert_same_graph(g, Graph.from_json(shifted))
+    end
+  end)
+
+  it("fails cleanly on every truncation and on damaged bytes", function()
+    local g = random_graph("neuron", false)
+    local path = DIR .. "/whole.json"
+    g:to_json(path)
+    local text = read(path)
+    local cut = DIR .. "/cut.json"
+    local function loads(content)
+      write(cut, content)
+      local ok, err = pcall(Graph.from_json, cut)
+      if not ok then assert.is_truthy(err:find(cut, 1, true), err) end
+      return ok
+    end
+    for n = 0, #text - 2, 7 do -- text ends "}}\n": every cut removes at least the last brace
+      assert.is_false(loads(text:sub(1, n)), "a file cut at byte " .. n .. " loaded")
+    end
+    -- one byte replaced by a JSON-significant character: an error or a graph, never a crash
+    math.randomseed(5)
+    local chars = { "{", "}", "[", "]", ",", ":", '"', "\\", "0", "-", "e", "\0", " ", "n", "t" }
+    for _ = 1, 300 do
+      local at = math.random(1, #text)
+      loads(text:sub(1, at - 1) .. chars[math.random(#chars)] .. text:sub(at + 1))
     end
   end)
 

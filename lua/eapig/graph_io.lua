@@ -148,6 +148,8 @@ function M.to_json(g, path)
 end
 
 local LEVELS = { [0] = "edge", "node", "neuron" }
+-- Graphs up to this many edge-matrix entries load from any JSON file (Llama-3-8B's has 3.3 M).
+local MIN_JSON_MATRIX = 2 ^ 22
 local CFG_MAX = 1024 * 1024 -- bytes: a cfg is a few hundred
 
 -- Graph.from_json(path): reads EAP-IG's layout (its own files and ours), streaming: a first pass
@@ -164,6 +166,19 @@ function M.from_json(path)
   check(C.eapig_graph_json_header(path, cfg_text, CFG_MAX, cfg_len, level))
   local cfg = cjson.decode(ffi.string(cfg_text, cfg_len[0]))
   if type(cfg) ~= "table" then fail("%s: '%s': missing or malformed key 'cfg'", where, path) end
+  -- The cfg sizes the graph, and a file lists its edges at tens of bytes each: a cfg whose edge
+  -- matrix is far bigger than the file is forged (or the wrong file). Refuse it before allocating.
+  local L, H = tonumber(cfg.n_layers), tonumber(cfg.n_heads)
+  if L and H and L >= 1 and H >= 1 then
+    local fh = io.open(path, "rb")
+    local bytes = fh and fh:seek("end") or 0
+    if fh then fh:close() end
+    local cells = (1 + L * (H + 1)) * (L * (3 * H + 1) + 1)
+    if cells > math.max(MIN_JSON_MATRIX, 2 * bytes) then
+      fail("%s: '%s': cfg.n_layers %d and cfg.n_heads %d give a graph of %.0f edge-matrix entries, far more " ..
+        "than a %d-byte file can list", where, path, L, H, cells, bytes)
+    end
+  end
   local ok, g = pcall(Graph.new, cfg, { level = LEVELS[level[0]] })
   if not ok then fail("%s: '%s': bad cfg: %s", where, path, tostring(g)) end
   local names = name_block(g)
