@@ -407,11 +407,11 @@ describe("Graph errors", function()
     assert.has_error(function() tiny():apply_topn(2, { level = "head" }) end,
       "Graph:apply_topn: unknown level 'head' (expected edge, node or neuron)")
     assert.has_error(function() tiny():apply_topn(2, { absolut = true }) end,
-      "Graph:apply_topn: unknown option 'absolut'")
+      "Graph:apply_topn: unknown option 'absolut' (did you mean 'absolute'?)")
     assert.has_error(function() tiny():apply_threshold(0.1, { prune = "yes" }) end,
       "Graph:apply_threshold: option 'prune' must be a boolean, got string")
     assert.has_error(function() tiny():apply_greedy(2, { level = "edge" }) end,
-      "Graph:apply_greedy: unknown option 'level'")
+      "Graph:apply_greedy: unknown option 'level' (valid options: absolute, prune, reset)")
     assert.has_error(function() Graph.new({ n_layers = 1, n_heads = 1, d_model = 4 }, { level = "x" }) end,
       "Graph.new: unknown level 'x' (expected edge, node or neuron)")
   end)
@@ -448,6 +448,7 @@ describe("Graph module hygiene", function()
     package.loaded["eapig.graph"], package.loaded["eapig.graph_io"] = nil, nil
     local G = require("eapig.graph")
     local g = G.new({ n_layers = 2, n_heads = 2, d_model = 4 }, { level = "neuron" })
+    for i = 0, g.n_forward * g.n_backward - 1 do g.scores[i] = i % 7 end
     g:apply_topn(5); g:apply_threshold(0.0); g:apply_greedy(3); g:reset(false); g:prune()
     local _ = tostring(g) .. g:weighted_edge_count()
     require("eapig.graph_io").dot_source(g)

@@ -41,19 +41,25 @@ local function fail(template, ...)
   error(fmt(template, ...), 0)
 end
 
--- Fills a copy of `defaults` from `opts`, refusing unknown keys and wrong types by name.
+-- Fills a copy of `defaults` from `opts`, refusing unknown keys (naming the nearest valid one)
+-- and wrong types by name (eapig.options).
 local function options(opts, defaults, where)
-  local o = {}
-  for k, v in pairs(defaults) do o[k] = v end
-  if opts == nil then return o end
-  if type(opts) ~= "table" then fail("%s: options must be a table, got %s", where, type(opts)) end
-  for k, v in pairs(opts) do
-    local d = defaults[k]
-    if d == nil then fail("%s: unknown option '%s'", where, tostring(k)) end
-    if type(v) ~= type(d) then
-      fail("%s: option '%s' must be a %s, got %s", where, tostring(k), type(d), type(v))
-    end
-    o[k] = v
+  return require("eapig.options").fill(opts, defaults, where)
+end
+
+-- EAP-IG's positional call shapes, e.g. apply_topn(200, True) or apply_threshold(t, True, True,
+-- 'node'): the arguments after the first, in the order of EAP-IG's signature, as an options table.
+local POSITIONAL = {
+  ["Graph:apply_topn"] = { "absolute", "level", "reset", "prune" },
+  ["Graph:apply_threshold"] = { "absolute", "reset", "level", "prune" },
+  ["Graph:apply_greedy"] = { "absolute", "reset", "prune" },
+}
+local function positional(where, first, ...)
+  if type(first) ~= "boolean" then return first end
+  local names, values, o = POSITIONAL[where], { first, ... }, {}
+  for i = 1, select("#", first, ...) do
+    if names[i] == nil then fail("%s: too many arguments (EAP-IG's order: %s)", where, concat(names, ", ")) end
+    o[names[i]] = values[i]
   end
   return o
 end
@@ -425,6 +431,7 @@ function Graph:reset(empty)
     if self.neurons_in_graph then ffi.fill(self.neurons_in_graph, NF * self.cfg.d_model, 1) end
   end
   self.nodes_in_graph[NF] = 1
+  self.selected = true
 end
 
 -- out[u] = 1 where u has an outgoing edge in the circuit, inn[u] = 1 where one of u's input slots
@@ -657,15 +664,38 @@ end
 
 local SELECT_DEFAULTS = { absolute = true, level = "edge", reset = true, prune = true }
 
+-- Selecting by scores the graph does not have is a mistake (the circuit would be arbitrary): say
+-- how to get them. Edge scores all 0 mean the graph was never attributed.
+local function need_scores(g, level, where)
+  local NF, NB = g.n_forward, g.n_backward
+  if level == "edge" then
+    local s, real = g.scores, g.real
+    for i = 0, NF * NB - 1 do
+      if real[i] ~= 0 and s[i] ~= 0 and s[i] == s[i] then return end
+    end
+    fail("%s: the graph has no edge scores (all are 0): score it first with " ..
+      "eapig.attribute(model, graph, data, metric), or load a scored graph", where)
+  end
+  local values, n = g.node_scores, NF
+  if level == "neuron" then values, n = g.neuron_scores, NF * g.cfg.d_model end
+  for i = 0, n - 1 do
+    if values[i] == values[i] then return end
+  end
+  fail("%s: the graph has no %s scores: create it with Graph.from_model(model, {level = \"%s\"}) and " ..
+    "attribute it (EAP, EAP-IG-inputs or exact), or select at level \"edge\"", where, level, level)
+end
+
 -- apply_topn(n, {absolute = true, level = "edge", reset = true, prune = true}): keeps the n
 -- highest-scoring edges (or nodes, or neurons; unscored nodes and neurons always stay), ties broken
 -- by index order. From an empty circuit (reset), an edge selection brings in the nodes with edges
 -- both ways, a node or neuron selection brings in the chosen nodes' real outgoing edges.
-function Graph:apply_topn(n, opts)
+function Graph:apply_topn(n, ...)
   local where = "Graph:apply_topn"
-  local o = options(opts, SELECT_DEFAULTS, where)
+  local o = options(positional(where, ...), SELECT_DEFAULTS, where)
   check_level(o.level, where)
   check_count(n, where)
+  if o.level == "neuron" then need_neurons(self, where .. " (level 'neuron')") end
+  if n > 0 then need_scores(self, o.level, where) end
   local NF, NB = self.n_forward, self.n_backward
 
   if o.level == "edge" then
@@ -703,6 +733,7 @@ function Graph:apply_topn(n, opts)
     end
   end
   if o.prune then self:prune() end
+  self.selected = true
   return self
 end
 
@@ -724,14 +755,15 @@ end
 
 -- apply_threshold(t, {absolute, level, reset, prune}): keeps every edge (node, neuron) whose score
 -- (absolute value by default) is >= t; otherwise as apply_topn.
-function Graph:apply_threshold(t, opts)
+function Graph:apply_threshold(t, ...)
   local where = "Graph:apply_threshold"
-  local o = options(opts, SELECT_DEFAULTS, where)
+  local o = options(positional(where, ...), SELECT_DEFAULTS, where)
   check_level(o.level, where)
   if type(t) ~= "number" or t ~= t then fail("%s: threshold must be a number, got %s", where, tostring(t)) end
   t = as_float32(t)
   local NF, NB = self.n_forward, self.n_backward
   if o.level == "neuron" then need_neurons(self, where .. " (level 'neuron')") end
+  need_scores(self, o.level, where)
   if o.reset then self:reset(true) end
 
   if o.level == "edge" then
@@ -757,6 +789,7 @@ function Graph:apply_threshold(t, opts)
     end
   end
   if o.prune then self:prune() end
+  self.selected = true
   return self
 end
 
@@ -804,13 +837,14 @@ end
 -- logits upward: repeatedly take the best edge into a node already in the circuit (logits at
 -- first); when its source is new, the source joins and its incoming edges become candidates.
 -- Ties go to the lower matrix index.
-function Graph:apply_greedy(n, opts)
+function Graph:apply_greedy(n, ...)
   local where = "Graph:apply_greedy"
-  local o = options(opts, { absolute = true, reset = true, prune = true }, where)
+  local o = options(positional(where, ...), { absolute = true, reset = true, prune = true }, where)
   check_count(n, where)
   if n > self._n_real then
     fail("%s: n (%d) is larger than the number of edges (%d)", where, n, self._n_real)
   end
+  if n > 0 then need_scores(self, "edge", where) end
   local NF, NB = self.n_forward, self.n_backward
   local scores, real, ig, nodes = self.scores, self.real, self.in_graph, self.nodes_in_graph
   local first, count = self._slot_first, self._slot_count
@@ -848,6 +882,7 @@ function Graph:apply_greedy(n, opts)
     end
   end
   if o.prune then self:prune() end
+  self.selected = true
   return self
 end
 

@@ -1,0 +1,92 @@
+-- eapig.options: the one checker of option tables. Every public function that takes an options
+-- table (attribute, evaluate_graph, evaluate_baseline, Graph:apply_*, ...) passes it through
+-- here, so a misspelt key is an error naming the key and the nearest valid one instead of being
+-- silently ignored:
+--
+--   evaluate_graph: unknown option 'intervension' (did you mean 'intervention'?)
+--
+-- Errors are raised at level 0: the message carries its own context (the function's name).
+local fmt = string.format
+
+local M = {}
+
+-- Levenshtein distance between two short strings (option names), case-insensitive.
+local function distance(a, b)
+  a, b = a:lower(), b:lower()
+  local prev, cur = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur[0] = i
+    local ca = a:byte(i)
+    for j = 1, #b do
+      local cost = ca == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev, cur = cur, prev
+  end
+  return prev[#b]
+end
+M.distance = distance
+
+-- The closest of `names` (a list) to `key`, or nil when none is close: at most a third of the
+-- longer name's letters differ, or one name starts with the other.
+function M.nearest(key, names)
+  key = tostring(key)
+  local best, best_d
+  for _, name in ipairs(names) do
+    local d = distance(key, name)
+    local close = d <= math.max(1, math.floor(math.max(#key, #name) / 3))
+      or (#key >= 3 and (name:sub(1, #key) == key or key:sub(1, #name) == name))
+    if close and (best_d == nil or d < best_d or (d == best_d and name < best)) then best, best_d = name, d end
+  end
+  return best
+end
+
+local function sorted_keys(set)
+  local out = {}
+  for k in pairs(set) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+-- "unknown option 'x' (did you mean 'y'?)" or "... (valid options: a, b, c)".
+function M.unknown_message(where, key, names)
+  local near = M.nearest(key, names)
+  if near then return fmt("%s: unknown option '%s' (did you mean '%s'?)", where, tostring(key), near) end
+  return fmt("%s: unknown option '%s' (valid options: %s)", where, tostring(key), table.concat(names, ", "))
+end
+
+-- check(opts, allowed, where): errors unless opts is nil or a table whose keys are all in
+-- `allowed` (a set: name -> true, or a list of names). Returns opts, or {} for nil.
+function M.check(opts, allowed, where)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then error(fmt("%s: options must be a table, got %s", where, type(opts)), 0) end
+  local set = allowed
+  if allowed[1] ~= nil then
+    set = {}
+    for _, k in ipairs(allowed) do set[k] = true end
+  end
+  for k in pairs(opts) do
+    if not set[k] then error(M.unknown_message(where, k, sorted_keys(set)), 0) end
+  end
+  return opts
+end
+
+-- fill(opts, defaults, where): a copy of `defaults` overridden by opts, refusing unknown keys
+-- (with the nearest valid one) and values whose type differs from the default's.
+function M.fill(opts, defaults, where)
+  local o = {}
+  for k, v in pairs(defaults) do o[k] = v end
+  if opts == nil then return o end
+  M.check(opts, defaults, where)
+  for k, v in pairs(opts) do
+    local d = defaults[k]
+    if type(v) ~= type(d) then
+      error(fmt("%s: option '%s' must be a %s, got %s", where, tostring(k), type(d), type(v)), 0)
+    end
+    o[k] = v
+  end
+  return o
+end
+
+return M
