@@ -205,7 +205,7 @@ describe("eapig command line", function()
       out, rc = eapig({ "evaluate", "--model", MODEL, "--data", DATA, "--graph", circuit, "--json" })
       assert.are.equal(0, rc, out)
       local r = cjson.decode(out)
-      for _, k in ipairs({ "clean", "corrupted", "circuit", "faithfulness", "n_edges", "n_nodes" }) do
+      for _, k in ipairs({ "clean", "corrupted", "empty", "circuit", "faithfulness", "n_edges", "n_nodes" }) do
         assert.are.equal("number", type(r[k]), k .. " in " .. out)
       end
       assert.are.equal(n_in, r.n_edges)

@@ -51,14 +51,42 @@ describe("sweep", function()
       end
       local reported = signed and r.cpr or r.cmd
       assert.is_true(math.abs(reported - area) < 1e-12)
+      assert.are.equal(signed and sweep.cpr(r.points) or sweep.cmd(r.points), reported)
+      -- MIB's sizes: floor(fraction * edges)
+      for i, frac in ipairs(fractions) do assert.are.equal(math.floor(frac * graph:n_edges()), r.points[i].n_edges) end
       -- each point is an evaluation of the top-n circuit of that size
       local g = graph:clone()
       g:apply_topn(r.points[2].n_edges, { absolute = not signed })
       local values = eapig.evaluate_graph(model, g, data, "logit_diff", { quiet = true })
-      local f = eapig.faithfulness(values, r.clean, r.corrupted)
+      local f = eapig.faithfulness(values, r.clean, r.empty)
       assert.is_true(math.abs(f - r.points[2].y) < 1e-6)
     end)
   end
+
+  it("measures both: CMD on absolute ranking, CPR on signed ranking, MIB's fractions by default", function()
+    local r = sweep.run(model, graph, data, "logit_diff", { measure = "both", quiet = true })
+    assert.are.same(sweep.DEFAULT_FRACTIONS, { 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0 })
+    assert.are.equal(10, #r.points)
+    assert.are.equal(10, #r.cpr_points)
+    assert.are.equal(sweep.cmd(r.points), r.cmd)
+    assert.are.equal(sweep.cpr(r.cpr_points), r.cpr)
+    local abs = sweep.run(model, graph, data, "logit_diff", { fractions = { 0.3 }, quiet = true })
+    local signed = sweep.run(model, graph, data, "logit_diff", { fractions = { 0.3 }, signed = true, quiet = true })
+    local g = graph:clone()
+    g:apply_topn(abs.points[1].n_edges, { absolute = false })
+    local f = eapig.faithfulness(eapig.evaluate_graph(model, g, data, "logit_diff", { quiet = true }), r.clean, r.empty)
+    assert.is_true(math.abs(f - signed.points[1].y) < 1e-6)
+    -- fractions that round to no edge give the empty circuit: faithfulness 0
+    assert.are.equal(0, r.points[1].n_edges)
+    assert.are.equal(0, r.points[1].y)
+  end)
+
+  it("rejects an unknown option and measure", function()
+    assert.has_error(function() sweep.run(model, graph, data, "logit_diff", { fraction = { 0.5 } }) end,
+      "sweep: unknown option 'fraction' (did you mean 'fractions'?)")
+    assert.has_error(function() sweep.run(model, graph, data, "logit_diff", { measure = "auc" }) end,
+      "sweep: unknown measure 'auc' (expected cmd, cpr or both)")
+  end)
 
   it("draws a well-formed SVG with one marker per point", function()
     local pts = { { x = 0.001, y = 0.1 }, { x = 0.01, y = 0.5 }, { x = 0.1, y = 0.9 }, { x = 1, y = 1 } }

@@ -7,6 +7,7 @@ local metrics = require("eapig.metrics")
 local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
 local parallel = require("eapig.parallel")
+local options = require("eapig.options")
 
 local M = {}
 
@@ -87,27 +88,29 @@ local function circuit_weights(model, graph)
   return W, scale, any
 end
 
--- evaluate_graph(model, graph, data, metrics, opts): per-example metric values of the circuit
--- (a list per metric when metrics is a list). Prunes the graph first, as EAP-IG does.
-function M.evaluate_graph(model, graph, data, ms, opts)
-  opts = opts or {}
+local EVAL_OPTIONS = { "intervention", "intervention_data", "reference", "batch_size", "prune", "quiet",
+  "skip_clean" }
+
+-- The patched runs of a circuit given by its weights W (1 = the edge reads its reference value).
+-- The clean forward is only needed for metrics that read the clean logits, for a circuit that
+-- patches nothing (its logits are the clean ones), or when skip_clean = false asks for it.
+local function run_circuit(model, data, list, W, scale, any, opts)
   local intervention = opts.intervention or "patching"
-  runs.check_intervention(intervention, opts.intervention_data, opts.reference)
-  graph:check_matches(model:info())
-  local list, many = metric_list(ms)
   local batch_size = opts.batch_size or 8
   local means
   if intervention:find("^mean") then
     means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)
   end
-  if opts.prune ~= false then graph:prune() end
-  local W, scale, any = circuit_weights(model, graph)
+  local need_clean = not any or opts.skip_clean == false
+  for _, mt in ipairs(list) do
+    if mt.needs_clean then need_clean = true end
+  end
   local rows = row_values(#list, #data)
   local progress = Progress.new("evaluate", #data, opts.quiet or not parallel.is_root())
   -- one batch; its reference buffer is freed when it ends (core.with_batch)
   local function run_batch(b)
     local clean = runs.engine_batches(b)
-    local clean_logits = model:forward(clean, { logit_pos = b.last_pos })
+    local clean_logits = need_clean and model:forward(clean, { logit_pos = b.last_pos }) or nil
     local logits = clean_logits
     if any then
       local R = runs.reference(model, b, intervention, means, opts.reference)
@@ -122,13 +125,55 @@ function M.evaluate_graph(model, graph, data, ms, opts)
     progress:step(b.B)
   end
   progress:finish()
-  return unwrap(finish_rows(rows), many)
+  return finish_rows(rows)
+end
+
+local function check_eval_opts(opts, where)
+  opts = options.check(opts, EVAL_OPTIONS, where)
+  local intervention = opts.intervention or "patching"
+  runs.check_intervention(intervention, opts.intervention_data, opts.reference)
+  return opts
+end
+
+-- evaluate_graph(model, graph, data, metrics, opts): per-example metric values of the circuit
+-- (a list per metric when metrics is a list). Prunes the graph first, as EAP-IG does.
+-- opts: intervention ("patching", "zero", "mean", "mean-positional"), intervention_data (the
+-- dataset the means average over), reference (function(model, batch) -> a custom reference
+-- buffer), batch_size (8), prune (true), quiet, skip_clean (EAP-IG's flag; eapig runs the clean
+-- model only when a metric reads the clean logits, so false only forces that run).
+-- A graph in which nothing was ever selected is an error (the evaluation would silently be the
+-- empty circuit's); select with graph:apply_topn(n) etc. (apply_topn(0) for the empty circuit),
+-- or use evaluate_empty.
+function M.evaluate_graph(model, graph, data, ms, opts)
+  opts = check_eval_opts(opts, "evaluate_graph")
+  graph:check_matches(model:info())
+  local list, many = metric_list(ms)
+  if opts.prune ~= false then graph:prune() end
+  if not graph.selected and graph:count_included_edges() == 0 then
+    error("evaluate_graph: the graph has no edges selected: choose a circuit first with graph:apply_topn(n), " ..
+      "apply_threshold(t) or apply_greedy(n) (apply_topn(0) evaluates the empty circuit on purpose)", 0)
+  end
+  local W, scale, any = circuit_weights(model, graph)
+  return unwrap(run_circuit(model, data, list, W, scale, any, opts), many)
+end
+
+-- evaluate_empty(model, data, metrics, opts): the empty circuit under an intervention (every
+-- real edge reads its reference value): m(empty), the zero of faithfulness. Under patching it is
+-- the corrupted run. opts as evaluate_graph's.
+function M.evaluate_empty(model, data, ms, opts)
+  opts = check_eval_opts(opts, "evaluate_empty")
+  local list, many = metric_list(ms)
+  local NF, NB = model.n_forward, model.n_backward
+  local W = core.floats(NF * NB)
+  local graph_real = require("eapig.graph").from_model(model).real
+  for i = 0, NF * NB - 1 do W[i] = graph_real[i] end
+  return unwrap(run_circuit(model, data, list, W, nil, true, opts), many)
 end
 
 -- evaluate_baseline(model, data, metrics, {run_corrupted}): the model unchanged, on the clean
 -- (or corrupted) inputs; clean logits are the reference of metrics that need them.
 function M.evaluate_baseline(model, data, ms, opts)
-  opts = opts or {}
+  opts = options.check(opts, { "run_corrupted", "batch_size", "quiet" }, "evaluate_baseline")
   local list, many = metric_list(ms)
   local rows = row_values(#list, #data)
   for b in data:batches(opts.batch_size or 8) do
@@ -153,11 +198,18 @@ local function mean(x)
 end
 M.mean = mean
 
--- (m(C) - m(corrupted)) / (m(clean) - m(corrupted)), on means of per-example values or numbers.
-function M.faithfulness(circuit, clean, corrupted)
-  local c, cl, co = mean(circuit), mean(clean), mean(corrupted)
-  if cl == co then error("faithfulness: the clean and corrupted baselines are equal", 0) end
-  return (c - co) / (cl - co)
+-- Faithfulness as MIB defines it: (m(C) - m(empty)) / (m(N) - m(empty)), where m(N) is the
+-- whole model on the clean input (evaluate_baseline) and m(empty) the empty circuit under the
+-- same intervention (evaluate_empty; under patching, the corrupted run). 1 when the circuit
+-- recovers the model's behaviour, 0 when it recovers nothing more than the empty circuit.
+-- Arguments are per-example value lists or their means.
+function M.faithfulness(circuit, clean, empty)
+  local c, cl, e = mean(circuit), mean(clean), mean(empty)
+  if cl == e then
+    error("faithfulness: the model and the empty circuit score the same, so faithfulness is undefined " ..
+      "(check the baselines: the model may not do the task, or the intervention changes nothing)", 0)
+  end
+  return (c - e) / (cl - e)
 end
 
 return M

@@ -18,15 +18,23 @@ local function nice_ticks(lo, hi, n)
   return ticks
 end
 
+local COLOURS = { "#1f77b4", "#d62728", "#2ca02c", "#9467bd" }
+
 -- svg(points, opts): points = {{x=, y=}, ...}; opts: title, xlabel, ylabel, logx, hline (a y
--- value drawn dashed, e.g. 1 for full faithfulness). Returns the SVG text.
+-- value drawn dashed, e.g. 1 for full faithfulness), label (the legend entry of the line),
+-- hline_label (the legend entry of hline), series (several lines: {{points =, label =}, ...},
+-- drawn instead of `points`). A legend is drawn when any line or hline has a label. Returns the
+-- SVG text.
 function M.svg(points, opts)
   opts = opts or {}
+  local series = opts.series or { { points = points, label = opts.label } }
   local W, H, left, right, top, bottom = 640, 400, 70, 20, 40, 60
   local xs, ys = {}, {}
-  for i, p in ipairs(points) do
-    xs[i] = opts.logx and math.log10(p.x) or p.x
-    ys[i] = p.y
+  for _, sr in ipairs(series) do
+    for _, p in ipairs(sr.points) do
+      xs[#xs + 1] = opts.logx and math.log10(p.x) or p.x
+      ys[#ys + 1] = p.y
+    end
   end
   local xmin, xmax = math.min(unpack(xs)), math.max(unpack(xs))
   local ymin, ymax = math.min(0, unpack(ys)), math.max(1, unpack(ys))
@@ -66,12 +74,37 @@ function M.svg(points, opts)
     add('<text x="18" y="%d" text-anchor="middle" transform="rotate(-90 18 %d)">%s</text>\n', (top + H - bottom) / 2,
       (top + H - bottom) / 2, esc(opts.ylabel))
   end
-  local coords = {}
-  for i = 1, #points do coords[i] = ("%.1f,%.1f"):format(px(xs[i]), py(ys[i])) end
-  add('<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="%s"/>\n', table.concat(coords, " "))
-  for i, p in ipairs(points) do
-    add('<circle class="point" cx="%.1f" cy="%.1f" r="3.5" fill="#1f77b4" data-x="%.9g" data-y="%.9g"/>\n',
-      px(xs[i]), py(ys[i]), p.x, p.y)
+  local function X(x) return px(opts.logx and math.log10(x) or x) end
+  for k, sr in ipairs(series) do
+    local colour = COLOURS[(k - 1) % #COLOURS + 1]
+    local coords = {}
+    for i, p in ipairs(sr.points) do coords[i] = ("%.1f,%.1f"):format(X(p.x), py(p.y)) end
+    add('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>\n', colour, table.concat(coords, " "))
+    for _, p in ipairs(sr.points) do
+      add('<circle class="point" cx="%.1f" cy="%.1f" r="3.5" fill="%s" data-x="%.9g" data-y="%.9g"/>\n',
+        X(p.x), py(p.y), colour, p.x, p.y)
+    end
+  end
+  -- The legend, top left inside the plot (faithfulness curves rise to the right).
+  local entries = {}
+  for k, sr in ipairs(series) do
+    if sr.label then entries[#entries + 1] = { label = sr.label, colour = COLOURS[(k - 1) % #COLOURS + 1] } end
+  end
+  if opts.hline_label and opts.hline then entries[#entries + 1] = { label = opts.hline_label, dashed = true } end
+  if #entries > 0 then
+    local x0, y0 = left + 12, top + 8
+    add('<g class="legend">\n')
+    add('<rect x="%d" y="%d" width="%d" height="%d" fill="white" stroke="#999"/>\n', x0, y0, 250, 8 + 18 * #entries)
+    for i, e in ipairs(entries) do
+      local y = y0 + 4 + 18 * (i - 1) + 9
+      if e.dashed then
+        add('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="gray" stroke-dasharray="4 4"/>\n', x0 + 8, y, x0 + 32, y)
+      else
+        add('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>\n', x0 + 8, y, x0 + 32, y, e.colour)
+      end
+      add('<text x="%d" y="%d">%s</text>\n', x0 + 40, y + 4, esc(e.label))
+    end
+    add('</g>\n')
   end
   add('</svg>\n')
   return table.concat(out)

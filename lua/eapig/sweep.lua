@@ -1,13 +1,24 @@
 -- eapig.sweep: faithfulness of circuits of several sizes selected from one scored graph, and
--- the area under that curve (MIB's CPR with signed scores, CMD with absolute ones).
+-- MIB's two areas under that curve. This is the one implementation of both: the CLI's `sweep`,
+-- the demo and MIB scoring call it.
+--
+--   CPR (circuit performance ratio): area under faithfulness, edges ranked by SIGNED score
+--        (higher is better);
+--   CMD (circuit-model difference): area under |1 - faithfulness|, edges ranked by ABSOLUTE
+--        score (lower is better).
+--
+-- As in MIB's evaluation: at fraction p the circuit is the top floor(p * edges) edges, pruned;
+-- faithfulness is (m(C) - m(empty)) / (m(N) - m(empty)) with m(empty) the empty circuit under the
+-- same intervention; the areas are trapezoids over the fractions themselves (a linear x axis).
 local evaluate = require("eapig.evaluate")
+local options = require("eapig.options")
 
 local M = {}
 
 -- MIB's edge fractions.
 M.DEFAULT_FRACTIONS = { 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0 }
 
--- Trapezoid area under y(x) over the points' x range, points sorted by x.
+-- Trapezoid area under f(y) over the points' x range, points sorted by x.
 function M.area(points, f)
   local a = 0
   for i = 2, #points do
@@ -18,40 +29,77 @@ function M.area(points, f)
   return a
 end
 
--- run(model, graph, data, metric, opts) -> {points = {{x = fraction, y = faithfulness, n_edges}},
--- clean, corrupted, cpr | cmd}. opts: fractions (of the real edges), signed, intervention,
--- intervention_data, batch_size, quiet.
-function M.run(model, graph, data, metric, opts)
-  opts = opts or {}
-  local fractions = opts.fractions or M.DEFAULT_FRACTIONS
+-- CPR of a curve: the area under faithfulness.
+function M.cpr(points) return M.area(points, function(y) return y end) end
+
+-- CMD of a curve: the area under |1 - faithfulness|.
+function M.cmd(points) return M.area(points, function(y) return math.abs(1 - y) end) end
+
+-- The number of edges at a fraction of `total`, as MIB counts them.
+function M.edges_at(fraction, total)
+  return math.floor(fraction * total)
+end
+
+local RUN_OPTIONS = { "fractions", "signed", "measure", "intervention", "intervention_data", "reference",
+  "batch_size", "quiet" }
+
+-- One curve: circuits ranked by absolute or signed scores.
+local function curve(model, graph, data, metric, fractions, absolute, base, eopts, quiet)
   local total = graph:n_edges()
-  local eopts = { intervention = opts.intervention, intervention_data = opts.intervention_data,
-    batch_size = opts.batch_size, quiet = true }
-  local clean = evaluate.mean(evaluate.evaluate_baseline(model, data, metric, eopts))
-  local corrupted = evaluate.mean(evaluate.evaluate_baseline(model, data, metric,
-    { batch_size = opts.batch_size, run_corrupted = true }))
   local points = {}
   for _, frac in ipairs(fractions) do
-    if not (frac > 0 and frac <= 1) then
-      error(("sweep: size %s is not a fraction of the edges in (0, 1]"):format(tostring(frac)), 0)
-    end
+    local n = M.edges_at(frac, total)
     local g = graph:clone()
-    local n = math.max(1, math.floor(frac * total + 0.5))
-    g:apply_topn(n, { absolute = not opts.signed })
-    local values = evaluate.evaluate_graph(model, g, data, metric, eopts)
-    local circuit = evaluate.mean(values)
-    points[#points + 1] = { x = frac, y = evaluate.faithfulness(circuit, clean, corrupted), n_edges = n,
-      kept_edges = g:count_included_edges(), value = circuit }
-    if not opts.quiet then
-      io.stderr:write(("  %6.2f%% of edges (%d): faithfulness %.3f\n"):format(100 * frac, n, points[#points].y))
+    g:apply_topn(n, { absolute = absolute })
+    local value = base.empty
+    -- A circuit that pruning empties is the empty circuit: m(empty), faithfulness 0.
+    if g:count_included_edges() > 0 then value = evaluate.mean(evaluate.evaluate_graph(model, g, data, metric, eopts)) end
+    points[#points + 1] = { x = frac, y = evaluate.faithfulness(value, base.clean, base.empty), n_edges = n,
+      kept_edges = g:count_included_edges(), value = value }
+    if not quiet then
+      io.stderr:write(("  %6.2f%% of edges (%d, %s scores): faithfulness %.3f\n"):format(100 * frac, n,
+        absolute and "absolute" or "signed", points[#points].y))
     end
   end
   table.sort(points, function(a, b) return a.x < b.x end)
-  local result = { points = points, clean = clean, corrupted = corrupted }
-  if opts.signed then
-    result.cpr = M.area(points, function(y) return y end)
-  else
-    result.cmd = M.area(points, function(y) return math.abs(1 - y) end)
+  return points
+end
+
+-- run(model, graph, data, metric, opts) -> { points, clean, empty, corrupted, cmd and/or cpr,
+-- cpr_points (when both are measured) }. points: { x = fraction, y = faithfulness, n_edges (the
+-- top-n size), kept_edges (after pruning), value (the circuit's mean metric) }.
+-- opts: fractions (MIB's), measure ("cmd": absolute ranking, the default; "cpr": signed ranking;
+-- "both": two curves; points is then the CMD curve and cpr_points the CPR one), signed (true is
+-- measure = "cpr"), intervention, intervention_data, reference, batch_size, quiet.
+function M.run(model, graph, data, metric, opts)
+  opts = options.check(opts, RUN_OPTIONS, "sweep")
+  local measure = opts.measure or (opts.signed and "cpr" or "cmd")
+  if measure ~= "cmd" and measure ~= "cpr" and measure ~= "both" then
+    error(("sweep: unknown measure '%s' (expected cmd, cpr or both)"):format(tostring(measure)), 0)
+  end
+  local fractions = opts.fractions or M.DEFAULT_FRACTIONS
+  for _, frac in ipairs(fractions) do
+    if type(frac) ~= "number" or not (frac > 0 and frac <= 1) then
+      error(("sweep: size %s is not a fraction of the edges in (0, 1]"):format(tostring(frac)), 0)
+    end
+  end
+  local eopts = { intervention = opts.intervention, intervention_data = opts.intervention_data,
+    reference = opts.reference, batch_size = opts.batch_size, quiet = true }
+  local base = {
+    clean = evaluate.mean(evaluate.evaluate_baseline(model, data, metric, { batch_size = opts.batch_size })),
+    corrupted = evaluate.mean(evaluate.evaluate_baseline(model, data, metric,
+      { batch_size = opts.batch_size, run_corrupted = true })),
+    empty = evaluate.mean(evaluate.evaluate_empty(model, data, metric, eopts)),
+  }
+  local result = { clean = base.clean, corrupted = base.corrupted, empty = base.empty, measure = measure }
+  if measure ~= "cpr" then
+    result.points = curve(model, graph, data, metric, fractions, true, base, eopts, opts.quiet)
+    result.cmd = M.cmd(result.points)
+  end
+  if measure ~= "cmd" then
+    local pts = curve(model, graph, data, metric, fractions, false, base, eopts, opts.quiet)
+    result.cpr = M.cpr(pts)
+    if measure == "cpr" then result.points = pts else result.cpr_points = pts end
   end
   return result
 end

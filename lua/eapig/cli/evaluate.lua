@@ -1,12 +1,12 @@
 -- `eapig evaluate --model PATH --data FILE --graph CIRCUIT.json [...]`: how much of the model's
 -- behaviour a circuit keeps. Prints the metric on the clean run, on the corrupted run, with only
--- the circuit's edges clean (every other edge reads its intervention value), the faithfulness
--- (circuit - corrupted) / (clean - corrupted) and the circuit's size (after pruning, as
--- evaluation prunes first).
+-- the empty circuit under the intervention (every edge reads its intervention value), with only
+-- the circuit's edges clean, the faithfulness (circuit - empty) / (clean - empty) as MIB defines
+-- it, and the circuit's size (after pruning, as evaluation prunes first).
 local cli = require("eapig.cli")
 
 local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
-local JSON_KEYS = { "clean", "corrupted", "circuit", "faithfulness", "n_edges", "n_nodes" }
+local JSON_KEYS = { "clean", "corrupted", "empty", "circuit", "faithfulness", "n_edges", "n_nodes" }
 
 return function(argv)
   local parser = cli.parser("evaluate", "Baselines, circuit value and faithfulness of a circuit.",
@@ -38,18 +38,19 @@ return function(argv)
   local intervention_data
   if args.intervention_data then intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data") end
 
-  local mean = require("eapig.evaluate").mean
+  local evaluate = require("eapig.evaluate")
+  local mean = evaluate.mean
   local opts = { batch_size = args.batch_size }
+  local eopts = { intervention = args.intervention, intervention_data = intervention_data, batch_size = args.batch_size,
+    quiet = args.quiet or args.json }
   local r = {}
   r.clean = mean(eapig.evaluate_baseline(model, data, metric, opts))
   r.corrupted = mean(eapig.evaluate_baseline(model, data, metric, { batch_size = args.batch_size, run_corrupted = true }))
-  r.circuit = mean(eapig.evaluate_graph(model, graph, data, metric, {
-    intervention = args.intervention, intervention_data = intervention_data, batch_size = args.batch_size,
-    quiet = args.quiet or args.json,
-  }))
+  r.empty = mean(evaluate.evaluate_empty(model, data, metric, eopts))
+  r.circuit = mean(eapig.evaluate_graph(model, graph, data, metric, eopts))
   -- Equal baselines leave faithfulness undefined: report that rather than fail, the other
   -- numbers still say something.
-  if r.clean ~= r.corrupted then r.faithfulness = eapig.faithfulness(r.circuit, r.clean, r.corrupted) end
+  if r.clean ~= r.empty then r.faithfulness = eapig.faithfulness(r.circuit, r.clean, r.empty) end
   r.n_edges, r.n_nodes = graph:count_included_edges(), graph:count_included_nodes()
   if not require("eapig.parallel").is_root() then return 0 end -- under mpirun, rank 0 prints
 
@@ -60,9 +61,10 @@ return function(argv)
   print(("metric        %s (%d rows, intervention %s)"):format(metric.name, #data, args.intervention))
   print(("clean         %.6g"):format(r.clean))
   print(("corrupted     %.6g"):format(r.corrupted))
+  print(("empty circuit %.6g"):format(r.empty))
   print(("circuit       %.6g"):format(r.circuit))
   print(("faithfulness  %s"):format(r.faithfulness and ("%.6g"):format(r.faithfulness)
-    or "undefined (the clean and corrupted baselines are equal)"))
+    or "undefined (the model and the empty circuit score the same)"))
   print(("circuit size  %d edges, %d nodes"):format(r.n_edges, r.n_nodes))
   return 0
 end

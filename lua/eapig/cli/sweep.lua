@@ -1,7 +1,8 @@
 -- `eapig sweep --model PATH --data FILE --graph SCORED.json [--sizes ...] --out curve.svg`:
 -- evaluates top-n circuits at several fractions of the edges (MIB's by default), draws
--- faithfulness against size and prints the area under the curve: CPR with --signed scores,
--- CMD (area under |1 - faithfulness|) with absolute ones.
+-- faithfulness against size and prints MIB's areas under the curve: CMD (area under
+-- |1 - faithfulness|, edges ranked by absolute score) and CPR (area under faithfulness, edges
+-- ranked by signed score); --measure picks one or both (eapig.sweep).
 local cli = require("eapig.cli")
 
 local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
@@ -32,7 +33,9 @@ return function(argv)
     :convert(cli.one_of("intervention", INTERVENTIONS))
   parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
   parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
-  parser:flag("--signed", "Rank edges by signed score (reports CPR); default absolute (reports CMD).")
+  parser:option("--measure", "cmd (edges ranked by |score|), cpr (by signed score) or both (two curves).", "cmd")
+    :argname("WHICH"):convert(cli.one_of("measure", { "cmd", "cpr", "both" }))
+  parser:flag("--signed", "Same as --measure cpr.")
   parser:flag("--quiet", "Print only the summary.")
   parser:option("--out", "SVG file for the curve."):argname("FILE.svg"):count(1)
   local args = cli.parse(parser, argv, "sweep")
@@ -50,18 +53,26 @@ return function(argv)
   local idata = args.intervention_data and cli.load_data(args.intervention_data, model, "--intervention-data")
   local root = require("eapig.parallel").is_root() -- under mpirun, rank 0 prints and writes
   local result = require("eapig.sweep").run(model, graph, data, args.metric, {
-    fractions = args.sizes, signed = args.signed, intervention = args.intervention,
+    fractions = args.sizes, measure = args.signed and "cpr" or args.measure, intervention = args.intervention,
     intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet or not root,
   })
   if not root then return 0 end
   local plot = require("eapig.plot")
-  plot.write(args.out, plot.svg(result.points, { logx = true, hline = 1,
+  local series = { { points = result.points, label = result.measure == "cpr" and "signed scores (CPR)"
+    or "absolute scores (CMD)" } }
+  if result.cpr_points then series[2] = { points = result.cpr_points, label = "signed scores (CPR)" } end
+  plot.write(args.out, plot.svg(result.points, { logx = true, hline = 1, series = series,
     title = ("Faithfulness against circuit size (%s)"):format(eapig.metrics.get(args.metric).name),
     xlabel = "fraction of edges in the circuit", ylabel = "faithfulness" }))
-  print(("clean %.6g, corrupted %.6g"):format(result.clean, result.corrupted))
-  for _, p in ipairs(result.points) do
-    print(("%8.3f%%  %7d edges  faithfulness %.4f"):format(100 * p.x, p.n_edges, p.y))
+  print(("clean %.6g, corrupted %.6g, empty circuit %.6g (%s)"):format(result.clean, result.corrupted, result.empty,
+    args.intervention))
+  local function list(points, label)
+    for _, p in ipairs(points) do
+      print(("%8.3f%%  %7d edges  faithfulness %.4f%s"):format(100 * p.x, p.n_edges, p.y, label))
+    end
   end
+  list(result.points, result.cpr_points and "  (absolute)" or "")
+  if result.cpr_points then list(result.cpr_points, "  (signed)") end
   if result.cpr then print(("CPR (area under faithfulness) %.4f"):format(result.cpr)) end
   if result.cmd then print(("CMD (area under |1 - faithfulness|) %.4f"):format(result.cmd)) end
   print("wrote " .. args.out)
