@@ -33,7 +33,30 @@ local NAN = 0 / 0
 local QKV = { [0] = "q", "k", "v" }
 
 local Graph = {}
-Graph.__index = Graph
+
+-- EAP-IG's object API (eapig.graph_views): graph.nodes["m0"] and graph.edges["input->m0"] are
+-- views over the buffers, made on first use and kept in the graph; graph:nodes() and
+-- graph:edges() still iterate (the tables are callable). forward_to_backward is built on first
+-- use; real_edge_mask, nodes_scores and neurons_scores are EAP-IG's names of eapig's buffers.
+local LAZY = {
+  nodes = function(g) return require("eapig.graph_views").nodes(g) end,
+  edges = function(g) return require("eapig.graph_views").edges(g) end,
+  forward_to_backward = function(g) return require("eapig.graph_views").forward_to_backward(g) end,
+}
+local ALIASES = { real_edge_mask = "real", nodes_scores = "node_scores", neurons_scores = "neuron_scores" }
+Graph.__index = function(g, k)
+  local v = Graph[k]
+  if v ~= nil then return v end
+  local make = LAZY[k]
+  if make then
+    v = make(g)
+    rawset(g, k, v)
+    return v
+  end
+  local alias = ALIASES[k]
+  if alias then return rawget(g, alias) end
+  return nil
+end
 
 -- Errors carry their own context (the method and the option), so no position prefix (level 0):
 -- the command line prints them as they are.
@@ -217,7 +240,9 @@ end
 -- A deep copy: selection mutates in place, so evaluation and the command line select on a copy.
 function Graph:clone()
   local c = setmetatable({}, Graph)
-  for k, v in pairs(self) do c[k] = v end -- layout tables are shared: they never change
+  for k, v in pairs(self) do -- layout tables are shared: they never change
+    if not LAZY[k] then c[k] = v end -- views point at their own graph: the copy makes its own
+  end
   c.cfg = {}
   for k, v in pairs(self.cfg) do c.cfg[k] = v end
   local NF, NB = self.n_forward, self.n_backward
@@ -240,8 +265,10 @@ end
 
 -- ---- names and indices ----------------------------------------------------------------------
 
--- Forward index of a node name ("input", "a0.h3", "m2"; "logits" gives NF, its nodes_in_graph slot).
+-- Forward index of a node name ("input", "a0.h3", "m2"; "logits" gives NF, its nodes_in_graph slot)
+-- or of a node view (graph.nodes[...]), as EAP-IG's forward_index(node).
 function Graph:forward_index(name)
+  if type(name) == "table" then name = name.name end
   local u = self._findex[name]
   if u == nil then fail("Graph:forward_index: unknown node '%s'", tostring(name)) end
   return u
@@ -249,11 +276,16 @@ end
 
 -- Backward index of a destination: "a0.h1<q>", or ("a0.h1", "q"), "m0", "logits".
 function Graph:backward_index(name, qkv)
+  if type(name) == "table" then name = name.name end
   local key = qkv and (tostring(name) .. "<" .. tostring(qkv) .. ">") or name
   local v = self._bindex[key]
   if v == nil then fail("Graph:backward_index: unknown destination '%s'", tostring(key)) end
   return v
 end
+
+-- prev_index(node): EAP-IG's Graph.prev_index: the forward index before which every node feeds
+-- this node's input (a name or a node view).
+function Graph:prev_index(node) return require("eapig.graph_views").prev_index(self, node) end
 
 function Graph:edge_name(u, v)
   return self.forward_names[u] .. "->" .. self.backward_names[v]
@@ -324,7 +356,7 @@ function Graph:edge_order()
 end
 
 -- Iterator over real edges in EAP-IG order: name, score, in_graph (boolean), u, v.
-function Graph:edges()
+function Graph:iter_edges()
   local order, n, k = edge_order(self), self._n_real, -1
   local NB, fnames, bnames = self.n_backward, self.forward_names, self.backward_names
   local scores, ig = self.scores, self.in_graph
@@ -339,7 +371,7 @@ function Graph:edges()
 end
 
 -- Iterator over the nodes, input first and logits last: name, score (nil when unscored), in_graph.
-function Graph:nodes()
+function Graph:iter_nodes()
   local NF, u = self.n_forward, -1
   return function()
     u = u + 1
@@ -898,5 +930,13 @@ function Graph:to_safetensors(path) return io_module().to_safetensors(self, path
 function Graph.from_safetensors(path) return io_module().from_safetensors(path) end
 function Graph:to_dot(path, opts) return io_module().to_dot(self, path, opts) end
 function Graph:draw(path, opts) return io_module().draw(self, path, opts) end
+
+-- EAP-IG's to_image(filename, colorscheme, minimum_penwidth, maximum_penwidth, layout, seed):
+-- graph:draw with those options, positional as in EAP-IG or as one options table.
+function Graph:to_image(path, colorscheme, minimum_penwidth, maximum_penwidth, layout, seed)
+  if type(colorscheme) == "table" then return self:draw(path, colorscheme) end
+  return self:draw(path, { colorscheme = colorscheme, minimum_penwidth = minimum_penwidth,
+    maximum_penwidth = maximum_penwidth, layout = layout, seed = seed })
+end
 
 return Graph

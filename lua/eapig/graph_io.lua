@@ -352,20 +352,90 @@ end
 -- the sign still shows.
 local QKV_COLOURS = { q = "#FF00FF", k = "#00FF00", v = "#0000FF" }
 
--- EAP-IG fills nodes with random Pastel2 colours; here the colour is picked from the node name so
--- the same graph draws the same way every time.
-local PASTEL2 = { "#b3e2cd", "#fdcdac", "#cbd5e8", "#f4cae4", "#e6f5c9", "#fff2ae", "#f1e2cc", "#cccccc" }
+-- Node fill colours: ColorBrewer's qualitative schemes, the cmap names EAP-IG's to_image takes
+-- (colorscheme, default Pastel2).
+local SCHEMES = {
+  Pastel1 = { "#fbb4ae", "#b3cde3", "#ccebc5", "#decbe4", "#fed9a6", "#ffffcc", "#e5d8bd", "#fddaec", "#f2f2f2" },
+  Pastel2 = { "#b3e2cd", "#fdcdac", "#cbd5e8", "#f4cae4", "#e6f5c9", "#fff2ae", "#f1e2cc", "#cccccc" },
+  Set1 = { "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf", "#999999" },
+  Set2 = { "#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494", "#b3b3b3" },
+  Set3 = { "#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9",
+           "#bc80bd", "#ccebc5", "#ffed6f" },
+  Accent = { "#7fc97f", "#beaed4", "#fdc086", "#ffff99", "#386cb0", "#f0027f", "#bf5b17", "#666666" },
+  Dark2 = { "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666" },
+}
+local SCHEME_NAMES = {}
+for k in pairs(SCHEMES) do SCHEME_NAMES[#SCHEME_NAMES + 1] = k end
+table.sort(SCHEME_NAMES)
+M.COLOUR_SCHEMES = SCHEME_NAMES
 
-local function node_colour(name)
-  local h = 0
-  for i = 1, #name do h = (h * 31 + name:byte(i)) % 16777216 end
-  return PASTEL2[h % #PASTEL2 + 1]
+-- Graphviz layout engines (EAP-IG's `layout`).
+local LAYOUTS = { dot = true, neato = true, fdp = true, sfdp = true, circo = true, twopi = true, osage = true,
+  patchwork = true }
+
+-- The drawing options (EAP-IG's to_image: colorscheme, minimum_penwidth, maximum_penwidth,
+-- layout, seed; and eapig's: title, legend, dot = the Graphviz program).
+local DRAW_OPTIONS = { "colorscheme", "minimum_penwidth", "maximum_penwidth", "layout", "seed", "title", "legend",
+  "dot" }
+
+local function check_draw_options(opts, where)
+  opts = require("eapig.options").check(opts, DRAW_OPTIONS, where)
+  if opts.colorscheme ~= nil and not SCHEMES[opts.colorscheme] then
+    fail("%s: unknown colorscheme '%s' (one of: %s)", where, tostring(opts.colorscheme), concat(SCHEME_NAMES, ", "))
+  end
+  if opts.layout ~= nil and not LAYOUTS[opts.layout] then
+    fail("%s: unknown layout '%s' (a Graphviz engine: dot, neato, fdp, sfdp, circo, twopi, osage, patchwork)",
+      where, tostring(opts.layout))
+  end
+  for _, k in ipairs({ "minimum_penwidth", "maximum_penwidth", "seed" }) do
+    if opts[k] ~= nil and (type(opts[k]) ~= "number" or opts[k] ~= opts[k] or opts[k] < 0) then
+      fail("%s: %s must be a number >= 0, got %s", where, k, tostring(opts[k]))
+    end
+  end
+  return opts
+end
+
+-- Each node's fill: without a seed, picked from the node's name (the same graph always draws the
+-- same way); with a seed, drawn at random from the scheme in node order, as EAP-IG does with
+-- np.random.seed(seed), from eapig's own generator (so the same seed gives the same picture).
+local function node_colours(g, scheme, seed)
+  local colours = {}
+  local rng = seed and require("eapig.tasks").rng(seed)
+  for name in g:nodes() do
+    if rng then
+      colours[name] = scheme[rng:below(#scheme) + 1]
+    else
+      local h = 0
+      for i = 1, #name do h = (h * 31 + name:byte(i)) % 16777216 end
+      colours[name] = scheme[h % #scheme + 1]
+    end
+  end
+  return colours
+end
+
+local function dot_escape(s)
+  return (tostring(s):gsub("\\", "\\\\"):gsub('"', '\\"'))
+end
+
+-- The legend node: what the edge colours and widths mean (an HTML-like Graphviz label).
+local function legend_node()
+  local function row(colour, text)
+    return fmt('<TR><TD><FONT COLOR="%s">&#9473;&#9473;&#9473;</FONT></TD><TD ALIGN="LEFT">%s</TD></TR>', colour, text)
+  end
+  return '  legend [shape="plaintext", style="", fillcolor="white", fontname="Helvetica", label=<' ..
+    '<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="2" BGCOLOR="white">' ..
+    '<TR><TD COLSPAN="2"><B>edges into</B></TD></TR>' ..
+    row(QKV_COLOURS.q, "a head's query") .. row(QKV_COLOURS.k, "a head's key") ..
+    row(QKV_COLOURS.v, "a head's value") .. row("#000000", "an MLP or the logits") ..
+    row("#FF0000", "negative score (dashed on q/k/v)") ..
+    '<TR><TD COLSPAN="2">width: |score|</TD></TR></TABLE>>];'
 end
 
 -- The DOT source of the circuit (nodes and edges in the circuit). Pen width grows with |score|,
 -- rescaled between the smallest and largest |score| of the graph's edges, as EAP-IG does.
+-- opts: see DRAW_OPTIONS (graph:draw).
 function M.dot_source(g, opts)
-  opts = opts or {}
+  opts = check_draw_options(opts, "Graph:to_dot")
   local min_pw = opts.minimum_penwidth or 0.6
   local max_pw = opts.maximum_penwidth or 5.0
   local lo, hi = huge, -huge
@@ -376,13 +446,16 @@ function M.dot_source(g, opts)
       if a > hi then hi = a end
     end
   end
+  local title = opts.title and fmt(', label="%s", labelloc="t", fontname="Helvetica", fontsize="18"',
+    dot_escape(opts.title)) or ""
   local out = {
     "digraph eapig {",
-    '  graph [bgcolor="white", overlap="false", splines="true"];',
+    fmt('  graph [bgcolor="white", overlap="false", splines="true", layout="%s"%s];', opts.layout or "dot", title),
     '  node [shape="box", style="filled, rounded", color="black", fontname="Helvetica"];',
   }
+  local colours = node_colours(g, SCHEMES[opts.colorscheme or "Pastel2"], opts.seed)
   for name, _, in_graph in g:nodes() do
-    if in_graph then out[#out + 1] = fmt('  "%s" [fillcolor="%s"];', name, node_colour(name)) end
+    if in_graph then out[#out + 1] = fmt('  "%s" [fillcolor="%s"];', name, colours[name]) end
   end
   for name, score, in_graph, u, v in g:edges() do
     if in_graph then
@@ -398,6 +471,7 @@ function M.dot_source(g, opts)
         g.forward_names[u], child or dst, pw, colour, style, name, score)
     end
   end
+  if opts.legend then out[#out + 1] = legend_node() end
   out[#out + 1] = "}\n"
   return concat(out, "\n")
 end
@@ -415,18 +489,22 @@ local function succeeded(status)
   return status == 0 or status == true -- LuaJIT gives the exit status, Lua 5.2 mode a boolean
 end
 
--- graph:draw(path, {dot = "dot", minimum_penwidth, maximum_penwidth}): renders the circuit with
--- Graphviz into .svg, .png or .pdf (by the file's suffix); .dot writes the source.
+-- graph:draw(path, opts): renders the circuit with Graphviz into .svg, .png or .pdf (by the
+-- file's suffix); .dot writes the source. opts: colorscheme ("Pastel2"; see M.COLOUR_SCHEMES),
+-- minimum_penwidth (0.6), maximum_penwidth (5.0), layout (the Graphviz engine, "dot"), seed
+-- (random node colours from this seed; default: by node name), title, legend (true: a key to the
+-- edge colours), dot (the Graphviz program, "dot").
 function M.draw(g, path, opts)
   local where = "Graph:draw"
   if type(path) ~= "string" then fail("%s: path must be a string, got %s", where, type(path)) end
-  opts = opts or {}
+  opts = check_draw_options(opts, where)
   local ext = (path:match("%.([%w]+)$") or ""):lower()
   if ext == "dot" or ext == "gv" then return M.to_dot(g, path, opts) end
   if ext ~= "svg" and ext ~= "png" and ext ~= "pdf" then
     fail("%s: cannot draw into '%s': use a .svg, .png, .pdf or .dot file", where, path)
   end
   local dot = opts.dot or "dot"
+  if type(dot) ~= "string" then fail("%s: dot must be the Graphviz program's name or path", where) end
   if not succeeded(os.execute("command -v " .. shell_quote(dot) .. " >/dev/null 2>&1")) then
     fail("%s: Graphviz's `%s` program was not found; install Graphviz (e.g. apt install graphviz) " ..
       "or write the source with graph:to_dot(path)", where, dot)
