@@ -89,10 +89,10 @@ describe("eapig command line", function()
   end)
 
   describe("without a model", function()
-    it("lists the commands with no arguments and with --help", function()
+    it("lists the commands with no arguments (exit 2: a usage error) and with --help", function()
       for _, args in ipairs({ {}, { "--help" } }) do
         local out, rc = eapig(args)
-        assert.are.equal(0, rc)
+        assert.are.equal(#args == 0 and 2 or 0, rc)
         for _, name in ipairs({ "info", "generate", "tokenize", "attribute", "circuit", "evaluate", "draw",
           "run", "repl" }) do
           assert.truthy(out:find("\n   " .. name .. " ", 1, true), name .. " missing from: " .. out)

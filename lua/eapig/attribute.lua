@@ -327,10 +327,41 @@ local RUNNERS = {
   ["clean-corrupted"] = clean_corrupted, exact = exact, ["information-flow-routes"] = information_flow_routes,
 }
 
+-- The options attribute reads; any other key is an error naming the nearest of these.
+M.OPTIONS = { "method", "intervention", "intervention_data", "reference", "aggregation", "ig_steps", "batch_size",
+  "quiet", "memory" }
+-- EAP-IG's positional order after the metric: attribute(model, graph, dataloader, metric, method,
+-- intervention, aggregation, ig_steps, intervention_dataloader, quiet).
+local POSITIONAL = { "method", "intervention", "aggregation", "ig_steps", "intervention_data", "quiet" }
+
+-- The options of a call, from a table or from EAP-IG's positional shape: a method string, then
+-- either an options table or the remaining positional arguments.
+local function call_options(opts, ...)
+  if type(opts) ~= "string" then return require("eapig.options").check(opts, M.OPTIONS, "attribute") end
+  local rest = { ... }
+  local o = { method = opts }
+  if type(rest[1]) == "table" then
+    for k, v in pairs(require("eapig.options").check(rest[1], M.OPTIONS, "attribute")) do
+      if k == "method" then error("attribute: the method is given twice (as an argument and as opts.method)", 0) end
+      o[k] = v
+    end
+    return o
+  end
+  for i = 1, select("#", ...) do
+    local name = POSITIONAL[i + 1]
+    if not name then error("attribute: too many arguments (EAP-IG's order: " .. table.concat(POSITIONAL, ", ") .. ")", 0) end
+    o[name] = rest[i]
+  end
+  return o
+end
+
 -- attribute(model, graph, data, metric, opts): fills graph.scores (edge level) or the node and
--- neuron scores (node and neuron levels) and returns the graph.
-function M.attribute(model, graph, data, metric, opts)
-  opts = opts or {}
+-- neuron scores (node and neuron levels) and returns the graph. opts: method ("EAP-IG-inputs"),
+-- intervention ("patching"), intervention_data, reference, aggregation ("sum"), ig_steps (5),
+-- batch_size (8), quiet. EAP-IG's call shape works too: attribute(model, graph, data, metric,
+-- "EAP-IG-inputs", {ig_steps = 5}) or with EAP-IG's positional arguments after the method.
+function M.attribute(model, graph, data, metric, opts, ...)
+  opts = call_options(opts, ...)
   local method = opts.method or "EAP-IG-inputs"
   if not known(METHODS, method) then
     error(("unknown method '%s' (expected one of: %s)"):format(tostring(method), table.concat(METHODS, ", ")), 0)

@@ -26,7 +26,7 @@ function Metric.__tostring(m)
 end
 
 local FIELDS = { name = true, fn = true, higher_is_better = true, needs_clean = true, eval_only = true,
-  description = true }
+  description = true, check_row = true }
 
 -- Validates a metric definition and returns it as a metric object (a new table).
 function M.define(def)
@@ -50,9 +50,12 @@ function M.define(def)
   if def.description ~= nil and type(def.description) ~= "string" then
     error(format("metrics.define %s: 'description' must be a string", name), 2)
   end
+  if def.check_row ~= nil and type(def.check_row) ~= "function" then
+    error(format("metrics.define %s: 'check_row' must be a function(row, vocab) -> nil or a message", name), 2)
+  end
   return setmetatable({ name = name, fn = def.fn, higher_is_better = def.higher_is_better,
     needs_clean = def.needs_clean or false, eval_only = def.eval_only or false,
-    description = def.description }, Metric)
+    description = def.description, check_row = def.check_row }, Metric)
 end
 
 function M.is_metric(m) return getmetatable(m) == Metric end
@@ -109,12 +112,80 @@ function M.ids(row, field)
 end
 local ids = M.ids
 
+-- Row checks (a metric's optional check_row(row, vocab) -> nil, or what is wrong): a dataset is
+-- checked against the metric that will read it before any model run (metrics.check_dataset).
+
+-- nil, or what is wrong with row[field] as token ids (one id or a non-empty list) in [0, vocab).
+local function bad_ids(row, field, vocab)
+  local v = row[field]
+  if v == nil then return format("no '%s' field", field) end
+  if type(v) == "number" then v = { v } end
+  if type(v) ~= "table" or #v == 0 then return format("'%s' must be a token id or a non-empty list of ids", field) end
+  for i = 1, #v do
+    local id = v[i]
+    if type(id) ~= "number" or id ~= floor(id) or id < 0 or (vocab and id >= vocab) then
+      return format("'%s' entry %d (%s) is not a token id in [0, %s)", field, i, tostring(id),
+        vocab and tostring(vocab) or "inf")
+    end
+  end
+  return nil
+end
+
+local function needs_ids(...)
+  local fields = { ... }
+  return function(row, vocab)
+    for _, f in ipairs(fields) do
+      local bad = bad_ids(row, f, vocab)
+      if bad then return bad end
+    end
+    return nil
+  end
+end
+
+-- The greater-than form: year_ids (at least two token ids) and label, an index into them.
+local function check_greater_than(row, vocab)
+  if row.year_ids == nil then
+    return "no 'year_ids' field (the year tokens \"00\"..\"99\"; eapig data --task greater_than and the CLI " ..
+      "add them from the model's tokenizer)"
+  end
+  local bad = bad_ids(row, "year_ids", vocab)
+  if bad then return bad end
+  if type(row.year_ids) ~= "table" or #row.year_ids < 2 then return "'year_ids' must list at least 2 ids" end
+  local label = row.label
+  if type(label) ~= "number" or label ~= floor(label) or label < 0 or label >= #row.year_ids then
+    return format("'label' must be the clean year's index in [0, %d) into year_ids, got %s", #row.year_ids,
+      tostring(label))
+  end
+  return nil
+end
+
+-- True when a row is in prob_diff's greater-than form (EAP-IG's CSV: clean, corrupted, label).
+function M.is_greater_than_row(row)
+  return row.year_ids ~= nil or (row.label ~= nil and row.correct == nil)
+end
+
+-- check_dataset(metric, ds, vocab): errors naming the first row the metric cannot read and why.
+function M.check_dataset(m, ds, vocab)
+  m = M.get(m)
+  if not m.check_row then return true end
+  for i = 1, #ds do
+    local bad = m.check_row(ds[i], vocab)
+    if bad then
+      local where = ds.lines and ds.lines[i] and format("%s: line %d", tostring(ds.source or "data"), ds.lines[i])
+        or format("row %d", i)
+      error(format("%s: metric %s: %s", where, m.name, bad), 0)
+    end
+  end
+  return true
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Built-ins (definitions follow EAP-IG's notebooks; docs/conventions.md states them)
 
 M.logit_diff = M.register {
   name = "logit_diff", higher_is_better = true,
   description = "mean logit over correct ids - mean logit over incorrect ids",
+  check_row = needs_ids("correct", "incorrect"),
   fn = function(x)
     return x.logits:gather(ids(x.row, "correct")):mean() - x.logits:gather(ids(x.row, "incorrect")):mean()
   end,
@@ -142,6 +213,10 @@ M.prob_diff = M.register {
   name = "prob_diff", higher_is_better = true,
   description = "softmax mass on correct ids - mass on incorrect ids; rows with year_ids and label use "
     .. "the greater-than form (mass above the label year - mass at or below it)",
+  check_row = function(row, vocab)
+    if M.is_greater_than_row(row) then return check_greater_than(row, vocab) end
+    return needs_ids("correct", "incorrect")(row, vocab)
+  end,
   fn = function(x)
     if x.row.year_ids ~= nil then return greater_than(x) end
     local p = x.logits:softmax()
@@ -152,6 +227,7 @@ M.prob_diff = M.register {
 M.prob_diff_greater_than = M.register {
   name = "prob_diff_greater_than", higher_is_better = true,
   description = "EAP-IG greater-than: mass on year_ids after the label index - mass at or before it",
+  check_row = check_greater_than,
   fn = greater_than,
 }
 
@@ -170,6 +246,7 @@ M.kl_div = M.register({
 M.cross_entropy = M.register {
   name = "cross_entropy", higher_is_better = false,
   description = "-log p(first correct id)",
+  check_row = needs_ids("correct"),
   fn = function(x)
     return -x.logits:log_softmax():gather(ids(x.row, "correct")[1])
   end,
@@ -178,6 +255,7 @@ M.cross_entropy = M.register {
 M.accuracy = M.register {
   name = "accuracy", higher_is_better = true, eval_only = true,
   description = "1 if the top logit is a correct id, else 0 (no gradient)",
+  check_row = needs_ids("correct"),
   fn = function(x)
     local top = x.logits:argmax()
     for _, id in ipairs(ids(x.row, "correct")) do

@@ -10,21 +10,26 @@ local fmt = string.format
 
 local M = {}
 
--- Levenshtein distance between two short strings (option names), case-insensitive.
+-- Edit distance between two short strings (option names), case-insensitive: insertions,
+-- deletions, substitutions and swaps of two neighbouring letters ("levle") each count 1.
 local function distance(a, b)
   a, b = a:lower(), b:lower()
-  local prev, cur = {}, {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    cur[0] = i
-    local ca = a:byte(i)
-    for j = 1, #b do
-      local cost = ca == b:byte(j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-    end
-    prev, cur = cur, prev
+  local d = {}
+  for i = 0, #a do
+    d[i] = { [0] = i }
   end
-  return prev[#b]
+  for j = 0, #b do d[0][j] = j end
+  for i = 1, #a do
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      local v = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+      if i > 1 and j > 1 and a:byte(i) == b:byte(j - 1) and a:byte(i - 1) == b:byte(j) then
+        v = math.min(v, d[i - 2][j - 2] + 1)
+      end
+      d[i][j] = v
+    end
+  end
+  return d[#a][#b]
 end
 M.distance = distance
 

@@ -23,18 +23,18 @@ return function(argv)
   local parser = cli.parser("attribute", "Score the edges of a model's graph on a dataset.", EPILOG)
   parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
   cli.weights_options(parser)
-  parser:option("--data", "JSONL dataset of clean/corrupted rows."):argname("FILE"):count(1)
+  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
   parser:option("--method", "Attribution method: " .. table.concat(METHODS, ", ") .. ".", "EAP-IG-inputs")
     :argname("NAME"):convert(cli.one_of("method", METHODS))
   parser:option("--ig-steps", "Integrated-gradient steps (EAP-IG methods).", "5"):argname("N")
-    :convert(cli.integer("--ig-steps", 1))
+    :convert(cli.integer("--ig-steps", 1, 10000))
   parser:option("--metric", "Metric to attribute (logit_diff, prob_diff, kl_div, ...).", "logit_diff"):argname("NAME")
   parser:option("--intervention", "What replaces an edge's clean value: " .. table.concat(INTERVENTIONS, ", ") .. ".",
     "patching"):argname("KIND"):convert(cli.one_of("intervention", INTERVENTIONS))
   parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
   parser:option("--level", "Score edges, nodes or neurons: edge, node, neuron.", "edge")
     :argname("LEVEL"):convert(cli.one_of("level", { "edge", "node", "neuron" }))
-  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
+  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
   parser:option("--aggregation", "Reduce scores over d_model: sum, mean.", "sum")
     :argname("HOW"):convert(cli.one_of("aggregation", { "sum", "mean" }))
   parser:flag("--quiet", "No progress bar and no summary line.")
@@ -50,6 +50,7 @@ return function(argv)
   end
   cli.check_readable(args.data, "--data")
   if args.intervention_data then cli.check_readable(args.intervention_data, "--intervention-data") end
+  cli.check_out_suffix(args.out, { "json", "safetensors" }, "scored graphs")
   cli.check_writable(args.out)
 
   local phase = cli.phases(args.verbose)
@@ -57,7 +58,7 @@ return function(argv)
   if args.verbose then io.stderr:write(("weights: %s (%s)\n"):format(model.weights, model.weights_why or "")) end
   local data, intervention_data, graph
   phase("load data", function()
-    data = cli.load_data(args.data, model, "--data")
+    data = cli.load_data(args.data, model, "--data", metric)
     if args.intervention_data then
       intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data")
     end

@@ -30,6 +30,7 @@ return function(argv)
   if args.greedy and args.level ~= "edge" then
     cli.fail("circuit: --greedy selects edges only; --level %s needs --topn or --threshold", args.level)
   end
+  cli.check_out_suffix(args.out, { "json", "safetensors" }, "circuits")
   cli.check_writable(args.out)
 
   local graph = cli.load_graph(args.graph)

@@ -3,7 +3,7 @@
 -- scores red). A .dot suffix writes the source and needs no Graphviz.
 local cli = require("eapig.cli")
 
-local FORMATS = { svg = true, png = true, pdf = true, dot = true, gv = true }
+local FORMATS = { "svg", "png", "pdf", "dot", "gv" }
 
 return function(argv)
   local parser = cli.parser("draw", "Render a circuit with Graphviz, or write its DOT source.",
@@ -12,8 +12,7 @@ return function(argv)
   parser:option("--out", "Picture to write: .svg, .png, .pdf, or .dot for the source."):argname("FILE"):count(1)
   local args = cli.parse(parser, argv, "draw")
 
-  local ext = (args.out:match("%.(%w+)$") or ""):lower()
-  if not FORMATS[ext] then cli.fail("draw: cannot tell the format of --out '%s': use .svg, .png, .pdf or .dot", args.out) end
+  cli.check_out_suffix(args.out, FORMATS, "pictures")
   cli.check_writable(args.out)
   local graph = cli.load_graph(args.graph)
   if graph:count_included_edges() == 0 then

@@ -45,7 +45,7 @@ return function(argv)
     :argname("IDS"):count("*")
   local prompt_opt = parser:option("--prompt", "Prompt text, encoded with the model's tokenizer."):argname("TEXT")
   parser:mutex(ids_opt, prompt_opt)
-  parser:option("--steps", "Tokens to generate.", "16"):argname("N"):convert(cli.integer("--steps", 0))
+  parser:option("--steps", "Tokens to generate.", "16"):argname("N"):convert(cli.integer("--steps", 0, cli.MAX_STEPS))
   local args = cli.parse(parser, argv, "generate")
   if #args.ids == 0 and not args.prompt then cli.fail("generate: give the prompt with --ids or --prompt") end
 

@@ -16,6 +16,7 @@ M.COMMANDS = {
   { "info", "print a model's shape and the size of its graph" },
   { "generate", "greedy decoding from token ids (checks that a model loads right)" },
   { "tokenize", "encode text lines into token ids, or decode ids (--decode)" },
+  { "data", "write a built-in task's dataset (greater_than, ioi, induction) as JSONL or CSV" },
   { "attribute", "score the edges of a model's graph on a dataset (EAP, EAP-IG, exact, ...)" },
   { "circuit", "select a circuit from a scored graph (--topn, --threshold or --greedy)" },
   { "evaluate", "baselines, circuit value and faithfulness of a circuit on a dataset" },
@@ -51,13 +52,23 @@ end
 -- a "lua/eapig/x.lua:12: " position prefix (from error(msg, 2) or a bug) means nothing to a
 -- user, so it goes. argparse puts hints ("Did you mean ...?") and its own traceback on further
 -- lines: hints are kept, joined with "; ", tracebacks dropped.
+-- True for a path of eapig's own modules: .../eapig/x.lua, .../eapig/cli/x.lua, .../eapig/tasks/x.lua.
+function M.internal_path(path)
+  return path:match("eapig/[%w_]+%.lua$") ~= nil or path:match("eapig/cli/[%w_]+%.lua$") ~= nil
+    or path:match("eapig/tasks/[%w_]+%.lua$") ~= nil
+end
+
+-- Removes every "path/eapig/x.lua:12: " position of eapig's own modules from a message.
+function M.strip_positions(msg)
+  return (msg:gsub("([^%s:]*%.lua):%d+: ", function(path)
+    if M.internal_path(path) then return "" end
+  end))
+end
+
 local function one_line(err)
   if getmetatable(err) == Verbatim then return (err.message:gsub("%s*\n%s*", "; ")) end
   local msg = tostring(err)
-  repeat
-    local n
-    msg, n = msg:gsub("^[^%s:]*eapig/[^%s:]*%.lua:%d+: ", "")
-  until n == 0
+  msg = M.strip_positions(msg)
   -- require's failure lists every path it tried, one per line: the first line says it all.
   local missing = msg:match("^module '([^']*)' not found")
   if missing == "eapig.cdef" then
@@ -90,23 +101,47 @@ function M.parser(name, description, epilog)
   return p
 end
 
+-- A negative number given as an option's value ("--topn -5") reads to argparse as an unknown
+-- option; joined as "--topn=-5" it reaches the option's converter, which says what is wrong.
+local function join_negative_values(argv)
+  local out, i = {}, 1
+  while i <= #argv do
+    local a, nxt = argv[i], argv[i + 1]
+    if a:match("^%-%-[%w-]+$") and nxt and tonumber(nxt) and nxt:match("^%-") then
+      out[#out + 1] = a .. "=" .. nxt
+      i = i + 2
+    else
+      out[#out + 1] = a
+      i = i + 1
+    end
+  end
+  return out
+end
+
 -- Parses argv or raises one line naming the command ("attribute: unknown option '--x'").
 function M.parse(parser, argv, name)
-  local ok, result = parser:pparse(argv)
+  local ok, result = parser:pparse(join_negative_values(argv))
   if not ok then M.fail("%s: %s", name, one_line(result)) end
   return result
 end
 
 -- Converters for :convert(): return nil, message on bad input, which argparse reports.
-function M.integer(option, min)
+-- integer(option, min, max): a whole number in [min, max] (either bound optional); max keeps
+-- absurd sizes (a batch of a billion rows) from failing late, after a long load.
+function M.integer(option, min, max)
   return function(s)
     local n = tonumber(s)
-    if not n or n ~= math.floor(n) or (min and n < min) then
-      return nil, fmt("%s must be an integer%s, got '%s'", option, min and fmt(" >= %d", min) or "", s)
-    end
+    if not n or n ~= math.floor(n) or n ~= n then return nil, fmt("%s must be an integer, got '%s'", option, s) end
+    if min and n < min then return nil, fmt("%s must be >= %d, got %s", option, min, s) end
+    if max and n > max then return nil, fmt("%s must be <= %d, got %s", option, max, s) end
     return n
   end
 end
+
+-- Upper bounds of the size options shared by several commands.
+M.MAX_BATCH = 65536
+M.MAX_ROWS = 10000000
+M.MAX_STEPS = 100000
 
 -- For options with a fixed set of values: names the bad value and lists the good ones (argparse's
 -- :choices() does not say what was given). The caller lists them in the help text.
@@ -119,10 +154,14 @@ function M.one_of(what, list)
   end
 end
 
-function M.number(option)
+-- number(option, min): a finite number, >= min when given.
+function M.number(option, min)
   return function(s)
     local n = tonumber(s)
-    if not n or n ~= n then return nil, fmt("%s must be a number, got '%s'", option, s) end
+    if not n or n ~= n or n == math.huge or n == -math.huge then
+      return nil, fmt("%s must be a number, got '%s'", option, s)
+    end
+    if min and n < min then return nil, fmt("%s must be >= %g, got %s", option, min, s) end
     return n
   end
 end
@@ -183,6 +222,17 @@ function M.check_writable(path)
   end
 end
 
+-- check_out_suffix(path, suffixes, what): --out must end in one of the suffixes eapig writes
+-- (lower case, without the dot), else an error listing them.
+function M.check_out_suffix(path, suffixes, what)
+  local ext = (path:match("%.([%w]+)$") or ""):lower()
+  for _, s in ipairs(suffixes) do
+    if ext == s then return ext end
+  end
+  M.fail("--out '%s': eapig writes %s as %s; give a file name with one of these suffixes", path, what,
+    "." .. concat(suffixes, ", ."))
+end
+
 function M.is_safetensors(path)
   return path:lower():match("%.safetensors$") ~= nil
 end
@@ -229,10 +279,63 @@ function M.load_model(path, args)
   return eapig.load(path, { weights = args and args.weights, memory = args and args.memory })
 end
 
--- JSONL rows checked against the model: ids in [0, vocab), rows no longer than its context.
-function M.load_data(path, model, what)
+-- "csv" or "jsonl": by suffix (.csv / .jsonl, .json, .ndjson), else by content (a JSONL row
+-- starts with "{", anything else is read as CSV with a header).
+function M.data_format(path)
+  local ext = (path:match("%.([%w]+)$") or ""):lower()
+  if ext == "csv" then return "csv" end
+  if ext == "jsonl" or ext == "json" or ext == "ndjson" then return "jsonl" end
+  local fh = io.open(path, "rb")
+  local head = fh and fh:read(4096) or ""
+  if fh then fh:close() end
+  head = head:gsub("^\239\187\191", "") -- a UTF-8 byte order mark
+  return head:match("^%s*{") and "jsonl" or "csv"
+end
+
+-- The model's tokenizer, for CSV text and greater-than's year tokens.
+local function model_tokenizer(model, path, why)
+  if not model.folder then
+    M.fail("%s: %s needs the model's tokenizer, and the model was not loaded from a folder with one; " ..
+      "write the rows as token ids (eapig data --out FILE.jsonl)", path, why)
+  end
+  return require("eapig").tokenizer.load(model.folder)
+end
+
+-- load_data(path, model, what, metric): a dataset from JSONL (token ids) or EAP-IG's CSV (text,
+-- tokenized with the model's tokenizer, BOS first when it has one, as EAP-IG does through
+-- TransformerLens), checked against the model (ids in [0, vocab), rows no longer than its
+-- context) and, given the metric that will read it, against the metric's fields: logit_diff
+-- needs correct and incorrect; prob_diff either those or greater-than's label, whose year
+-- tokens ("00".."99") come from the model's tokenizer when the rows lack them.
+function M.load_data(path, model, what, metric)
   M.check_readable(path, what or "data")
-  return require("eapig").data.load_jsonl(path, { vocab = model.vocab, n_ctx = model.n_ctx })
+  local eapig = require("eapig")
+  local opts = { vocab = model.vocab, n_ctx = model.n_ctx, labels = {} }
+  local ds
+  if M.data_format(path) == "csv" then
+    local tok = model_tokenizer(model, path, "a CSV of text")
+    opts.tokenizer, opts.bos = tok, tok.bos_id ~= nil
+    ds = eapig.data.load_csv(path, opts)
+  else
+    ds = eapig.data.load_jsonl(path, opts)
+  end
+  if metric then
+    local metrics = eapig.metrics
+    local m = metrics.get(metric)
+    if m.name == "prob_diff" or m.name == "prob_diff_greater_than" then
+      local years
+      for i = 1, #ds do
+        local row = ds[i]
+        if row.year_ids == nil and metrics.is_greater_than_row(row) then
+          years = years or require("eapig.tasks.greater_than").year_ids(model_tokenizer(model, path,
+            "a greater-than row without year_ids"))
+          row.year_ids = years
+        end
+      end
+    end
+    metrics.check_dataset(m, ds, model.vocab)
+  end
+  return ds
 end
 
 -- A graph file by its suffix: .safetensors is the binary form, anything else EAP-IG's JSON.
@@ -262,13 +365,17 @@ function M.help()
   out[#out + 1] = "   eapig evaluate --model M --data D.jsonl --graph circuit.json"
   out[#out + 1] = "   eapig draw --graph circuit.json --out circuit.svg"
   out[#out + 1] = ""
-  out[#out + 1] = "Errors are one line on stderr and exit status 1; EAPIG_DEBUG=1 adds a Lua traceback."
+  out[#out + 1] = "Errors are one line on stderr and exit status 1; --debug (or EAPIG_DEBUG=1) adds a Lua traceback."
   return concat(out, "\n")
 end
 
 local function dispatch(argv)
   local name = argv[1]
-  if name == nil or name == "-h" or name == "--help" then
+  if name == nil then
+    io.stderr:write(M.help(), "\n")
+    return 2
+  end
+  if name == "-h" or name == "--help" then
     print(M.help())
     return 0
   elseif name == "--version" then
@@ -291,10 +398,22 @@ local function dispatch(argv)
   return require("eapig.cli." .. name)(rest)
 end
 
--- EAPIG_DEBUG=1 (any value but "" and "0"): print the Lua traceback of an error too.
+-- --debug anywhere on the command line, or EAPIG_DEBUG=1 (any value but "" and "0"): print the
+-- Lua traceback of an error too, and keep eapig's own file:line positions in messages.
+M.debug = false
 function M.debugging()
+  if M.debug then return true end
   local v = os.getenv("EAPIG_DEBUG")
   return v ~= nil and v ~= "" and v ~= "0"
+end
+
+-- Takes --debug out of argv (it is never a value of anything else) and remembers it.
+local function take_debug(argv)
+  local out = {}
+  for _, a in ipairs(argv) do
+    if a == "--debug" then M.debug = true else out[#out + 1] = a end
+  end
+  return out
 end
 
 -- main(argv) -> exit status. Never raises.
@@ -304,9 +423,10 @@ function M.main(argv)
     if M.debugging() and getmetatable(err) ~= Verbatim then
       io.stderr:write(debug.traceback(tostring(err), 2), "\n")
     end
+    if M.debugging() and getmetatable(err) ~= Verbatim then return (tostring(err):gsub("\n.*", "")) end
     return one_line(err)
   end
-  local ok, status = xpcall(dispatch, handler, argv or {})
+  local ok, status = xpcall(dispatch, handler, take_debug(argv or {}))
   local parallel = require("eapig.parallel") -- under mpirun: ends MPI, or aborts every rank on an error
   if ok then
     io.stdout:flush()
