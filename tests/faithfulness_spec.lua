@@ -56,6 +56,16 @@ describe("faithfulness", function()
     assert.is_true(math.abs(empty - corrupted) > 1e-3)
   end)
 
+  it("takes EAP-IG's skip_clean: the same values, and metrics that read the clean run still get it", function()
+    local g = eapig.Graph.from_model(model)
+    eapig.attribute(model, g, data, "logit_diff", { method = "EAP", quiet = true })
+    g:apply_topn(20)
+    local a = eapig.evaluate_graph(model, g, data, { "logit_diff", "kl_div" }, { quiet = true })
+    local b = eapig.evaluate_graph(model, g, data, { "logit_diff", "kl_div" }, { quiet = true, skip_clean = false })
+    assert.are.same(a, b)
+    assert.is_true(a[2][1] > 0) -- kl_div against the clean run: the circuit changes the output
+  end)
+
   it("is undefined when the model and the empty circuit agree", function()
     assert.has_error(function() eapig.faithfulness(0.5, 1, 1) end,
       "faithfulness: the model and the empty circuit score the same, so faithfulness is undefined " ..
