@@ -47,6 +47,7 @@ end
 function eapig.attribute(...) return require("eapig.attribute").attribute(...) end
 function eapig.evaluate_graph(...) return require("eapig.evaluate").evaluate_graph(...) end
 function eapig.evaluate_baseline(...) return require("eapig.evaluate").evaluate_baseline(...) end
+function eapig.evaluate_empty(...) return require("eapig.evaluate").evaluate_empty(...) end
 function eapig.faithfulness(...) return require("eapig.evaluate").faithfulness(...) end
 
 return eapig
