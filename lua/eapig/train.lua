@@ -166,6 +166,54 @@ local function drop_absent_biases(model, grads)
   end
 end
 
+-- Attention-only training (opts.attn_only): the MLPs' weights start at zero and their gradients
+-- are dropped, so every MLP adds exactly 0 and the model is a pure attention model stored in the
+-- family's usual layout (transformers and eapig load it as it is).
+local MLP_SLOTS = { "w_in", "b_in", "w_gate", "w_out", "b_out" }
+local function mlp_sizes(cfg)
+  local D, F = cfg.d_model, cfg.d_mlp
+  return { w_in = F * D, b_in = F, w_gate = F * D, w_out = D * F, b_out = D }
+end
+function train.zero_mlps(handle, cfg)
+  local w, sizes = C.eapig_model_weights(handle), mlp_sizes(cfg)
+  for l = 0, cfg.n_layers - 1 do
+    local lw = w.layers[l]
+    for _, k in ipairs(MLP_SLOTS) do
+      if lw[k] ~= nil then ffi.fill(lw[k], sizes[k] * float_size) end
+    end
+  end
+end
+
+-- Head sparsity (opts.head_sparsity = lambda): a group-lasso penalty lambda * sum over heads of
+-- ||W_O[:, head]|| (the Frobenius norm of the head's output weights), added to the gradient as
+-- lambda * W_h / ||W_h||. Under Adam each weight moves about lr per step whatever its gradient's
+-- size, so the penalty wins only where the loss gradient is weaker than lambda: heads the task
+-- does not need (or needs only as a copy of another head) fade, and the circuit concentrates on
+-- few heads.
+function train.add_head_penalty(model, grads, lambda)
+  local cfg = model.cfg
+  local D, H, Dh = cfg.d_model, cfg.n_heads, cfg.d_head
+  local w, gw = C.eapig_model_weights(model.handle), C.eapig_model_weights(grads)
+  local HD = H * Dh
+  for l = 0, cfg.n_layers - 1 do
+    local wo, go = w.layers[l].wo, gw.layers[l].wo -- (D, H*Dh)
+    for h = 0, H - 1 do
+      local ss = 0
+      for r = 0, D - 1 do
+        local row = r * HD + h * Dh
+        for c = 0, Dh - 1 do ss = ss + wo[row + c] * wo[row + c] end
+      end
+      if ss > 0 then
+        local k = lambda / sqrt(ss)
+        for r = 0, D - 1 do
+          local row = r * HD + h * Dh
+          for c = 0, Dh - 1 do go[row + c] = go[row + c] + k * wo[row + c] end
+        end
+      end
+    end
+  end
+end
+
 ---------------------------------------------------------------------------------------------------
 -- One step's pieces, exposed for tests
 
@@ -235,6 +283,7 @@ train.now = now
 local DEFAULTS = {
   steps = 1000, batch_size = 32, lr = 1e-3, min_lr = nil, warmup = nil, weight_decay = 0.1, beta1 = 0.9,
   beta2 = 0.98, eps = 1e-8, clip = 1.0, seed = 1, log_every = nil, quiet = false, progress = nil,
+  attn_only = false, head_sparsity = 0,
 }
 
 -- Trains model (from train.new_model, or eapig.load(path, {finalize = false})) on task.
@@ -243,7 +292,9 @@ local DEFAULTS = {
 -- clip (1.0: global gradient norm; 0 = none), seed (1: the data stream), tied (the model's),
 -- log_every (steps / 20), quiet (false: print nothing), progress (the bar on stderr; default: eapig.progress:
 -- a bar on a terminal, one line at the end elsewhere), out (io.stdout, for the loss lines), on_step
--- (function(step, loss, lr, grad_norm)), evaluate (true: call task:evaluate at the end).
+-- (function(step, loss, lr, grad_norm)), evaluate (true: call task:evaluate at the end),
+-- attn_only (false: true zeroes the MLPs and keeps them at zero), head_sparsity (0: the
+-- group-lasso weight lambda on each head's output weights, see add_head_penalty).
 -- Returns { steps, seconds, final_loss (mean of the last log_every steps), losses (per step),
 --           eval (task:evaluate's table, when the task has one) }.
 function train.train(model, task, opts)
@@ -265,6 +316,11 @@ function train.train(model, task, opts)
   o.log_every = o.log_every or max(1, floor(o.steps / 20))
   local out = o.out or io.stdout
 
+  local hs = o.head_sparsity
+  if type(hs) ~= "number" or hs ~= hs or hs < 0 then
+    error(fmt("%s: head_sparsity must be a number >= 0 (got %s)", who, tostring(o.head_sparsity)), 2)
+  end
+  if o.attn_only then train.zero_mlps(model.handle, model.cfg) end
   local grads, m1, m2 = same_shape(model), same_shape(model), same_shape(model)
   local g_arena, g_n = arena(grads)
   local rng = train.rng(o.seed)
@@ -302,6 +358,8 @@ function train.train(model, task, opts)
     ffi.fill(g_arena, g_n * float_size)
     local loss = train.loss_and_grads(model, batch, targets, count, bufs, grads)
     drop_absent_biases(model, grads)
+    if o.attn_only then train.zero_mlps(grads, model.cfg) end
+    if o.head_sparsity > 0 then train.add_head_penalty(model, grads, o.head_sparsity) end
     core.check(C.eapig_grad_norm(grads, aopts.tied, norm_out), who)
     local gnorm = norm_out[0]
     local lr = train.lr_at(step, o.steps, o.lr, o.warmup, o.min_lr)

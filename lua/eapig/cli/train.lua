@@ -54,23 +54,26 @@ return function(argv, streams)
   parser:option("--min-rep", "Induction: shortest repeated segment.", "4"):argname("N"):convert(cli.integer("--min-rep", 2))
   parser:option("--max-rep", "Induction: longest repeated segment (default ctx / 2)."):argname("N")
     :convert(cli.integer("--max-rep", 2))
-  parser:option("--steps", "Optimiser steps.", "3000"):argname("N"):convert(cli.integer("--steps", 1))
-  parser:option("--batch-size", "Sequences per step.", "32"):argname("N"):convert(cli.integer("--batch-size", 1))
+  parser:option("--steps", "Optimiser steps.", "3000"):argname("N"):convert(cli.integer("--steps", 1, cli.MAX_STEPS))
+  parser:option("--batch-size", "Sequences per step.", "32"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
   parser:option("--lr", "Peak learning rate.", "1.5e-3"):argname("X"):convert(cli.number("--lr"))
   parser:option("--min-lr", "Final learning rate of the cosine (default lr / 10)."):argname("X")
     :convert(cli.number("--min-lr"))
   parser:option("--warmup", "Linear warmup steps (default steps / 20)."):argname("N"):convert(cli.integer("--warmup", 0))
   parser:option("--weight-decay", "AdamW weight decay (matrices and embeddings).", "0.1"):argname("X")
-    :convert(cli.number("--weight-decay"))
+    :convert(cli.number("--weight-decay", 0))
   parser:option("--clip", "Clip the global gradient norm to this (0: no clipping).", "1"):argname("X")
-    :convert(cli.number("--clip"))
+    :convert(cli.number("--clip", 0))
   parser:option("--init-std", "Initialisation: GPT-2's scheme with this initializer_range (GPT-2: 0.02 at width 768).",
     "0.05"):argname("X"):convert(cli.number("--init-std"))
+  parser:flag("--attn-only", "Attention only: the MLPs are zero and stay zero (saved in the usual layout).")
+  parser:option("--head-sparsity", "Group-lasso weight on each head's output weights (0: none); few heads stay.",
+    "0"):argname("X"):convert(cli.number("--head-sparsity", 0))
   parser:option("--seed", "Seed of the initialisation and of the data.", "1"):argname("S"):convert(cli.integer("--seed", 0))
   parser:option("--threads", "BLAS threads (results depend on it; default: OpenBLAS's choice)."):argname("N")
-    :convert(cli.integer("--threads", 1))
+    :convert(cli.integer("--threads", 1, 1024))
   parser:option("--eval-rows", "Held-out sequences for the final evaluation.", "1024"):argname("N")
-    :convert(cli.integer("--eval-rows", 1))
+    :convert(cli.integer("--eval-rows", 1, cli.MAX_ROWS))
   parser:flag("--quiet", "Print only the final summary.")
   local args = cli.parse(parser, argv, "train")
 
@@ -93,14 +96,15 @@ return function(argv, streams)
   end
   local opts = { steps = args.steps, batch_size = args.batch_size, lr = args.lr, min_lr = args.min_lr,
     warmup = args.warmup, weight_decay = args.weight_decay, clip = args.clip, seed = args.seed, quiet = args.quiet,
-    out = stdout, evaluate = false }
+    out = stdout, evaluate = false, attn_only = args.attn_only, head_sparsity = args.head_sparsity }
   local result = train.train(model, task, opts)
   local ev = task:evaluate(model, { rows = args.eval_rows, seed = 1000003 + args.seed })
 
   train.save_pretrained(model, args.out, { tokenizer = task:pieces() })
   local record = {
     command = command, task = args.task, family = args.family, seed = args.seed, steps = args.steps,
-    batch_size = args.batch_size, init_std = args.init_std, lr = args.lr, min_lr = args.min_lr or args.lr / 10,
+    batch_size = args.batch_size, init_std = args.init_std, attn_only = args.attn_only,
+    head_sparsity = args.head_sparsity, lr = args.lr, min_lr = args.min_lr or args.lr / 10,
     warmup = args.warmup or math.floor(args.steps / 20), weight_decay = args.weight_decay, clip = args.clip,
     threads = require("eapig.core").C.eapig_get_num_threads(),
     seconds = math.floor(result.seconds * 10 + 0.5) / 10,
