@@ -184,12 +184,14 @@ function train.zero_mlps(handle, cfg)
   end
 end
 
--- Head sparsity (opts.head_sparsity = lambda): a group-lasso penalty lambda * sum over heads of
--- ||W_O[:, head]|| (the Frobenius norm of the head's output weights), added to the gradient as
--- lambda * W_h / ||W_h||. Under Adam each weight moves about lr per step whatever its gradient's
--- size, so the penalty wins only where the loss gradient is weaker than lambda: heads the task
--- does not need (or needs only as a copy of another head) fade, and the circuit concentrates on
--- few heads.
+-- Head sparsity (opts.head_sparsity = lambda): a penalty lambda * sum over heads of
+-- sqrt(||W_O[:, head]||) (the Frobenius norm of the head's output weights), added to the
+-- gradient as lambda * W_h / (2 ||W_h||^1.5). The square root makes it concave in each head's
+-- norm: one head doing a job costs less than two heads sharing it (2 sqrt(w/2) > sqrt(w)), so
+-- copies of a head are pushed to merge into one, and heads the task does not need fade. (A plain
+-- group lasso, sum ||W_h||, cannot tell one head from two halves, and in our trials left the
+-- induction mechanism spread over three heads.) Under Adam each weight moves about lr per step
+-- whatever its gradient's size, so the penalty wins where the loss gradient is weaker.
 function train.add_head_penalty(model, grads, lambda)
   local cfg = model.cfg
   local D, H, Dh = cfg.d_model, cfg.n_heads, cfg.d_head
@@ -204,7 +206,7 @@ function train.add_head_penalty(model, grads, lambda)
         for c = 0, Dh - 1 do ss = ss + wo[row + c] * wo[row + c] end
       end
       if ss > 0 then
-        local k = lambda / sqrt(ss)
+        local k = lambda / (2 * ss ^ 0.75) -- lambda / (2 ||W_h||^1.5)
         for r = 0, D - 1 do
           local row = r * HD + h * Dh
           for c = 0, Dh - 1 do go[row + c] = go[row + c] + k * wo[row + c] end

@@ -67,7 +67,7 @@ return function(argv, streams)
   parser:option("--init-std", "Initialisation: GPT-2's scheme with this initializer_range (GPT-2: 0.02 at width 768).",
     "0.05"):argname("X"):convert(cli.number("--init-std"))
   parser:flag("--attn-only", "Attention only: the MLPs are zero and stay zero (saved in the usual layout).")
-  parser:option("--head-sparsity", "Group-lasso weight on each head's output weights (0: none); few heads stay.",
+  parser:option("--head-sparsity", "Weight of the penalty sum over heads of sqrt(||W_O[:, head]||) (0: none): few heads stay.",
     "0"):argname("X"):convert(cli.number("--head-sparsity", 0))
   parser:option("--seed", "Seed of the initialisation and of the data.", "1"):argname("S"):convert(cli.integer("--seed", 0))
   parser:option("--threads", "BLAS threads (results depend on it; default: OpenBLAS's choice)."):argname("N")
