@@ -123,7 +123,8 @@ local function function_names()
       end
     end
   end
-  for _, k in ipairs({ "load", "attribute", "evaluate_graph", "evaluate_baseline", "faithfulness", "set_num_threads" }) do
+  for _, k in ipairs({ "load", "attribute", "evaluate_graph", "evaluate_baseline", "evaluate_empty", "faithfulness",
+    "set_num_threads" }) do
     add(eapig[k], "eapig." .. k)
   end
   local attribute, evaluate = require("eapig.attribute"), require("eapig.evaluate")
