@@ -46,7 +46,10 @@ local function reference()
       sections[#sections + 1], entry = section, nil
     elseif not fenced and line:match("^### ") and section then
       local title = line:sub(5)
-      entry = { title = title, name = title:match("^[%w_.:]+") or title, lines = {}, section = section }
+      -- "sweep.cpr(points), sweep.cmd(points)" documents both names
+      local names = { title:match("^[%w_.:]+") or title }
+      for other in title:gmatch(",%s*([%w_.:]+)%(") do names[#names + 1] = other end
+      entry = { title = title, name = names[1], names = names, lines = {}, section = section }
       entries[#entries + 1] = entry
       section.entries[#section.entries + 1] = entry
     elseif entry then
@@ -123,20 +126,19 @@ local function function_names()
       end
     end
   end
-  for _, k in ipairs({ "load", "attribute", "evaluate_graph", "evaluate_baseline", "evaluate_empty", "faithfulness",
-    "set_num_threads" }) do
-    add(eapig[k], "eapig." .. k)
+  -- eapig's own functions (the modules it loads lazily are tables, skipped by add), and their
+  -- bare names: eapig.attribute leads to both its short entry and the full `attribute(...)` one
+  for k, f in pairs(eapig) do
+    if type(k) == "string" then
+      add(f, "eapig." .. k)
+      add(f, k)
+    end
   end
   local attribute, evaluate = require("eapig.attribute"), require("eapig.evaluate")
   add(attribute.attribute, "attribute")
-  add(evaluate.evaluate_graph, "evaluate_graph")
-  add(evaluate.evaluate_baseline, "evaluate_baseline")
-  -- the top-level wrappers lead to the full entries too
-  add(eapig.attribute, "attribute")
-  add(eapig.evaluate_graph, "evaluate_graph")
-  add(eapig.evaluate_baseline, "evaluate_baseline")
   add(eapig.faithfulness, "evaluate.faithfulness")
   add_table(evaluate, "evaluate")
+  for k, f in pairs(evaluate) do add(f, k) end -- its entries are headed evaluate_graph(...), ...
   add_table(require("eapig.sweep"), "sweep")
   add_table(require("eapig.graph"), "Graph")
   add_table(require("eapig.metrics"), "metrics")
@@ -185,7 +187,12 @@ end
 local function entries_named(wanted)
   local out = {}
   for _, e in ipairs(reference().entries) do
-    if wanted[e.name] then out[#out + 1] = entry_text(e) end
+    for _, n in ipairs(e.names) do
+      if wanted[n] then
+        out[#out + 1] = entry_text(e)
+        break
+      end
+    end
   end
   return out
 end
@@ -208,8 +215,11 @@ function M.text(x)
     if s then return section_text(s) end
     local found = {}
     for _, e in ipairs(reference().entries) do
-      if e.name == x or e.name:sub(-#x - 1) == "." .. x or e.name:sub(-#x - 1) == ":" .. x then
-        found[#found + 1] = entry_text(e)
+      for _, n in ipairs(e.names) do
+        if n == x or n:sub(-#x - 1) == "." .. x or n:sub(-#x - 1) == ":" .. x then
+          found[#found + 1] = entry_text(e)
+          break
+        end
       end
     end
     if #found > 0 then return concat(found, "\n\n") end
