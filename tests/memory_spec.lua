@@ -113,6 +113,10 @@ describe("memory budget", function()
     assert.matches("attribute: needs about .* %(weights .*, activations .* for 4 rows x 6 positions, scores .*%) but "
       .. "the memory budget is", err)
     for i = 0, model.n_forward * model.n_backward - 1 do assert.are.equal(0, g.scores[i]) end
+    g:apply_topn(0) -- the empty circuit, on purpose
+    ok, err = pcall(eapig.evaluate_graph, model, g, dataset(64, 4), "logit_diff", { quiet = true, memory = 1e-6 })
+    assert.is_false(ok)
+    assert.matches("evaluate: needs about", err)
     assert.has_error(function() memory.budget(-1) end, "memory budget must be a positive number of GiB, got -1")
   end)
 

@@ -169,6 +169,7 @@ describe("stored weights", function()
   end)
 
   it("training needs f32 weights: a clear error, not a crash", function()
+    local task = { batch = function() end }
     local dir = testing.random_model({ family = "gpt2", dtype = "BF16" })
     local b = eapig.load(dir, { weights = "stored" })
     local n = ffi.new("int64_t[1]")
@@ -178,6 +179,8 @@ describe("stored weights", function()
     local opts = ffi.new("eapig_adamw_opts", { lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, step = 1 })
     assert.are_not.equal(0, C.eapig_adamw_step(b.handle, g, g, g, opts))
     assert.matches("f32", ffi.string(C.eapig_last_error()))
+    assert.has_error(function() require("eapig.train").train(b, task, { steps = 1 }) end,
+      "eapig.train: training needs f32 weights; this model keeps them as stored (load with weights = \"f32\")")
     -- unfinalized loads (training) default to f32
     assert.are.equal("f32", eapig.load(dir, { finalize = false }).weights)
     testing.rmtree(dir)
@@ -215,6 +218,11 @@ describe("stored weights", function()
     local b = eapig.load(dir, { memory = 1 / 2 ^ 20 })
     assert.are.equal("stored", b.weights)
     assert.matches("memory budget", b.weights_why)
+    -- asking for f32 beyond the budget fails before allocating
+    assert.has_error(function() eapig.load(dir, { weights = "f32", memory = 1 / 2 ^ 20 }) end)
+    local ok, err = pcall(eapig.load, dir, { weights = "f32", memory = 1 / 2 ^ 20 })
+    assert.is_false(ok)
+    assert.matches("f32 weights need .* more than the memory budget", err)
     testing.rmtree(dir)
   end)
 

@@ -395,9 +395,7 @@ function M.attribute(model, graph, data, metric, opts, ...)
   local batch_size = opts.batch_size or 8
   -- Before any run: the largest batch must fit the memory budget (opts.memory GiB), and the
   -- budget sets how many integrated-gradient steps share one run.
-  local longest = 0
-  for i = 1, #data.rows do longest = math.max(longest, #data.rows[i].clean, #data.rows[i].corrupted) end
-  local estimate = memory.check(model, { B = math.max(1, math.min(batch_size, #data)), P = math.max(1, longest),
+  local estimate = memory.check(model, { B = math.max(1, math.min(batch_size, #data)), P = memory.longest_row(data),
     method = method, steps = steps, level = level }, memory.budget(opts.memory), "attribute")
   local ctx = {
     model = model, graph = graph, metric = mt, level = level, steps = steps,

@@ -2,6 +2,7 @@
 -- mean) value of each edge that is not in the circuit, through the engine's patched forward
 -- with W = 1 - in_graph on real edges; neuron masks scale the patched difference per dimension.
 local core = require("eapig.core")
+local memory = require("eapig.memory")
 local ffi = core.ffi
 local metrics = require("eapig.metrics")
 local runs = require("eapig.runs")
@@ -89,7 +90,7 @@ local function circuit_weights(model, graph)
 end
 
 local EVAL_OPTIONS = { "intervention", "intervention_data", "reference", "batch_size", "prune", "quiet",
-  "skip_clean" }
+  "skip_clean", "memory" }
 
 -- The patched runs of a circuit given by its weights W (1 = the edge reads its reference value).
 -- The clean forward is only needed for metrics that read the clean logits, for a circuit that
@@ -97,6 +98,9 @@ local EVAL_OPTIONS = { "intervention", "intervention_data", "reference", "batch_
 local function run_circuit(model, data, list, W, scale, any, opts)
   local intervention = opts.intervention or "patching"
   local batch_size = opts.batch_size or 8
+  -- before any run: the largest batch must fit the memory budget (opts.memory GiB)
+  memory.check(model, { B = math.max(1, math.min(batch_size, #data)), P = memory.longest_row(data),
+    method = "evaluate" }, memory.budget(opts.memory), "evaluate")
   local means
   if intervention:find("^mean") then
     means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)

@@ -341,10 +341,19 @@ local function weights_mode(c, opts, where)
   if want ~= "auto" and want ~= "f32" and want ~= "stored" then
     fail("%s: weights must be 'auto', 'f32' or 'stored' (got %s)", where, tostring(want))
   end
+  local memory = require("eapig.memory")
+  local budget = memory.budget(opts and opts.memory)
+  if want == "f32" then
+    -- refuse before allocating: an f32 copy larger than the budget would only end in swapping
+    local f32 = tonumber(C.eapig_weights_f32_bytes(config_of(c)))
+    if f32 > budget then
+      fail("%s: f32 weights need %s, more than the memory budget (%s): use weights 'stored' (--weights stored) "
+        .. "or a larger budget (--memory)", where, memory.format(f32), memory.format(budget))
+    end
+  end
   if want ~= "auto" then return want, "asked for" end
   if opts and opts.finalize == false then return "f32", "training and raw weights need f32" end
-  local memory = require("eapig.memory")
-  return memory.choose_weights(config_of(c), memory.budget(opts and opts.memory))
+  return memory.choose_weights(config_of(c), budget)
 end
 
 local function new_model(c, where, mode)

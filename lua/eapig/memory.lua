@@ -166,6 +166,13 @@ function memory.steps_per_run(model, opts, budget)
   return lo, memory.estimate(model, o)
 end
 
+-- The longest row (clean or corrupted) of a dataset: the positions of its largest batch.
+function memory.longest_row(data)
+  local longest = 1
+  for i = 1, #data.rows do longest = math.max(longest, #data.rows[i].clean, #data.rows[i].corrupted) end
+  return longest
+end
+
 -- Raises, before any run starts, when a run of this shape cannot fit the budget; returns the
 -- estimate (with the chosen steps per run) otherwise. what: "attribute" / "evaluate".
 function memory.check(model, opts, budget, what)

@@ -309,6 +309,9 @@ function train.train(model, task, opts)
   end
   positive_int(o, "steps", who)
   positive_int(o, "batch_size", who)
+  if model.weights == "stored" then
+    error(who .. ": training needs f32 weights; this model keeps them as stored (load with weights = \"f32\")", 2)
+  end
   local training = model.training or { tied = false, biases = true }
   model.training = training
   local tied = o.tied

@@ -47,7 +47,7 @@ return function(argv)
   local mean = evaluate.mean
   local opts = { batch_size = args.batch_size }
   local eopts = { intervention = args.intervention, intervention_data = intervention_data, batch_size = args.batch_size,
-    quiet = args.quiet or args.json }
+    quiet = args.quiet or args.json, memory = args.memory }
   local r = {}
   r.clean = mean(eapig.evaluate_baseline(model, data, metric, opts))
   r.corrupted = mean(eapig.evaluate_baseline(model, data, metric, { batch_size = args.batch_size, run_corrupted = true }))
