@@ -165,6 +165,35 @@ int eapig_graph_json_edges(char *out, size_t cap, size_t *out_len, int64_t *next
     return rc;
 }
 
+int eapig_graph_json_neurons(char *out, size_t cap, size_t *out_len, const uint8_t *flags, const float *scores,
+                             int32_t d_model) {
+    if (!out || !out_len || !flags || !scores || d_model < 1)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_graph_json_neurons: bad arguments");
+    /* per neuron at most "false, " (7) and a score with its ", " (48 + 2), plus the two keys */
+    if (cap / 64 < (size_t)d_model + 1)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_graph_json_neurons: buffer of %zu bytes too small for %d neurons",
+                               cap, (int)d_model);
+    char *p = out;
+    memcpy(p, "\"neurons\": [", 12);
+    p += 12;
+    for (int32_t d = 0; d < d_model; d++) {
+        const char *word = flags[d] ? "true" : "false";
+        size_t n = flags[d] ? 4 : 5;
+        if (d > 0) *p++ = ',', *p++ = ' ';
+        memcpy(p, word, n);
+        p += n;
+    }
+    memcpy(p, "], \"neurons_scores\": [", 22);
+    p += 22;
+    for (int32_t d = 0; d < d_model; d++) {
+        if (d > 0) *p++ = ',', *p++ = ' ';
+        p += format_score(p, 48, scores[d]);
+    }
+    *p++ = ']';
+    *out_len = (size_t)(p - out);
+    return EAPIG_OK;
+}
+
 /* ---- reader: a window over the file ------------------------------------------------------- */
 
 enum { NEED_MORE = 1 }; /* a parse step ran into the end of the window before the end of file */
@@ -766,7 +795,8 @@ static int scan_file(reader *r, scan *s) {
     int state = TOP_OPEN, section = SEC_NONE, rc = EAPIG_OK;
     for (;;) {
         cursor c = { r, r->buf + r->pos, r->buf + r->len };
-        if (s->header_only && s->seen_cfg && s->seen_nodes) return EAPIG_OK; /* all the header pass needs */
+        /* all the header pass needs: the cfg, and the level (neuron needs no more nodes read) */
+        if (s->header_only && s->seen_cfg && (s->seen_nodes || s->level == 2)) return EAPIG_OK;
         skip_ws(&c);
         if (c.p >= c.end) {
             r->pos = (size_t)(c.p - r->buf);
@@ -905,7 +935,7 @@ int eapig_graph_json_header(const char *path, char *cfg, size_t cfg_cap, size_t 
     rc = scan_file(&r, &s);
     reader_close(&r);
     if (rc) return rc;
-    if (!s.seen_nodes) return eapig_set_error(EAPIG_ERR_ARG, "missing or malformed key 'nodes'");
+    if (!s.seen_nodes && s.level < 2) return eapig_set_error(EAPIG_ERR_ARG, "missing or malformed key 'nodes'");
     *cfg_len = s.cfg_len;
     *level = s.level;
     return EAPIG_OK;

@@ -83,6 +83,24 @@ for _, form in ipairs({ { "json", "to_json", "from_json" }, { "safetensors", "to
     form[1], w, w_peak, r, r_peak, size / 1e6))
 end
 
+-- A neuron-level graph of the same shape writes d_model neuron flags and scores per node too.
+do
+  local n = Graph.new(g.cfg, { level = "neuron" })
+  local count = n.n_forward * n.cfg.d_model
+  for i = 0, count - 1 do n.neuron_scores[i] = math.random() - 0.5 end
+  local path = dir .. "/neurons.json"
+  collectgarbage()
+  local base = rss("VmRSS")
+  reset_peak()
+  local w = seconds(function() n:to_json(path) end)
+  local w_peak = rss("VmHWM") - base
+  local size = io.open(path, "rb"):seek("end")
+  local r = seconds(function() Graph.from_json(path) end)
+  print(string.format("json, neuron level (%d neurons): write %.2f s (peak +%.0f MiB), read %.2f s, %.1f MB", count,
+    w, w_peak, r, size / 1e6))
+  os.remove(path)
+end
+
 -- The command line end to end (start-up, read, select, write), as a user runs it: wall time, and
 -- the CPU time (user + system) that bash's `times` reports for it, which a busy machine inflates less.
 local function timed(cmd)

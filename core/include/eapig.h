@@ -347,6 +347,10 @@ EAPIG_API int eapig_graph_json_edges(char *out, size_t cap, size_t *out_len, int
                                      const int32_t *order, int64_t n_edges, const float *scores,
                                      const uint8_t *in_graph, const char *names, size_t names_len,
                                      int32_t n_forward, int32_t n_backward);
+/* Formats one node's neuron lists, `"neurons": [true, ...], "neurons_scores": [S, ...]`, of
+ * flags (D) and scores (D) as eapig_graph_json_edges formats scores; cap >= 64 (D + 1) bytes. */
+EAPIG_API int eapig_graph_json_neurons(char *out, size_t cap, size_t *out_len, const uint8_t *flags,
+                                       const float *scores, int32_t d_model);
 /* First pass over a graph JSON file: copies the "cfg" value's text into cfg (cfg_cap bytes with
  * its NUL) and sets *level from the node entries' keys: 2 when one has "neurons" or
  * "neurons_scores", else 1 when one has "score", else 0. Reads only as far as it needs. */
