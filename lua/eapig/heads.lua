@@ -6,7 +6,10 @@ local core = require("eapig.core")
 
 local M = {}
 
--- scores(model, {rows = 16, half = 12, seed = 1}) -> {prev[l][h], induction[l][h]} (0-based l, h)
+-- scores(model, {rows = 16, half = 12, seed = 1}) -> {prev[l][h], induction[l][h], output[l][h]}
+-- (0-based l, h). output is the root-mean-square norm of the head's output (what it writes into
+-- the residual stream), centred over the rows' positions: a head whose attention looks right but whose output
+-- weights are (near) zero does nothing, and a model trained for few heads has such heads.
 function M.scores(model, opts)
   opts = opts or {}
   local B, T = opts.rows or 16, opts.half or 12
@@ -32,8 +35,11 @@ function M.scores(model, opts)
   end
   local L, H = model.n_layers, model.n_heads
   local att = core.floats(L * B * H * P * P)
-  model:forward({ tokens = tokens, lengths = lengths, B = B, P = P }, { attn_probs = att, no_logits = true })
-  local prev, induction = {}, {}
+  local D = model.d_model
+  local cap = model:nodes_buffer(B, P)
+  model:forward({ tokens = tokens, lengths = lengths, B = B, P = P }, { attn_probs = att, capture = cap,
+    no_logits = true })
+  local prev, induction, output = {}, {}, {}
   for l = 0, L - 1 do
     prev[l], induction[l] = {}, {}
     for h = 0, H - 1 do
@@ -47,16 +53,44 @@ function M.scores(model, opts)
       end
       prev[l][h] = sp / (B * (P - 1))
       induction[l][h] = si / (B * (T - 1))
+      -- node u = 1 + l(H+1) + h; centred over positions (a constant offset carries nothing)
+      local out, n = cap + (1 + l * (H + 1) + h) * B * P * D, B * P
+      local ss = 0
+      for d = 0, D - 1 do
+        local m, q = 0, 0
+        for i = 0, n - 1 do m = m + out[i * D + d] end
+        m = m / n
+        for i = 0, n - 1 do
+          local x = out[i * D + d] - m
+          q = q + x * x
+        end
+        ss = ss + q
+      end
+      output[l] = output[l] or {}
+      output[l][h] = math.sqrt(ss / n)
     end
   end
-  return { prev = prev, induction = induction }
+  return { prev = prev, induction = induction, output = output }
 end
 
--- The head with the highest score in a layer: returns h, score.
-function M.best(scores_by_layer, l)
+-- The heads of layer l that write something: output norm at least `fraction` (0.05) of the
+-- layer's largest. A set h -> true.
+function M.writing(output_by_layer, l, fraction)
+  local top = 0
+  for _, v in pairs(output_by_layer[l]) do top = math.max(top, v) end
+  local set = {}
+  for h, v in pairs(output_by_layer[l]) do
+    if v >= (fraction or 0.05) * top then set[h] = true end
+  end
+  return set
+end
+
+-- The head with the highest score in a layer (among the heads in `among`, a set h -> true, when
+-- given): returns h, score.
+function M.best(scores_by_layer, l, among)
   local best, best_s = 0, -math.huge
   for h, s in pairs(scores_by_layer[l]) do
-    if s > best_s then best, best_s = h, s end
+    if s > best_s and (among == nil or among[h]) then best, best_s = h, s end
   end
   return best, best_s
 end

@@ -37,6 +37,8 @@ return function(argv)
   print(fmt_scores(r.head_scores.prev, model.n_layers, model.n_heads))
   print("  induction score (attention to the token after the earlier occurrence):")
   print(fmt_scores(r.head_scores.induction, model.n_layers, model.n_heads))
+  print("  output norm (what the head writes; heads near 0 do nothing and are not picked):")
+  print(fmt_scores(r.head_scores.output, model.n_layers, model.n_heads))
   print(("  -> previous-token head a0.h%d (%.2f), induction head a1.h%d (%.2f)"):format(r.prev_head, r.prev_score,
     r.ind_head, r.ind_score))
 
@@ -52,16 +54,14 @@ return function(argv)
   print(("\ncircuit: the smallest size keeping faithfulness >= %.1f: %.0f%% of edges, %d kept after pruning, "
     .. "faithfulness %.3f"):format(demo.TARGET_FAITHFULNESS, 100 * r.circuit_fraction, r.circuit:count_included_edges(),
     r.faithfulness))
-  print(("  %s  %s (previous-token head -> induction head's keys)"):format(r.k_edge_found and "[x]" or "[ ]", r.k_edge))
-  print(("  %s  %s (induction head -> logits)"):format(r.out_edge_found and "[x]" or "[ ]", r.out_edge))
+  print(("  %s  %s (previous-token head -> induction head's keys; rank %d of %d by |score|)"):format(
+    r.k_edge_found and "[x]" or "[ ]", r.k_edge, r.k_edge_rank, r.graph:n_edges()))
+  print(("  %s  %s (induction head -> logits; rank %d)"):format(r.out_edge_found and "[x]" or "[ ]", r.out_edge,
+    r.out_edge_rank))
   print(r.found and "known induction mechanism FOUND" or "known induction mechanism NOT found")
 
-  r.circuit:to_json(out .. "/circuit.json")
-  local plot = require("eapig.plot")
-  plot.write(out .. "/curve.svg", plot.svg(r.curve.points, { logx = true, hline = 1,
-    title = "Faithfulness of the induction circuit", xlabel = "fraction of edges", ylabel = "faithfulness" }))
-  local ok, err = pcall(r.circuit.draw, r.circuit, out .. "/circuit.svg")
+  local drawn, err = demo.write_files(r, out)
   print(("\nwrote %s/circuit.json, %s/curve.svg%s"):format(out, out,
-    ok and (", " .. out .. "/circuit.svg") or (" (circuit.svg skipped: " .. tostring(err) .. ")")))
+    drawn and (", " .. out .. "/circuit.svg") or (" (circuit.svg skipped: " .. tostring(err) .. ")")))
   return r.found and 0 or 1
 end

@@ -36,7 +36,8 @@ return function(argv, streams)
   end
   local parser = cli.parser("train", "Train a small model from scratch on a built-in task and write a Hugging Face folder.",
     "Example (the embedded default model, models/induction-2l):\n" ..
-    "   eapig train --task induction --out models/induction-2l --seed 1 --threads 1\n" ..
+    "   eapig train --task induction --out models/induction-2l --attn-only --head-sparsity 0.05 --steps 2000 \\\n" ..
+    "     --seed 1 --threads 1\n" ..
     "The loss is printed as training goes and a progress bar is drawn on stderr (on a terminal).\n" ..
     "The same seed and --threads give the same weights, bit for bit.")
   parser:option("--task", "Training task: " .. table.concat(TASK_NAMES, ", ") .. "."):argname("NAME"):count(1)
