@@ -13,6 +13,7 @@
  * Bd = rows of the difference buffer (B = k * Bd for k batched integrated-gradient steps).
  */
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
 #include "ops.h"
@@ -24,10 +25,14 @@ typedef struct {
     float *dxn;    /* (N,D) gradient of a normalised input */
     float *dz, *dq, *dk, *dv; /* (N, H*Dh) */
     float *dh, *dpre, *dup;   /* (N,F) */
-    float *scratch;           /* (P,P) */
+    float *scratch;           /* (2,P,P) */
     float *G;      /* (J,N,D) the current layer's destination gradients (NULL: they go straight
                     * into the score gather, see below) */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
+    float *g_attn;  /* (N,D) gradient at the summed attention output A, before its post-norm */
+    float *d_mlp;   /* (N,D) gradient at the MLP output before its post-norm */
+    float *kw;      /* (H*Dh) k norm weight per ungrouped key */
+    float *dlog;    /* (rows,V) gradient of the logits before final soft-capping */
     float *dxf, *Gf; /* (rows,D) */
     /* Weight gradients only: */
     float *wy;     /* (N,D) a norm's output, recomputed from its saved xhat */
@@ -162,10 +167,15 @@ static void output_node_grads(bwd_run *r, const float *g, int32_t u0, size_t n) 
     for (size_t i = 0; i < n; i++) memcpy(r->o->node_grads + ((size_t)u0 + i) * nd, g, nd * sizeof(float));
 }
 
-/* Gradient at a destination's input from the gradient dxn of its normalised input. */
+/* Gradient at a destination's input from the gradient dxn of its normalised input (its input
+ * itself in post-norm-only blocks). */
 static void dest_grad(bwd_run *r, float *G, const layer_state *st, size_t j, int is_mlp, const float *w) {
     const eapig_config *c = &r->m->cfg;
     size_t N = r->N, D = r->D;
+    if (c->block_norms == EAPIG_BLOCK_POST_NORM) {
+        memcpy(G, r->s.dxn, N * D * sizeof(float));
+        return;
+    }
     const float *hat, *rstd;
     if (st->own_flags[j]) {
         hat = st->own_hat + j * N * D;
@@ -186,9 +196,13 @@ static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *
         memset(G_m, 0, N * D * sizeof(float));
         return;
     }
+    if (c->block_norms != EAPIG_BLOCK_PRE_NORM) { /* through the MLP's post-norm first */
+        norm_backward(r->s.d_mlp, g, st->mlp_post_hat, st->mlp_post_rstd, lw->mlp_post_w, N, D, 1);
+        g = r->s.d_mlp;
+    }
     linear_backward_input(r->s.dh, g, lw->w_out, N, D, F, D, 0);
     act_backward(r->s.dpre, r->s.dup, r->s.dh, st->mlp_pre, st->mlp_up, N * F, c->act);
-    if (c->act == EAPIG_ACT_SILU_GATED) {
+    if (eapig_act_gated(c->act)) {
         linear_backward_input(r->s.dxn, r->s.dpre, lw->w_gate, N, F, D, F, 0);
         linear_backward_input(r->s.dxn, r->s.dup, lw->w_in, N, F, D, F, 1);
     } else {
@@ -207,11 +221,19 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
         return;
     }
     linear_backward_input(r->s.dz, g, lw->wo, N, D, H * Dh, D, 0);
+    attn_params ap = {c->attn_scale > 0.0f ? c->attn_scale : 1.0f / sqrtf((float)Dh), c->attn_softcap,
+                      (size_t)eapig_layer_window(c, l)};
     attention_backward(r->s.dq, r->s.dk, r->s.dv, r->s.scratch, r->s.dz, st->att, st->q, st->k, st->v,
-                       r->ws->lengths, r->B, r->P, H, Dh);
+                       r->ws->lengths, r->B, r->P, H, Dh, &ap);
     if (c->pos == EAPIG_POS_ROPE) {
-        rope_apply(r->s.dq, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 1);
-        rope_apply(r->s.dk, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 1);
+        rope_apply(r->s.dq, r->B, r->P, H, Dh, (size_t)c->rotary_dim, r->m->rope_freq, 1);
+        rope_apply(r->s.dk, r->B, r->P, H, Dh, (size_t)c->rotary_dim, r->m->rope_freq, 1);
+    }
+    if (c->qk_norm) { /* back through the norms over all heads' q and k, in place */
+        for (size_t h = 0; h < H; h++)
+            memcpy(r->s.kw + h * Dh, lw->k_norm_w + (h / group) * Dh, Dh * sizeof(float));
+        norm_backward(r->s.dq, r->s.dq, st->q_hat, st->q_rstd, lw->q_norm_w, N, H * Dh, 1);
+        norm_backward(r->s.dk, r->s.dk, st->k_hat, st->k_rstd, r->s.kw, N, H * Dh, 1);
     }
     const float *dproj[3] = {r->s.dq, r->s.dk, r->s.dv};
     const float *w[3] = {lw->wq, lw->wk, lw->wv};
@@ -235,7 +257,7 @@ static void mlp_weight_grads(bwd_run *r, int l, const layer_state *st, const flo
     int rms = c->norm == EAPIG_NORM_RMSNORM;
     linear_backward_weight(gl->w_out, gl->b_out, g, st->hidden, N, D, F, D, F);
     norm_output(r->s.wy, st->mlp_hat, lw->ln2_w, rms ? NULL : lw->ln2_b, N, D);
-    if (c->act == EAPIG_ACT_SILU_GATED) {
+    if (eapig_act_gated(c->act)) {
         linear_backward_weight(gl->w_gate, NULL, r->s.dpre, r->s.wy, N, F, D, F, D);
         linear_backward_weight(gl->w_in, gl->b_in, r->s.dup, r->s.wy, N, F, D, F, D);
     } else {
@@ -285,6 +307,16 @@ static void attention_weight_grads(bwd_run *r, int l, const layer_state *st, con
     norm_backward_weight(gl->ln1_w, rms ? NULL : gl->ln1_b, r->s.wdxn, st->attn_hat, N, D);
 }
 
+/* The first feature of the model that the weight gradients do not cover, or NULL. Training
+ * those families is refused rather than given wrong gradients. */
+static const char *weightless_feature(const eapig_config *c) {
+    if (c->embed_scale != 0.0f) return "embedding scaling (gemma)";
+    if (c->block_norms != EAPIG_BLOCK_PRE_NORM) return "post-norm blocks (gemma2, olmo2)";
+    if (c->qk_norm) return "q/k norms (olmo2)";
+    if (c->attn_softcap != 0.0f || c->final_softcap != 0.0f) return "soft-capping (gemma2)";
+    return NULL;
+}
+
 static int check_backward(const eapig_model *m, const eapig_workspace *ws, const eapig_backward_opts *o) {
     if (!m || !ws || !o) return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: NULL argument");
     if (!ws->kept || ws->model != m)
@@ -304,6 +336,10 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
                                    "eapig_backward: weight_grads needs a forward run with keep_for_weights");
         if (ws->patched)
             return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight_grads on a patched run is not supported");
+        const char *feature = weightless_feature(&m->cfg);
+        if (feature)
+            return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight gradients of models with %s are not "
+                                   "implemented", feature);
         if (o->weight_grads == m || o->weight_grads->stored ||
             memcmp(&o->weight_grads->cfg, &m->cfg, sizeof m->cfg) != 0)
             return eapig_set_error(EAPIG_ERR_ARG,
@@ -330,8 +366,11 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     /* With one step and scores, the destination gradients are written straight into the gather. */
     int direct = scores && steps == 1;
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
-    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + P * P + 2 * rows * D;
+    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + 2 * P * P + 2 * rows * D;
     need += (direct ? 0 : J * nd) + cap_cols * ndr + (nodes && steps > 1 ? ndr : 0);
+    /* post-norm blocks, q/k norms and final soft-capping */
+    need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
+    need += c->final_softcap > 0.0f ? rows * (size_t)c->vocab : 0;
     if (weight_grads) need += 2 * nd + 2 * N * kvd;
     return need;
 }
@@ -364,10 +403,14 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.dz = carve(&p, N * H * Dh), r.s.dq = carve(&p, N * H * Dh), r.s.dk = carve(&p, N * H * Dh);
     r.s.dv = carve(&p, N * H * Dh);
     r.s.dh = carve(&p, N * F), r.s.dpre = carve(&p, N * F), r.s.dup = carve(&p, N * F);
-    r.s.scratch = carve(&p, r.P * r.P);
+    r.s.scratch = carve(&p, 2 * r.P * r.P);
     r.s.G = direct ? NULL : carve(&p, J * nd);
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
     r.s.g_red = nodes && r.steps > 1 ? carve(&p, ndr) : NULL;
+    int post = c->block_norms != EAPIG_BLOCK_PRE_NORM;
+    r.s.g_attn = post ? carve(&p, nd) : NULL, r.s.d_mlp = post ? carve(&p, nd) : NULL;
+    r.s.kw = c->qk_norm ? carve(&p, H * Dh) : NULL;
+    r.s.dlog = ws->final_capped ? carve(&p, rows * V) : NULL;
     r.s.dxf = carve(&p, rows * D), r.s.Gf = carve(&p, rows * D);
     if (o->weight_grads) {
         r.s.wy = carve(&p, nd), r.s.wdxn = carve(&p, nd);
@@ -376,14 +419,24 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     int rms = c->norm == EAPIG_NORM_RMSNORM;
     eapig_weights *gw = o->weight_grads ? &o->weight_grads->w : NULL;
 
-    /* Logits: dL/dx_final = norm backward of dlogits @ W_U, at the unembedded rows only. */
-    status = eapig_unembed_backward(m, ws, r.s.dxf, o->dlogits, rows);
+    /* Logits: dL/dx_final = norm backward of dlogits @ W_U, at the unembedded rows only (through
+     * the final soft-capping first, when the model has one). */
+    const float *dlogits = o->dlogits;
+    if (ws->final_capped) {
+        float cap = c->final_softcap;
+        for (size_t i = 0; i < rows * V; i++) {
+            float t = ws->final_capped[i] / cap;
+            r.s.dlog[i] = o->dlogits[i] * (1.0f - t * t);
+        }
+        dlogits = r.s.dlog;
+    }
+    status = eapig_unembed_backward(m, ws, r.s.dxf, dlogits, rows);
     if (status != EAPIG_OK) return status;
     norm_backward(r.s.Gf, r.s.dxf, ws->final_hat, ws->final_rstd, m->w.lnf_w, rows, D,
                   c->norm == EAPIG_NORM_RMSNORM);
     if (gw) {
         norm_output(r.s.wy, ws->final_hat, m->w.lnf_w, rms ? NULL : m->w.lnf_b, rows, D);
-        linear_backward_weight(gw->w_unembed, NULL, o->dlogits, r.s.wy, rows, V, D, V, D);
+        linear_backward_weight(gw->w_unembed, NULL, dlogits, r.s.wy, rows, V, D, V, D);
         norm_backward_weight(gw->lnf_w, rms ? NULL : gw->lnf_b, r.s.dxf, ws->final_hat, rows, D);
     }
     memset(r.s.g, 0, nd * sizeof(float));
@@ -411,6 +464,14 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
             for (size_t i = 0; i < nd; i++) r.s.g_mid[i] = r.s.g[i] + G_m[i];
             g_heads = r.s.g_mid;
         }
+        const float *g_resid = g_heads; /* where the layer's attention output joins the stream */
+        if (c->block_norms != EAPIG_BLOCK_PRE_NORM) {
+            /* the heads' outputs (and b_O) are summed, then normalised: their gradient is the
+             * post-norm's input gradient. Destination gradients are unaffected. */
+            norm_backward(r.s.g_attn, g_heads, st->attn_post_hat, st->attn_post_rstd, m->layers[l].attn_post_w, N,
+                          D, 1);
+            g_heads = r.s.g_attn;
+        }
         accumulate_nodes(&r, g_heads, first_head, H);
         output_node_grads(&r, g_heads, first_head, H);
         attention_backward_layer(&r, l, st, g_heads, G_att);
@@ -423,7 +484,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         if (c->parallel_attn_mlp)
             for (size_t i = 0; i < nd; i++) r.s.g[i] += G_m[i];
         else
-            memcpy(r.s.g, r.s.g_mid, nd * sizeof(float));
+            memcpy(r.s.g, g_resid, nd * sizeof(float));
         for (size_t j = 0; j < 3 * H; j++) {
             const float *Gj = G_att + j * nd;
             for (size_t i = 0; i < nd; i++) r.s.g[i] += Gj[i];

@@ -5,10 +5,19 @@
  * share one normalised input; the others get their own copy through their own norm, as
  * TransformerLens does with use_split_qkv_input. Every source node's output can be captured.
  *
+ * Post-norm blocks (gemma2, olmo2) normalise the summed head outputs before the residual stream,
+ * so a head's difference cannot be added to a destination's input: there, as EAP-IG's
+ * evaluate_graph does with use_normalization_before_and_after, a destination v reads
+ *   x_v + sum_{u not a head} W[u,v] (R_u - C_u)
+ *       + sum_{layers i before v} [ post_i(A'_iv) - post_i(A_i) ],
+ *   A_i = sum_h C_ih + b_O,  A'_iv = sum_h [(1 - W[h,v]) C_ih + W[h,v] R_ih] + b_O,
+ * with C the current run's outputs (head_patch_terms).
+ *
  * B = batch rows, P = positions, N = B*P, D = d_model, H = heads, KV = kv heads, Dh = d_head,
  * F = d_mlp, V = vocab, L = layers, NF = source nodes, NB = destinations, J = 3H+1.
  */
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,7 +84,15 @@ typedef struct {
     float *z;        /* (N, H*Dh) attention values */
     float *hidden;   /* (N,F) MLP activation */
     float *delta;    /* (J,N,D) patching deltas of one layer, or NULL */
-    float *diff;     /* (NF,N,D) R - current, or NULL */
+    float *diff;     /* (NF,N,D) R - current, or NULL (rows of heads zero in post-norm models) */
+    /* Post-norm patching only (else NULL): */
+    float *cur;      /* (NF,N,D) current outputs (heads' rows used) */
+    float *contrib;  /* (L,N,D) post_i(A_i): each layer's normalised attention output */
+    float *apost, *apost_y, *apost_hat, *apost_rstd; /* (N,D) x3, (N): one post_i(A'_iv) */
+    /* Post-norm blocks: */
+    float *mlp_raw;  /* (N,D) MLP output before its post-norm */
+    /* q/k norms: */
+    float *kw;       /* (H*Dh) the k norm weight of each ungrouped key */
     float *final_x;  /* (rows,D) gathered final residual */
     float *final_y;  /* (rows,D) */
 } scratch;
@@ -83,10 +100,10 @@ typedef struct {
 /* Carves the saved per-layer state and the scratch; with c->base NULL it only counts. */
 static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, int n_slots, scratch *s,
                       size_t B, size_t P, size_t rows, int patching, int for_weights, float **final_hat,
-                      float **final_rstd) {
+                      float **final_rstd, float **final_capped) {
     size_t N = B * P, D = cfg->d_model, H = cfg->n_heads, Dh = cfg->d_head, F = cfg->d_mlp;
     size_t J = 3 * H + 1, NF = 1 + (size_t)cfg->n_layers * (H + 1);
-    int gated = cfg->act == EAPIG_ACT_SILU_GATED;
+    int gated = eapig_act_gated(cfg->act), post = cfg->block_norms != EAPIG_BLOCK_PRE_NORM, qk = cfg->qk_norm;
     for (int l = 0; l < n_slots; l++) {
         layer_state *st = &layers[l];
         st->attn_hat = carve(c, N * D), st->attn_rstd = carve(c, N);
@@ -99,7 +116,19 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
         st->mlp_up = gated ? carve(c, N * F) : NULL;
         st->z = for_weights ? carve(c, N * H * Dh) : NULL;
         st->hidden = for_weights ? carve(c, N * F) : NULL;
+        st->attn_post_hat = post ? carve(c, N * D) : NULL, st->attn_post_rstd = post ? carve(c, N) : NULL;
+        st->mlp_post_hat = post ? carve(c, N * D) : NULL, st->mlp_post_rstd = post ? carve(c, N) : NULL;
+        st->q_hat = qk ? carve(c, N * H * Dh) : NULL, st->q_rstd = qk ? carve(c, N) : NULL;
+        st->k_hat = qk ? carve(c, N * H * Dh) : NULL, st->k_rstd = qk ? carve(c, N) : NULL;
     }
+    int post_patch = post && patching;
+    s->cur = post_patch ? carve(c, NF * N * D) : NULL;
+    s->contrib = post_patch ? carve(c, (size_t)cfg->n_layers * N * D) : NULL;
+    s->apost = post_patch ? carve(c, N * D) : NULL, s->apost_y = post_patch ? carve(c, N * D) : NULL;
+    s->apost_hat = post_patch ? carve(c, N * D) : NULL, s->apost_rstd = post_patch ? carve(c, N) : NULL;
+    s->mlp_raw = post ? carve(c, N * D) : NULL;
+    s->kw = qk ? carve(c, H * Dh) : NULL;
+    *final_capped = cfg->final_softcap > 0.0f ? carve(c, rows * (size_t)cfg->vocab) : NULL;
     s->resid = carve(c, N * D), s->x_in = carve(c, N * D), s->y = carve(c, N * D);
     s->own_in = carve(c, N * D), s->node = carve(c, N * D), s->attn_out = carve(c, N * D);
     s->grouped = carve(c, N * (size_t)cfg->n_kv_heads * Dh), s->z = carve(c, N * H * Dh);
@@ -118,10 +147,21 @@ typedef struct {
     size_t B, P, N, D;
 } fwd_run;
 
-/* A source node's output is known: capture it and, when patching, keep R_u - current_u. */
+/* Whether source u is a head (u >= 1 and not the last node of its layer). */
+static int is_head(const eapig_config *c, int32_t u) {
+    return u > 0 && (u - 1) % (c->n_heads + 1) < c->n_heads;
+}
+
+/* A source node's output is known: capture it and, when patching, keep R_u - current_u (in
+ * post-norm models a head's output itself instead: head_patch_terms reads it). */
 static void record_node(fwd_run *r, int32_t u, const float *out) {
     size_t nd = r->N * r->D, off = (size_t)u * nd;
     if (r->o->capture) memcpy(r->o->capture + off, out, nd * sizeof(float));
+    if (r->s.cur && is_head(&r->m->cfg, u)) {
+        memcpy(r->s.cur + off, out, nd * sizeof(float));
+        memset(r->s.diff + off, 0, nd * sizeof(float));
+        return;
+    }
     if (r->s.diff) {
         const float *ref = r->o->patch_ref + off;
         float *d = r->s.diff + off;
@@ -130,6 +170,43 @@ static void record_node(fwd_run *r, int32_t u, const float *out) {
             const float *scale = r->o->patch_scale + (size_t)u * r->D;
             for (size_t i = 0; i < nd; i++) d[i] *= scale[i % r->D];
         }
+    }
+}
+
+/* A norm of the model's kind (RMSNorm here: post-norm blocks need it). */
+static void model_norm(const eapig_config *c, float *out, float *hat, float *rstd, const float *x, const float *w,
+                       const float *b, size_t N, size_t D) {
+    norm_forward(out, hat, rstd, x, w, b, N, D, c->norm == EAPIG_NORM_RMSNORM, c->norm_eps);
+}
+
+/* Post-norm models: adds to delta (N,D) of destination v the change of every earlier layer's
+ * normalised attention output when v reads some of its heads from the reference, formed
+ * directly as sum_h [(1 - w) C + w R] + b_O (a layer whose heads are all zero-ablated then gives
+ * exactly post(b_O)). patch_scale scales w per dimension (neuron circuits). */
+static void head_patch_terms(fwd_run *r, size_t n_up, size_t v, float *delta) {
+    const eapig_config *c = &r->m->cfg;
+    size_t N = r->N, D = r->D, H = c->n_heads, nd = N * D, nb = (size_t)eapig_model_n_backward(r->m);
+    const float *W = r->o->patch_w, *scale = r->o->patch_scale;
+    for (size_t i = 0; 1 + i * (H + 1) + H <= n_up; i++) {
+        size_t h0 = 1 + i * (H + 1);
+        int any = 0;
+        for (size_t h = 0; h < H; h++) any |= W[(h0 + h) * nb + v] != 0.0f;
+        if (!any) continue;
+        const eapig_layer_weights *lw = &r->m->layers[i];
+        float *a = r->s.apost;
+        for (size_t n = 0; n < N; n++) memcpy(a + n * D, lw->bo, D * sizeof(float));
+        for (size_t h = 0; h < H; h++) {
+            float wv = W[(h0 + h) * nb + v];
+            const float *C = r->s.cur + (h0 + h) * nd, *R = r->o->patch_ref + (h0 + h) * nd;
+            const float *sc = scale ? scale + (h0 + h) * D : NULL;
+            for (size_t e = 0; e < nd; e++) {
+                float we = sc ? wv * sc[e % D] : wv;
+                a[e] += (1.0f - we) * C[e] + we * R[e];
+            }
+        }
+        model_norm(c, r->s.apost_y, r->s.apost_hat, r->s.apost_rstd, a, lw->attn_post_w, NULL, N, D);
+        const float *cur = r->s.contrib + i * nd;
+        for (size_t e = 0; e < nd; e++) delta[e] += r->s.apost_y[e] - cur[e];
     }
 }
 
@@ -157,16 +234,29 @@ static int patch_deltas(fwd_run *r, size_t n_up, size_t col, size_t ncols, uint8
     size_t nd = r->N * r->D;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ncols, (int)nd, (int)n_up, 1.0f, w + col, (int)nb,
                 r->s.diff, (int)nd, 0.0f, r->s.delta, (int)nd);
+    if (r->s.cur)
+        for (size_t j = 0; j < ncols; j++)
+            if (own[j]) head_patch_terms(r, n_up, col + j, r->s.delta + j * nd);
     return 1;
 }
 
-/* The normalised input of a destination with its own input: base + delta, then the norm. */
+/* A block's pre-norm of x into out (saving hat and rstd); post-norm-only blocks (olmo2) have
+ * none: out is x itself. */
+static void pre_norm(fwd_run *r, float *out, float *hat, float *rstd, const float *x, const float *w,
+                     const float *b) {
+    const eapig_config *c = &r->m->cfg;
+    if (c->block_norms == EAPIG_BLOCK_POST_NORM)
+        memcpy(out, x, r->N * r->D * sizeof(float));
+    else
+        model_norm(c, out, hat, rstd, x, w, b, r->N, r->D);
+}
+
+/* The normalised input of a destination with its own input: base + delta, then the pre-norm. */
 static const float *own_input(fwd_run *r, const float *base, const float *delta, float *hat, float *rstd,
                               const float *w, const float *b) {
-    const eapig_config *c = &r->m->cfg;
     size_t nd = r->N * r->D;
     for (size_t i = 0; i < nd; i++) r->s.own_in[i] = base[i] + delta[i];
-    norm_forward(r->s.y, hat, rstd, r->s.own_in, w, b, r->N, r->D, c->norm == EAPIG_NORM_RMSNORM, c->norm_eps);
+    pre_norm(r, r->s.y, hat, rstd, r->s.own_in, w, b);
     return r->s.y;
 }
 
@@ -206,6 +296,42 @@ static void record_resid(fwd_run *r, size_t index, const float *x) {
     if (r->o->resid) memcpy(r->o->resid + index * nd, x, nd * sizeof(float));
 }
 
+/* q/k norms (olmo2): RMSNorm over each token's whole q row (all H heads) and whole ungrouped k
+ * row, in place, before RoPE. Key head h uses the weight slice of its kv head h / group, so the
+ * unpatched result equals the norm over the KV*Dh grouped keys. */
+static void qk_norm_forward(fwd_run *r, const eapig_layer_weights *lw, layer_state *st) {
+    const eapig_config *c = &r->m->cfg;
+    size_t N = r->N, H = c->n_heads, Dh = c->d_head, group = H / c->n_kv_heads;
+    for (size_t h = 0; h < H; h++) memcpy(r->s.kw + h * Dh, lw->k_norm_w + (h / group) * Dh, Dh * sizeof(float));
+    model_norm(c, st->q, st->q_hat, st->q_rstd, st->q, lw->q_norm_w, NULL, N, H * Dh);
+    model_norm(c, st->k, st->k_hat, st->k_rstd, st->k, r->s.kw, NULL, N, H * Dh);
+}
+
+/* The attention parameters of layer l. */
+static attn_params layer_attention(const eapig_config *c, int l) {
+    attn_params ap = {c->attn_scale > 0.0f ? c->attn_scale : 1.0f / sqrtf((float)c->d_head), c->attn_softcap,
+                      (size_t)eapig_layer_window(c, l)};
+    return ap;
+}
+
+/* Adds the attention output A = attn_out + b_O to the residual stream: as it is, or through the
+ * block's post-norm (whose value post(A) the post-norm patching terms compare against). */
+static void add_attention_output(fwd_run *r, int l, layer_state *st) {
+    const eapig_config *c = &r->m->cfg;
+    const eapig_layer_weights *lw = r->lw;
+    size_t N = r->N, D = r->D, nd = N * D;
+    float *a = r->s.attn_out;
+    for (size_t n = 0; n < N; n++)
+        for (size_t i = 0; i < D; i++) a[n * D + i] += lw->bo[i];
+    if (c->block_norms == EAPIG_BLOCK_PRE_NORM) {
+        for (size_t i = 0; i < nd; i++) r->s.resid[i] += a[i];
+        return;
+    }
+    model_norm(c, r->s.node, st->attn_post_hat, st->attn_post_rstd, a, lw->attn_post_w, NULL, N, D);
+    for (size_t i = 0; i < nd; i++) r->s.resid[i] += r->s.node[i];
+    if (r->s.contrib) memcpy(r->s.contrib + (size_t)l * nd, r->s.node, nd * sizeof(float));
+}
+
 /* The attention block of layer l: reads x (N,D), adds its output into resid. */
 static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const float *x,
                             const int32_t *lengths) {
@@ -215,7 +341,6 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
     size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, nd = N * D;
     size_t n_up = 1 + (size_t)l * (H + 1);
     int32_t first_head = (int32_t)n_up;
-    int rms = c->norm == EAPIG_NORM_RMSNORM;
     int overridden = r->o->override_group == 1 + 2 * l;
 
     memset(r->s.attn_out, 0, nd * sizeof(float));
@@ -228,18 +353,20 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
         }
     } else {
         patch_deltas(r, n_up, (size_t)l * (3 * H + 1), 3 * H, own);
-        norm_forward(r->s.y, st->attn_hat, st->attn_rstd, x, lw->ln1_w, lw->ln1_b, N, D, rms, c->norm_eps);
+        pre_norm(r, r->s.y, st->attn_hat, st->attn_rstd, x, lw->ln1_w, lw->ln1_b);
         /* Heads with their own inputs reuse s.y, so keep the shared normalised input aside. */
         memcpy(r->s.node, r->s.y, nd * sizeof(float));
         float *proj[3] = {st->q, st->k, st->v};
         for (int t = 0; t < 3; t++) project_qkv(r, st, lw, t, x, r->s.node, own, proj[t]);
+        if (c->qk_norm) qk_norm_forward(r, lw, st);
         if (c->pos == EAPIG_POS_ROPE) {
-            rope_apply(st->q, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 0);
-            rope_apply(st->k, r->B, r->P, H, Dh, (size_t)c->rotary_dim, c->rope_theta, 0);
+            rope_apply(st->q, r->B, r->P, H, Dh, (size_t)c->rotary_dim, m->rope_freq, 0);
+            rope_apply(st->k, r->B, r->P, H, Dh, (size_t)c->rotary_dim, m->rope_freq, 0);
         }
         /* z goes straight into the saved state when weight gradients will need it */
         float *z = st->z ? st->z : r->s.z;
-        attention_forward(z, st->att, st->q, st->k, st->v, lengths, r->B, r->P, H, Dh);
+        attn_params ap = layer_attention(c, l);
+        attention_forward(z, st->att, st->q, st->k, st->v, lengths, r->B, r->P, H, Dh, &ap);
         if (r->o->attn_probs) {
             size_t per_layer = r->B * H * r->P * r->P;
             memcpy(r->o->attn_probs + (size_t)l * per_layer, st->att, per_layer * sizeof(float));
@@ -256,8 +383,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             linear_forward(r->s.attn_out, z, lw->wo, NULL, N, D, H * Dh, D);
         }
     }
-    for (size_t n = 0; n < N; n++)
-        for (size_t i = 0; i < D; i++) r->s.resid[n * D + i] += r->s.attn_out[n * D + i] + lw->bo[i];
+    add_attention_output(r, l, st);
 }
 
 /* The MLP block of layer l: reads x (N,D) (plus its patching delta), adds its output to resid. */
@@ -267,7 +393,6 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
     const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, F = c->d_mlp, nd = N * D, J = 3 * H + 1;
     int32_t node = 1 + l * (c->n_heads + 1) + c->n_heads;
-    int rms = c->norm == EAPIG_NORM_RMSNORM;
     const float *out;
 
     if (r->o->override_group == 2 + 2 * l) {
@@ -281,15 +406,20 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
             y = own_input(r, x, r->s.delta, st->own_hat + (J - 1) * nd, st->own_rstd + (J - 1) * N, lw->ln2_w,
                           lw->ln2_b);
         } else {
-            norm_forward(r->s.y, st->mlp_hat, st->mlp_rstd, x, lw->ln2_w, lw->ln2_b, N, D, rms, c->norm_eps);
+            pre_norm(r, r->s.y, st->mlp_hat, st->mlp_rstd, x, lw->ln2_w, lw->ln2_b);
             y = r->s.y;
         }
-        linear_forward(st->mlp_pre, y, c->act == EAPIG_ACT_SILU_GATED ? lw->w_gate : lw->w_in,
-                       c->act == EAPIG_ACT_SILU_GATED ? NULL : lw->b_in, N, F, D, F);
+        int gated = eapig_act_gated(c->act);
+        linear_forward(st->mlp_pre, y, gated ? lw->w_gate : lw->w_in, gated ? NULL : lw->b_in, N, F, D, F);
         if (st->mlp_up) linear_forward(st->mlp_up, y, lw->w_in, lw->b_in, N, F, D, F);
         float *hidden = st->hidden ? st->hidden : r->s.hidden;
         act_forward(hidden, st->mlp_pre, st->mlp_up, N * F, c->act);
-        linear_forward(r->s.node, hidden, lw->w_out, lw->b_out, N, D, F, D);
+        if (c->block_norms == EAPIG_BLOCK_PRE_NORM) {
+            linear_forward(r->s.node, hidden, lw->w_out, lw->b_out, N, D, F, D);
+        } else { /* the MLP's node is its output after the post-norm */
+            linear_forward(r->s.mlp_raw, hidden, lw->w_out, lw->b_out, N, D, F, D);
+            model_norm(c, r->s.node, st->mlp_post_hat, st->mlp_post_rstd, r->s.mlp_raw, lw->mlp_post_w, NULL, N, D);
+        }
         out = r->s.node;
     }
     record_node(r, node, out);
@@ -308,10 +438,10 @@ int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_
     /* carve_run's size is linear in the number of kept layer slots: count 0 and 1, then scale */
     layer_state one;
     scratch s;
-    float *fh, *fr;
+    float *fh, *fr, *fc;
     carver none = {NULL, 0}, with_one = {NULL, 0};
-    carve_run(&none, c, &one, 0, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr);
-    carve_run(&with_one, c, &one, 1, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr);
+    carve_run(&none, c, &one, 0, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr, &fc);
+    carve_run(&with_one, c, &one, 1, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr, &fc);
     size_t slots = keep ? (size_t)c->n_layers : 1;
     size_t floats = none.used + (with_one.used - none.used) * slots;
     if (keep) {
@@ -322,6 +452,36 @@ int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_
     size_t bytes = floats * sizeof(float) + (size_t)c->n_layers * (3 * (size_t)c->n_heads + 1);
     if (m->stored) bytes += (size_t)eapig_weights_view_bytes(c);
     return (int64_t)bytes;
+}
+
+/* The input node is the scaled embedding (gemma's sqrt(d_model), rounded to float32 as Hugging
+ * Face does, so each product is the same float); scale 0 means none. */
+static void scale_embeddings(float *x, size_t n, float scale) {
+    if (scale == 0.0f) return;
+    for (size_t i = 0; i < n; i++) x[i] *= scale;
+}
+
+/* A resumed post-norm run: layer i's post(A_i) from the captured head outputs of the earlier run. */
+static void resume_contrib(fwd_run *r, int i) {
+    const eapig_config *c = &r->m->cfg;
+    const eapig_layer_weights *lw = &r->m->layers[i];
+    size_t N = r->N, D = r->D, H = c->n_heads, nd = N * D, h0 = 1 + (size_t)i * (H + 1);
+    float *a = r->s.apost;
+    for (size_t n = 0; n < N; n++) memcpy(a + n * D, lw->bo, D * sizeof(float));
+    for (size_t h = 0; h < H; h++) {
+        const float *C = r->s.cur + (h0 + h) * nd;
+        for (size_t e = 0; e < nd; e++) a[e] += C[e];
+    }
+    model_norm(c, r->s.contrib + (size_t)i * nd, r->s.apost_hat, r->s.apost_rstd, a, lw->attn_post_w, NULL, N, D);
+}
+
+/* Final soft-capping (gemma2): logits = cap tanh(logits / cap), in place; a copy is kept for the
+ * backward (its derivative is 1 - (capped / cap)^2). */
+static void softcap_logits(float *logits, float *kept, size_t n, float cap) {
+    for (size_t i = 0; i < n; i++) {
+        logits[i] = cap * tanhf(logits[i] / cap);
+        kept[i] = logits[i];
+    }
 }
 
 static int check_inputs(const eapig_model *m, const eapig_batch *bt, const eapig_forward_opts *o) {
@@ -399,8 +559,9 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         return EAPIG_ERR_NOMEM;
     fwd_run r = {.m = m, .o = o, .B = B, .P = P, .N = N, .D = D};
     carver count = {NULL, 0};
-    float *final_hat, *final_rstd;
-    carve_run(&count, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd);
+    float *final_hat, *final_rstd, *final_capped;
+    carve_run(&count, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd,
+              &final_capped);
     if (grow((void **)&ws->fwd, &ws->fwd_cap, count.used, sizeof(float), "activations") != EAPIG_OK ||
         grow((void **)&ws->flags, &ws->flags_cap, L * J, 1, "flags") != EAPIG_OK ||
         grow((void **)&ws->lengths, &ws->len_cap, B, sizeof(int32_t), "lengths") != EAPIG_OK)
@@ -419,7 +580,8 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         memcpy(ws->tokens, bt->tokens, N * sizeof(int32_t));
     }
     carver cv = {ws->fwd, 0};
-    carve_run(&cv, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd);
+    carve_run(&cv, c, ws->layers, n_slots, &r.s, B, P, rows, patching, for_weights, &final_hat, &final_rstd,
+              &final_capped);
     for (int l = 0; l < n_slots; l++) ws->layers[l].own_flags = ws->flags + (size_t)l * J;
 
     size_t first_layer = (size_t)o->start_layer;
@@ -428,12 +590,15 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         memcpy(r.s.resid, o->start_resid, N * D * sizeof(float));
         size_t n_up = 1 + first_layer * (H + 1);
         for (size_t u = 0; u < n_up; u++) record_node(&r, (int32_t)u, o->start_capture + u * N * D);
+        if (r.s.contrib)
+            for (size_t i = 0; i < first_layer; i++) resume_contrib(&r, (int)i);
     } else if (o->override_group == 0) {
         /* Embedding: the input node is the token embedding; learned positions are outside it. */
         memcpy(r.s.resid, o->override_value, N * D * sizeof(float));
     } else {
         int status = eapig_embed_rows(m, r.s.resid, bt->tokens, N);
         if (status != EAPIG_OK) return status;
+        scale_embeddings(r.s.resid, N * D, c->embed_scale);
     }
     if (first_layer == 0) {
         record_node(&r, 0, r.s.resid);
@@ -476,10 +641,12 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
                      c->norm == EAPIG_NORM_RMSNORM, c->norm_eps);
         int status = eapig_unembed_forward(m, ws, o->logits, r.s.final_y, rows);
         if (status != EAPIG_OK) return status;
+        if (final_capped) softcap_logits(o->logits, final_capped, rows * (size_t)c->vocab, c->final_softcap);
     }
 
     ws->final_hat = final_hat;
     ws->final_rstd = final_rstd;
+    ws->final_capped = final_capped;
     ws->model = m;
     ws->B = bt->B;
     ws->P = bt->P;

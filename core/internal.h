@@ -9,6 +9,14 @@
 /* Sets the thread-local message and returns status, so callers can `return eapig_set_error(...)`. */
 int eapig_set_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* SwiGLU and GeGLU: the MLP has a gate projection and multiplies by the up projection. */
+static inline int eapig_act_gated(int32_t act) {
+    return act == EAPIG_ACT_SILU_GATED || act == EAPIG_ACT_GELU_TANH_GATED;
+}
+
+/* The sliding window of layer l (keys i - j < window visible), or 0 for global attention. */
+int eapig_layer_window(const eapig_config *c, int l);
+
 /* Checked size arithmetic: returns 0 and sets an error on overflow. */
 static inline int eapig_mul_ok(size_t a, size_t b, size_t *out) {
     return !__builtin_mul_overflow(a, b, out);
@@ -39,6 +47,7 @@ struct eapig_model {
     eapig_layer_weights *layers; /* (L), owned */
     float *arena;                /* every f32 weight tensor, one allocation */
     size_t arena_floats;
+    float *rope_freq;            /* (rotary_dim/2) inverse frequencies, or NULL without RoPE */
     int finalized;
     /* Stored mode: the big matrices are NULL in w and layers and are read from mats instead. */
     int stored;

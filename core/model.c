@@ -4,6 +4,7 @@
  * L = layers, H = heads, KV = key/value heads, D = d_model, Dh = d_head, F = d_mlp, V = vocab,
  * C = context length, NF = 1 + L*(H+1) source nodes, NB = L*(3H+1) + 1 destinations.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,7 @@ static int check_config(const eapig_config *c) {
                                c->n_heads, c->n_kv_heads);
     if (c->norm != EAPIG_NORM_LAYERNORM && c->norm != EAPIG_NORM_RMSNORM)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown norm %d", c->norm);
-    if (c->act < EAPIG_ACT_GELU_TANH || c->act > EAPIG_ACT_SILU_GATED)
+    if (c->act < EAPIG_ACT_GELU_TANH || c->act > EAPIG_ACT_GELU_TANH_GATED)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown activation %d", c->act);
     if (c->pos != EAPIG_POS_LEARNED && c->pos != EAPIG_POS_ROPE)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown positional encoding %d", c->pos);
@@ -31,6 +32,31 @@ static int check_config(const eapig_config *c) {
                                c->rotary_dim, c->d_head);
     if (!(c->norm_eps > 0.0f) || (c->pos == EAPIG_POS_ROPE && !(c->rope_theta > 0.0f)))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: norm_eps and rope_theta must be positive");
+    if (c->embed_scale < 0.0f || c->embed_scale != c->embed_scale)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: embed_scale %g must be >= 0 (0: none)",
+                               (double)c->embed_scale);
+    if (c->block_norms < EAPIG_BLOCK_PRE_NORM || c->block_norms > EAPIG_BLOCK_POST_NORM ||
+        (c->block_norms != EAPIG_BLOCK_PRE_NORM && c->norm != EAPIG_NORM_RMSNORM))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: block_norms %d needs RMSNorm (0, 1 or 2)",
+                               c->block_norms);
+    if ((c->qk_norm != 0 && c->qk_norm != 1) || (c->qk_norm && c->norm != EAPIG_NORM_RMSNORM))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: qk_norm %d must be 0 or 1 (RMSNorm models)",
+                               c->qk_norm);
+    if (!(c->attn_scale >= 0.0f) || !(c->attn_softcap >= 0.0f) || !(c->final_softcap >= 0.0f) ||
+        c->sliding_window < 0 || c->sliding_period < 0)
+        return eapig_set_error(EAPIG_ERR_ARG,
+                               "eapig_model_new: attn_scale, attn_softcap, final_softcap, sliding_window and "
+                               "sliding_period must be >= 0 (0: off)");
+    if (c->rope_type != EAPIG_ROPE_DEFAULT && c->rope_type != EAPIG_ROPE_LLAMA3)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_new: unknown rope_type %d", c->rope_type);
+    if (c->rope_type == EAPIG_ROPE_LLAMA3 &&
+        (!(c->rope_factor > 0.0f) || !(c->rope_low_freq_factor > 0.0f) ||
+         !(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_ctx < 1))
+        return eapig_set_error(EAPIG_ERR_ARG,
+                               "eapig_model_new: llama3 rope scaling needs factor > 0, 0 < low_freq_factor < "
+                               "high_freq_factor and original_max_position_embeddings > 0 (got %g, %g, %g, %d)",
+                               (double)c->rope_factor, (double)c->rope_low_freq_factor,
+                               (double)c->rope_high_freq_factor, c->rope_original_ctx);
     /* Keep every index product far inside size_t and int32 GEMM dimensions. */
     if ((int64_t)c->n_heads * c->d_head > (1 << 20) || c->d_model > (1 << 20) || c->d_mlp > (1 << 22) ||
         c->vocab > (1 << 24) || c->n_layers > 4096 || c->n_heads > 4096 || c->n_ctx > (1 << 24))
@@ -57,7 +83,7 @@ static void point_weights(eapig_model *m, carver *cv) {
     const eapig_config *c = &m->cfg;
     size_t D = c->d_model, F = c->d_mlp, V = c->vocab, Cx = c->n_ctx;
     size_t qd = (size_t)c->n_heads * c->d_head, kvd = (size_t)c->n_kv_heads * c->d_head;
-    int st = m->stored, gated = c->act == EAPIG_ACT_SILU_GATED;
+    int st = m->stored, gated = eapig_act_gated(c->act);
     m->w.wte = carve_matrix(cv, V * D, st);
     m->w.wpe = c->pos == EAPIG_POS_LEARNED ? carve(cv, Cx * D) : NULL;
     m->w.lnf_w = carve(cv, D);
@@ -74,6 +100,35 @@ static void point_weights(eapig_model *m, carver *cv) {
         lw->w_in = carve_matrix(cv, F * D, st), lw->b_in = carve(cv, F);
         lw->w_gate = gated ? carve_matrix(cv, F * D, st) : NULL;
         lw->w_out = carve_matrix(cv, D * F, st), lw->b_out = carve(cv, D);
+        int post = c->block_norms != EAPIG_BLOCK_PRE_NORM;
+        lw->attn_post_w = post ? carve(cv, D) : NULL;
+        lw->mlp_post_w = post ? carve(cv, D) : NULL;
+        lw->q_norm_w = c->qk_norm ? carve(cv, qd) : NULL;
+        lw->k_norm_w = c->qk_norm ? carve(cv, kvd) : NULL;
+    }
+}
+
+/* The rotary inverse frequencies, in float32 as Hugging Face computes them (the default ones
+ * round a double power once, which agrees with torch's float32 power to an ulp). */
+static void rope_frequencies(const eapig_config *c, float *inv_freq) {
+    size_t half = (size_t)c->rotary_dim / 2;
+    for (size_t i = 0; i < half; i++)
+        inv_freq[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->rotary_dim));
+    if (c->rope_type != EAPIG_ROPE_LLAMA3) return;
+    /* modeling_rope_utils._compute_llama3_parameters: wavelengths longer than the original
+     * context / low_freq_factor are slowed by factor, shorter than context / high_freq_factor kept,
+     * and those between blended linearly in context / wavelength. */
+    float ctx = (float)c->rope_original_ctx, factor = c->rope_factor;
+    float low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
+    float low_wavelen = ctx / low, high_wavelen = ctx / high;
+    for (size_t i = 0; i < half; i++) {
+        float f = inv_freq[i], wavelen = 2.0f * (float)M_PI / f;
+        if (wavelen > low_wavelen) {
+            inv_freq[i] = f / factor;
+        } else if (!(wavelen < high_wavelen)) {
+            float s = (ctx / wavelen - low) / (high - low);
+            inv_freq[i] = (1.0f - s) * f / factor + s * f;
+        }
     }
 }
 
@@ -117,6 +172,11 @@ static eapig_model *model_new(const eapig_config *cfg, int stored, const char *f
     carver cv = {m->arena, 0};
     point_weights(m, &cv);
     m->w.layers = m->layers;
+    if (cfg->pos == EAPIG_POS_ROPE) {
+        m->rope_freq = malloc((size_t)cfg->rotary_dim / 2 * sizeof(float));
+        if (!m->rope_freq) goto nomem;
+        rope_frequencies(cfg, m->rope_freq);
+    }
     return m;
 nomem:
     eapig_model_free(m);
@@ -144,6 +204,7 @@ void eapig_model_free(eapig_model *m) {
     eapig_model_free_stored(m);
     free(m->arena);
     free(m->layers);
+    free(m->rope_freq);
     free(m);
 }
 
@@ -225,6 +286,12 @@ int eapig_model_finalize(eapig_model *m) {
     }
     m->finalized = 1;
     return EAPIG_OK;
+}
+
+int eapig_layer_window(const eapig_config *c, int l) {
+    if (c->sliding_window <= 0) return 0;
+    if (c->sliding_period > 0 && (l + 1) % c->sliding_period == 0) return 0;
+    return c->sliding_window;
 }
 
 int32_t eapig_model_n_forward(const eapig_model *m) {

@@ -105,6 +105,12 @@ void act_forward(float *out, const float *pre, const float *up, size_t n, int ac
     case EAPIG_ACT_RELU:
         for (size_t i = 0; i < n; i++) out[i] = pre[i] > 0.0f ? pre[i] : 0.0f;
         break;
+    case EAPIG_ACT_GELU_TANH_GATED:
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i];
+            out[i] = x / (1.0f + expf(-2.0f * GELU_C * (x + 0.044715f * x * x * x))) * up[i];
+        }
+        break;
     default: /* SiLU-gated */
         for (size_t i = 0; i < n; i++) out[i] = pre[i] / (1.0f + expf(-pre[i])) * up[i];
         break;
@@ -132,6 +138,16 @@ void act_backward(float *dpre, float *dup, const float *dout, const float *pre, 
     case EAPIG_ACT_RELU:
         for (size_t i = 0; i < n; i++) dpre[i] = pre[i] > 0.0f ? dout[i] : 0.0f;
         break;
+    case EAPIG_ACT_GELU_TANH_GATED:
+        for (size_t i = 0; i < n; i++) {
+            float x = pre[i];
+            float e = 1.0f / (1.0f + expf(-2.0f * GELU_C * (x + 0.044715f * x * x * x)));
+            float t = 2.0f * e - 1.0f; /* tanh u */
+            float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
+            dup[i] = dout[i] * x * e;
+            dpre[i] = dout[i] * d * up[i];
+        }
+        break;
     default: /* SiLU-gated */
         for (size_t i = 0; i < n; i++) {
             float x = pre[i], s = 1.0f / (1.0f + expf(-x));
@@ -142,13 +158,12 @@ void act_backward(float *dpre, float *dup, const float *dout, const float *pre, 
     }
 }
 
-void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, float theta, int inverse) {
+void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, const float *inv_freq,
+                int inverse) {
     size_t half = rot / 2;
     for (size_t p = 0; p < P; p++) {
         for (size_t i = 0; i < half; i++) {
-            /* Hugging Face computes inv_freq in float32; follow it so logits agree to 1e-6. */
-            float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)rot));
-            float angle = (float)p * inv_freq;
+            float angle = (float)p * inv_freq[i];
             float c = cosf(angle), s = inverse ? -sinf(angle) : sinf(angle);
             for (size_t b = 0; b < B; b++)
                 for (size_t h = 0; h < H; h++) {
@@ -161,33 +176,40 @@ void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, f
     }
 }
 
-/* Number of keys row i of sequence b may see: causal and inside the real length. */
-static size_t visible_keys(size_t i, int32_t len) {
-    size_t n = i + 1;
-    return n < (size_t)len ? n : (size_t)len;
+/* The keys row i of sequence b may see, [*lo, hi): causal, inside the real length and, with a
+ * window, i - j < window. A padded row (i >= len) keeps at least its last key, so its softmax
+ * stays finite (nothing real reads it). */
+static size_t visible_keys(size_t i, int32_t len, size_t window, size_t *lo) {
+    size_t n = i + 1 < (size_t)len ? i + 1 : (size_t)len;
+    size_t first = window > 0 && i + 1 > window ? i + 1 - window : 0;
+    *lo = first < n ? first : (n > 0 ? n - 1 : 0); /* n >= 1: lengths are checked */
+    return n;
 }
 
 void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
-                       const int32_t *len, size_t B, size_t P, size_t H, size_t Dh) {
+                       const int32_t *len, size_t B, size_t P, size_t H, size_t Dh, const attn_params *ap) {
     size_t ld = H * Dh;
-    float scale = 1.0f / sqrtf((float)Dh);
+    float cap = ap->softcap;
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < H; h++) {
             const float *qb = q + b * P * ld + h * Dh, *kb = k + b * P * ld + h * Dh, *vb = v + b * P * ld + h * Dh;
             float *a = att + (b * H + h) * P * P;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, scale, qb, (int)ld, kb,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, ap->scale, qb, (int)ld, kb,
                         (int)ld, 0.0f, a, (int)P);
             for (size_t i = 0; i < P; i++) {
                 float *row = a + i * P;
-                size_t n = visible_keys(i, len[b]);
-                float mx = row[0];
-                for (size_t j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+                size_t lo, n = visible_keys(i, len[b], ap->window, &lo);
+                if (cap > 0.0f)
+                    for (size_t j = lo; j < n; j++) row[j] = cap * tanhf(row[j] / cap);
+                float mx = row[lo];
+                for (size_t j = lo + 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
                 double sum = 0.0;
-                for (size_t j = 0; j < n; j++) {
+                for (size_t j = lo; j < n; j++) {
                     row[j] = expf(row[j] - mx);
                     sum += row[j];
                 }
-                for (size_t j = 0; j < n; j++) row[j] = (float)(row[j] / sum);
+                for (size_t j = 0; j < lo; j++) row[j] = 0.0f;
+                for (size_t j = lo; j < n; j++) row[j] = (float)(row[j] / sum);
                 for (size_t j = n; j < P; j++) row[j] = 0.0f;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, vb,
@@ -197,9 +219,10 @@ void attention_forward(float *z, float *att, const float *q, const float *k, con
 
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
                         const float *q, const float *k, const float *v, const int32_t *len, size_t B, size_t P,
-                        size_t H, size_t Dh) {
+                        size_t H, size_t Dh, const attn_params *ap) {
     size_t ld = H * Dh;
-    float scale = 1.0f / sqrtf((float)Dh);
+    float cap = ap->softcap;
+    float *raw = scratch + P * P; /* soft-capping: the scores before the cap, recomputed */
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < H; h++) {
             size_t off = b * P * ld + h * Dh;
@@ -218,9 +241,17 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
                 for (size_t j = 0; j < P; j++) dr[j] = (float)(ar[j] * (dr[j] - dot));
             }
             (void)len; /* masked entries have A = 0, so their dS is already 0 */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, scale, scratch, (int)P,
-                        k + off, (int)ld, 0.0f, dq + off, (int)ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, scale, scratch, (int)P,
+            if (cap > 0.0f) { /* d/ds c tanh(s / c) = 1 - tanh^2 */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, ap->scale, q + off,
+                            (int)ld, k + off, (int)ld, 0.0f, raw, (int)P);
+                for (size_t e = 0; e < P * P; e++) {
+                    float t = tanhf(raw[e] / cap);
+                    scratch[e] *= 1.0f - t * t;
+                }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch,
+                        (int)P, k + off, (int)ld, 0.0f, dq + off, (int)ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch, (int)P,
                         q + off, (int)ld, 0.0f, dk + off, (int)ld);
         }
 }

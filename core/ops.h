@@ -26,23 +26,33 @@ void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const 
 void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
                    size_t N, size_t D, int rms);
 
-/* Pointwise MLP activations: act is EAPIG_ACT_*. For gated, out = silu(pre) * up. */
+/* Pointwise MLP activations: act is EAPIG_ACT_*. Gated ones: out = act(pre) * up. */
 void act_forward(float *out, const float *pre, const float *up, size_t n, int act);
 /* dpre = d out/d pre * dout; for gated also dup (else NULL). */
 void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
                   int act);
 
-/* Rotary embedding, half-split layout, on x (B*P rows of H heads of Dh) at positions 0..P-1.
- * inverse != 0 applies the transposed rotation (the backward). */
-void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, float theta, int inverse);
+/* Rotary embedding, half-split layout, on x (B*P rows of H heads of Dh) at positions 0..P-1,
+ * angle p * inv_freq[i] for the rot/2 frequencies. inverse != 0 applies the transposed rotation
+ * (the backward). */
+void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, const float *inv_freq,
+                int inverse);
+
+/* How attention scores are formed: s = scale * q.k, then softcap * tanh(s / softcap) when
+ * softcap > 0 (gemma2); with window > 0 only keys with i - j < window are visible (sliding). */
+typedef struct {
+    float scale, softcap;
+    size_t window;
+} attn_params;
 
 /* Causal attention with right padding, per row b and head h. q, k, v, z are (B*P, H*Dh) rows;
- * att is (B, H, P, P) probabilities (saved); keys j <= i and j < len[b] are visible. */
+ * att is (B, H, P, P) probabilities (saved); keys j <= i and j < len[b] (and inside the window)
+ * are visible. */
 void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
-                       const int32_t *len, size_t B, size_t P, size_t H, size_t Dh);
-/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (P, P). */
+                       const int32_t *len, size_t B, size_t P, size_t H, size_t Dh, const attn_params *ap);
+/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (2, P, P). */
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
                         const float *q, const float *k, const float *v, const int32_t *len, size_t B, size_t P,
-                        size_t H, size_t Dh);
+                        size_t H, size_t Dh, const attn_params *ap);
 
 #endif

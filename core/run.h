@@ -16,6 +16,10 @@ typedef struct layer_state {
     float *q, *k, *v;            /* (N, H*Dh) after RoPE, one k and v per query head */
     float *att;                  /* (B, H, P, P) attention probabilities */
     float *mlp_pre, *mlp_up;     /* (N,F) pre-activation; up projection (gated only) */
+    /* Post-norm blocks (SANDWICH, POST) and q/k norms only, else NULL. */
+    float *attn_post_hat, *attn_post_rstd; /* (N,D), (N): norm of the summed attention output */
+    float *mlp_post_hat, *mlp_post_rstd;   /* (N,D), (N): norm of the MLP output */
+    float *q_hat, *q_rstd, *k_hat, *k_rstd; /* (N,H*Dh), (N): q and k norms over all heads */
     /* Kept only for weight gradients (keep_for_weights), else NULL. */
     float *z;                    /* (N, H*Dh) attention values before W_O */
     float *hidden;               /* (N,F) MLP activation before w_out */
@@ -41,6 +45,7 @@ struct eapig_workspace {
     int override_group;
     int patched;        /* the run had any patched destination */
     float *final_hat, *final_rstd; /* (rows, D), (rows) */
+    float *final_capped; /* (rows, V) soft-capped logits (final_softcap only), else NULL */
     size_t len_cap;
     /* Weight gradients: the run kept z and hidden, and its token ids. */
     int kept_weights;

@@ -115,6 +115,10 @@ static size_t list_tensors(const eapig_model *m, tensor_ref *out) {
         ADD(lw->w_gate, F * D, T_MATRIX);
         ADD(lw->w_out, D * F, T_WRITER);
         ADD(lw->b_out, D, T_BIAS);
+        ADD(lw->attn_post_w, D, T_GAIN);
+        ADD(lw->mlp_post_w, D, T_GAIN);
+        ADD(lw->q_norm_w, qd, T_GAIN);
+        ADD(lw->k_norm_w, kvd, T_GAIN);
     }
 #undef ADD
     return k;

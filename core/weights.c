@@ -50,7 +50,7 @@ static void mat_shape(const eapig_config *c, int which, size_t *rows, size_t *co
 }
 
 static int has_mat(const eapig_config *c, int which) {
-    return which != EAPIG_MAT_W_GATE || c->act == EAPIG_ACT_SILU_GATED;
+    return which != EAPIG_MAT_W_GATE || eapig_act_gated(c->act);
 }
 
 int32_t eapig_model_is_stored(const eapig_model *m) { return m && m->stored; }

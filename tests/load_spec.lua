@@ -43,7 +43,7 @@ local function slots(info)
   if info.pos == "learned" then global.wpe = info.n_ctx * D end
   local layer = { ln1_w = D, ln1_b = D, wq = QD * D, bq = QD, wk = KVD * D, bk = KVD, wv = KVD * D, bv = KVD,
                   wo = D * QD, bo = D, ln2_w = D, ln2_b = D, w_in = F * D, b_in = F, w_out = D * F, b_out = D }
-  if info.act == "silu_gated" then layer.w_gate = F * D end
+  if info.act == "silu_gated" or info.act == "gelu_tanh_gated" then layer.w_gate = F * D end
   return global, layer
 end
 
@@ -181,6 +181,81 @@ describe("random checkpoints round-trip through the loader", function()
       assert.is_true(math.abs(lf.bo[i] - folded) < 1e-5)
     end
     assert.are.equal(0, max_diff(lf.bv, floats(8), 8))
+  end)
+
+  it("llama3 rope_scaling: the config's factors reach the model", function()
+    local scaling = { rope_type = "llama3", factor = 8, low_freq_factor = 1, high_freq_factor = 4,
+                      original_max_position_embeddings = 64 }
+    local m = load.load(model_dir("llama3", { family = "llama", rope_scaling = scaling }))
+    local cfg = m.handle and C.eapig_model_config(m.handle)
+    assert.are.same({ C.EAPIG_ROPE_LLAMA3, 8, 1, 4, 64 }, { cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
+      cfg.rope_high_freq_factor, cfg.rope_original_ctx })
+    local plain = load.load(model_dir("llama3-default", { family = "llama", rope_scaling = { rope_type = "default" } }))
+    assert.are.equal(C.EAPIG_ROPE_DEFAULT, C.eapig_model_config(plain.handle).rope_type)
+  end)
+
+  it("gemma: norms stored as w load as 1 + w, GeGLU, tied, head_dim of its own, scaled embedding", function()
+    local dir = model_dir("gemma", { family = "gemma", heads = 4, kv_heads = 1, d_head = 12, seed = 9 })
+    local m = load.load(dir)
+    local info, w = m.info, weights(m)
+    assert.are.same({ "gemma", 4, 1, 12, "rmsnorm", "gelu_tanh_gated", 12, true },
+      { info.family, info.n_heads, info.n_kv_heads, info.d_head, info.norm, info.act, info.rotary_dim, info.tied })
+    local cfg = C.eapig_model_config(m.handle)
+    assert.are.equal(ffi.new("float", math.sqrt(32)), cfg.embed_scale)
+    local p, lw = "model.layers.1.", w.layers[1]
+    local function plus_one(name, ptr, n)
+      local s = stored(dir, name)
+      for i = 0, n - 1 do assert.are.equal(ffi.new("float", s[i] + 1), ptr[i]) end
+    end
+    plus_one(p .. "input_layernorm.weight", lw.ln1_w, 32)
+    plus_one(p .. "post_attention_layernorm.weight", lw.ln2_w, 32)
+    plus_one("model.norm.weight", w.lnf_w, 32)
+    assert.are.equal(0, max_diff(stored(dir, p .. "self_attn.q_proj.weight"), lw.wq, 48 * 32))
+    assert.are.equal(0, max_diff(stored(dir, p .. "self_attn.k_proj.weight"), lw.wk, 12 * 32))
+    assert.are.equal(0, max_diff(stored(dir, p .. "mlp.gate_proj.weight"), lw.w_gate, 64 * 32))
+    assert.are.equal(0, max_diff(stored(dir, p .. "mlp.up_proj.weight"), lw.w_in, 64 * 32))
+    -- the stored embedding is the unembedding; the scale is applied when tokens are embedded
+    assert.are.equal(0, max_diff(stored(dir, "model.embed_tokens.weight"), w.wte, 64 * 32))
+    assert.are.equal(0, max_diff(w.wte, w.w_unembed, 64 * 32))
+  end)
+
+  it("gemma2: sandwich norms as 1 + w, scale, soft-caps, windows from layer_types", function()
+    local dir = model_dir("gemma2", { family = "gemma2", layers = 4, kv_heads = 2, query_pre_attn_scalar = 16,
+      attn_softcap = 2.5, final_softcap = 8, sliding_window = 4, seed = 10 })
+    local m = load.load(dir)
+    local cfg, w = C.eapig_model_config(m.handle), weights(m)
+    assert.are.same({ "gemma2", true, "gelu_tanh_gated" }, { m.info.family, m.info.tied, m.info.act })
+    assert.are.same({ C.EAPIG_BLOCK_SANDWICH, 0, 2.5, 8, 4, 2 }, { cfg.block_norms, cfg.qk_norm, cfg.attn_softcap,
+      cfg.final_softcap, cfg.sliding_window, cfg.sliding_period })
+    assert.are.equal(ffi.new("float", 0.25), cfg.attn_scale)
+    assert.are.equal(ffi.new("float", math.sqrt(32)), cfg.embed_scale)
+    local p, lw = "model.layers.2.", w.layers[2]
+    for name, ptr in pairs({ ["input_layernorm"] = lw.ln1_w, ["post_attention_layernorm"] = lw.attn_post_w,
+                             ["pre_feedforward_layernorm"] = lw.ln2_w, ["post_feedforward_layernorm"] = lw.mlp_post_w }) do
+      local s = stored(dir, p .. name .. ".weight")
+      for i = 0, 31 do assert.are.equal(ffi.new("float", s[i] + 1), ptr[i], name) end
+    end
+    assert.is_true(lw.q_norm_w == nil)
+    -- layer_types: a period with its global layer last; null soft-caps are off
+    local alt = load.load(model_dir("gemma2-types", { family = "gemma2", layers = 6, attn_softcap = false,
+      final_softcap = false, layer_types = { "sliding_attention", "sliding_attention", "full_attention",
+        "sliding_attention", "sliding_attention", "full_attention" } }))
+    local ac = C.eapig_model_config(alt.handle)
+    assert.are.same({ 3, 0, 0 }, { ac.sliding_period, ac.attn_softcap, ac.final_softcap })
+  end)
+
+  it("olmo2: post-norms only, q and k norms over the whole projections, untied", function()
+    local dir = model_dir("olmo2", { family = "olmo2", kv_heads = 2, seed = 11 })
+    local m = load.load(dir)
+    local cfg, w = C.eapig_model_config(m.handle), weights(m)
+    assert.are.same({ "olmo2", false, "silu_gated", C.EAPIG_BLOCK_POST_NORM, 1, 0 },
+      { m.info.family, m.info.tied, m.info.act, cfg.block_norms, cfg.qk_norm, cfg.embed_scale })
+    local p, lw = "model.layers.1.", w.layers[1]
+    assert.are.equal(0, max_diff(stored(dir, p .. "self_attn.q_norm.weight"), lw.q_norm_w, 32))
+    assert.are.equal(0, max_diff(stored(dir, p .. "self_attn.k_norm.weight"), lw.k_norm_w, 16))
+    assert.are.equal(0, max_diff(stored(dir, p .. "post_attention_layernorm.weight"), lw.attn_post_w, 32))
+    assert.are.equal(0, max_diff(stored(dir, p .. "post_feedforward_layernorm.weight"), lw.mlp_post_w, 32))
+    assert.are.equal(0, max_diff(stored(dir, "lm_head.weight"), w.w_unembed, 64 * 32))
   end)
 
   it("mistral: the sliding window caps the context", function()
@@ -553,6 +628,40 @@ describe("bad checkpoints are Lua errors naming the file and the field or tensor
     assert_names(with_config(function(c) c.num_key_value_heads = 3 end), path, "n_kv_heads")
     assert_names(with_config(function(c) c.hidden_act = "tanh" end), path, "hidden_act", "tanh")
     assert_names(with_config(function(c) c.rope_scaling = { type = "linear" } end), path, "rope_scaling")
+    local llama3 = { rope_type = "llama3", factor = 8, low_freq_factor = 1, high_freq_factor = 4,
+                     original_max_position_embeddings = 64 }
+    local function rope(edit)
+      return with_config(function(c)
+        c.rope_scaling = {}
+        for k, v in pairs(llama3) do c.rope_scaling[k] = v end
+        edit(c.rope_scaling)
+      end)
+    end
+    assert_names(rope(function(r) r.rope_type = "yarn" end), path, "'rope_scaling.rope_type'", "yarn",
+                 "default, llama3")
+    assert_names(rope(function(r) r.rope_type = nil end), path, "'rope_scaling.type'", "missing")
+    assert_names(rope(function(r) r.factor = nil end), path, "'rope_scaling.factor'", "missing")
+    assert_names(rope(function(r) r.original_max_position_embeddings = 0.5 end), path,
+                 "'rope_scaling.original_max_position_embeddings'", "positive integer")
+    assert_names(rope(function(r) r.high_freq_factor = 1 end), path, "'rope_scaling.high_freq_factor'")
+    assert_names(with_config(function(c) c.rope_scaling = "llama3" end), path, "'rope_scaling'", "object")
+    -- gemma2's layer_types: the core runs one repeating pattern
+    local g2 = model_dir("gemma2-bad", { family = "gemma2", layers = 4 })
+    local g2_path = g2 .. "/config.json"
+    local g2_good = safetensors.read_json(g2_path)
+    local function with_types(types)
+      local c = {}
+      for k, v in pairs(g2_good) do c[k] = v end
+      c.layer_types = types
+      local f = assert(io.open(g2_path, "wb"))
+      f:write(cjson.encode(c))
+      f:close()
+      return error_of(load.load, g2)
+    end
+    local S, G = "sliding_attention", "full_attention"
+    assert_names(with_types({ G, S, S, S }), g2_path, "'layer_types'", "entry 2")
+    assert_names(with_types({ S, G, "chunked_attention", G }), g2_path, "'layer_types' entry 3", "chunked_attention")
+    assert_names(with_types({ S, G }), g2_path, "'layer_types' has 2 entries for 4 layers")
     local f = assert(io.open(path, "wb"))
     f:write("{not json")
     f:close()

@@ -48,9 +48,18 @@ enum {
     EAPIG_ACT_GELU_TANH = 0,  /* GPT-2's gelu_new */
     EAPIG_ACT_GELU_ERF = 1,   /* exact gelu (GPT-NeoX) */
     EAPIG_ACT_RELU = 2,
-    EAPIG_ACT_SILU_GATED = 3  /* SwiGLU: down(silu(gate(x)) * up(x)) (llama, mistral, qwen2) */
+    EAPIG_ACT_SILU_GATED = 3, /* SwiGLU: down(silu(gate(x)) * up(x)) (llama, mistral, qwen2) */
+    EAPIG_ACT_GELU_TANH_GATED = 4 /* GeGLU: down(gelu_tanh(gate(x)) * up(x)) (gemma) */
 };
 enum { EAPIG_POS_LEARNED = 0, EAPIG_POS_ROPE = 1 };
+/* Rotary frequencies: theta^(-2i/rotary_dim), or Llama-3.1's rescaling of them (HF rope_type
+ * "llama3": low frequencies divided by rope_factor, high ones kept, a smooth blend between). */
+enum { EAPIG_ROPE_DEFAULT = 0, EAPIG_ROPE_LLAMA3 = 1 };
+/* Where a block's norms sit. PRE: x + f(norm(x)) (every family above). SANDWICH: also a norm on
+ * each output, x + norm_post(f(norm(x))) (gemma2). POST: x + norm_post(f(x)), no pre-norm (olmo2).
+ * A head's node is its output before the attention's post-norm (summed with the other heads and
+ * b_O, then normalised); an MLP's node is its output after its post-norm. */
+enum { EAPIG_BLOCK_PRE_NORM = 0, EAPIG_BLOCK_SANDWICH = 1, EAPIG_BLOCK_POST_NORM = 2 };
 
 typedef struct eapig_config {
     int32_t n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, vocab, n_ctx;
@@ -61,6 +70,22 @@ typedef struct eapig_config {
     int32_t parallel_attn_mlp; /* 1: attention and MLP both read the layer's input (GPT-NeoX) */
     float norm_eps;
     float rope_theta;
+    /* Fields added with later families: zero keeps the behaviour of the families above. */
+    int32_t rope_type;             /* EAPIG_ROPE_* */
+    float rope_factor;             /* llama3: factor, low_freq_factor, high_freq_factor, */
+    float rope_low_freq_factor;    /*   original_max_position_embeddings */
+    float rope_high_freq_factor;
+    int32_t rope_original_ctx;
+    float embed_scale;             /* token embeddings are multiplied by it (gemma: sqrt(D)); 0 = 1 */
+    int32_t block_norms;           /* EAPIG_BLOCK_* */
+    int32_t qk_norm;               /* 1: RMSNorm over the whole q projection (all H heads) and the
+                                    * whole ungrouped k projection, before RoPE (olmo2) */
+    float attn_scale;              /* q.k is multiplied by it; 0 = 1/sqrt(d_head) */
+    float attn_softcap;            /* scores become c tanh(s / c) before the mask; 0 = none (gemma2) */
+    float final_softcap;           /* the same on the logits; 0 = none */
+    int32_t sliding_window;        /* key j visible from query i only if i - j < window; 0 = none */
+    int32_t sliding_period;        /* with a window: 0 = every layer slides; p > 0 = layers l with
+                                    * (l + 1) % p == 0 are global, the others slide (gemma2: 2) */
 } eapig_config;
 
 /* Weights, float32, in PyTorch Linear layout (out, in). Every bias exists (zero when the
@@ -74,8 +99,12 @@ typedef struct eapig_layer_weights {
     float *wo, *bo;         /* (D, H*Dh), (D) */
     float *ln2_w, *ln2_b;   /* (D), (D): norm before the MLP */
     float *w_in, *b_in;     /* (F, D), (F): fc (gpt2) or up_proj (gated) */
-    float *w_gate;          /* (F, D): gate_proj, gated MLPs only, else NULL */
+    float *w_gate;          /* (F, D): gate_proj, gated MLPs only (SwiGLU, GeGLU), else NULL */
     float *w_out, *b_out;   /* (D, F), (D): proj / down_proj */
+    float *attn_post_w;     /* (D): norm of the attention output (SANDWICH, POST blocks), else NULL */
+    float *mlp_post_w;      /* (D): norm of the MLP output (SANDWICH, POST blocks), else NULL */
+    float *q_norm_w;        /* (H*Dh): q norm (qk_norm), else NULL */
+    float *k_norm_w;        /* (KV*Dh): k norm (qk_norm), else NULL */
 } eapig_layer_weights;
 
 typedef struct eapig_weights {

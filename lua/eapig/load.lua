@@ -26,20 +26,24 @@ end
 ---------------------------------------------------------------------------------------------
 -- config.json fields, checked as they are read
 
--- hidden_act / activation_function names; gated MLP families (SwiGLU) take only SiLU.
+-- hidden_act / activation_function names; gated MLP families take SiLU (SwiGLU: llama, ...) or
+-- the tanh GELU (GeGLU: gemma).
 local ACTIVATIONS = {
   plain = { gelu_new = C.EAPIG_ACT_GELU_TANH, gelu_pytorch_tanh = C.EAPIG_ACT_GELU_TANH,
             gelu = C.EAPIG_ACT_GELU_ERF, relu = C.EAPIG_ACT_RELU },
   gated = { silu = C.EAPIG_ACT_SILU_GATED, swish = C.EAPIG_ACT_SILU_GATED },
+  geglu = { gelu_pytorch_tanh = C.EAPIG_ACT_GELU_TANH_GATED, gelu_new = C.EAPIG_ACT_GELU_TANH_GATED },
 }
 
 -- A reader of config.json fields for error messages that name the file and the field.
-local function config_reader(path, json)
-  local r = {}
+-- A reader of a nested object names its fields "outer.key" (prefix "outer.").
+local function config_reader(path, json, prefix)
+  local r = { path = path }
+  prefix = prefix or ""
   local function raw(key, default)
     local v = json[key]
     if v == nil or v == cjson_null then
-      if default == nil then fail("%s: field '%s' is missing", path, key) end
+      if default == nil then fail("%s: field '%s%s' is missing", path, prefix, key) end
       return default
     end
     return v
@@ -47,29 +51,42 @@ local function config_reader(path, json)
   function r.has(key)
     return json[key] ~= nil and json[key] ~= cjson_null
   end
+  -- present, and null (a soft-capping written as null is off)
+  function r.raw_null(key)
+    return json[key] == cjson_null
+  end
   function r.int(key, default)
     local v = raw(key, default)
     if type(v) ~= "number" or v ~= floor(v) or v < 1 or v >= 2 ^ 31 then
-      fail("%s: field '%s' must be a positive integer (got %s)", path, key, tostring(v))
+      fail("%s: field '%s%s' must be a positive integer (got %s)", path, prefix, key, tostring(v))
     end
     return v
   end
   function r.num(key, default)
     local v = raw(key, default)
     if type(v) ~= "number" or not (v > 0) or v == math.huge then -- luacheck: ignore 581 (NaN must fail)
-      fail("%s: field '%s' must be a positive number (got %s)", path, key, tostring(v))
+      fail("%s: field '%s%s' must be a positive number (got %s)", path, prefix, key, tostring(v))
     end
     return v
   end
   function r.bool(key, default)
     local v = raw(key, default)
-    if type(v) ~= "boolean" then fail("%s: field '%s' must be true or false (got %s)", path, key, tostring(v)) end
+    if type(v) ~= "boolean" then fail("%s: field '%s%s' must be true or false (got %s)", path, prefix, key, tostring(v)) end
     return v
   end
   function r.str(key, default)
     local v = raw(key, default)
-    if type(v) ~= "string" then fail("%s: field '%s' must be a string (got %s)", path, key, tostring(v)) end
+    if type(v) ~= "string" then fail("%s: field '%s%s' must be a string (got %s)", path, prefix, key, tostring(v)) end
     return v
+  end
+  function r.table(key)
+    local v = raw(key)
+    if type(v) ~= "table" then fail("%s: field '%s%s' must be an object (got %s)", path, prefix, key, tostring(v)) end
+    return v
+  end
+  -- A reader of the object at key (already read with r.table).
+  function r.sub(key, value)
+    return config_reader(path, value, prefix .. key .. ".")
   end
   function r.absent(key, why)
     local v = json[key]
@@ -80,9 +97,11 @@ local function config_reader(path, json)
     if a % b ~= 0 then fail("%s: field '%s' (%d) is not a multiple of '%s' (%d)", path, a_key, a, b_key, b) end
     return a / b
   end
-  function r.activation(key, default, gated)
+  -- kind: "plain", "gated" or "geglu" (true / false: gated / plain)
+  function r.activation(key, default, kind)
     local name = r.str(key, default)
-    local act = ACTIVATIONS[gated and "gated" or "plain"][name]
+    if type(kind) ~= "string" then kind = kind and "gated" or "plain" end
+    local act = ACTIVATIONS[kind][name]
     if not act then fail("%s: field '%s': activation '%s' is not supported here", path, key, name) end
     return act
   end
@@ -92,10 +111,36 @@ end
 ---------------------------------------------------------------------------------------------
 -- Families
 
+-- rope_scaling: absent (or rope_type "default") keeps the plain frequencies; "llama3"
+-- (Llama-3.1 / 3.2) rescales them. Any other type is an error: it would change every angle.
+local ROPE_TYPES = "default, llama3"
+local function rope_scaling(get, path, c)
+  c.rope_type = C.EAPIG_ROPE_DEFAULT
+  if not get.has("rope_scaling") then return c end
+  local rs = get.table("rope_scaling")
+  local sub = get.sub("rope_scaling", rs)
+  -- transformers before 4.43 spelled the key "type"
+  local kind = sub.has("rope_type") and sub.str("rope_type") or sub.str("type")
+  if kind == "default" then return c end
+  if kind ~= "llama3" then
+    fail("%s: field 'rope_scaling.rope_type': rope type '%s' is not supported (supported: %s)", path, kind,
+         ROPE_TYPES)
+  end
+  c.rope_type = C.EAPIG_ROPE_LLAMA3
+  c.rope_factor = sub.num("factor")
+  c.rope_low_freq_factor = sub.num("low_freq_factor")
+  c.rope_high_freq_factor = sub.num("high_freq_factor")
+  c.rope_original_ctx = sub.int("original_max_position_embeddings")
+  if c.rope_high_freq_factor <= c.rope_low_freq_factor then
+    fail("%s: field 'rope_scaling.high_freq_factor' (%g) must be larger than 'rope_scaling.low_freq_factor' (%g)",
+         path, c.rope_high_freq_factor, c.rope_low_freq_factor)
+  end
+  return c
+end
+
 -- llama, mistral and qwen2 share names and layout; they differ in biases and windows.
 local function llama_config(get, model_type)
   local D, H = get.int("hidden_size"), get.int("num_attention_heads")
-  get.absent("rope_scaling", "only plain RoPE is implemented")
   get.absent("mlp_bias", "gated MLPs have no biases here")
   -- head_dim may differ from hidden_size / heads (it is its own key in newer configs).
   local d_head = get.has("head_dim") and get.int("head_dim") or get.divide("hidden_size", D, "num_attention_heads", H)
@@ -105,7 +150,7 @@ local function llama_config(get, model_type)
   local windowed = model_type == "mistral" or (model_type == "qwen2" and get.bool("use_sliding_window", false))
   if windowed then n_ctx = math.min(n_ctx, get.int("sliding_window", n_ctx)) end
   local attention_bias = model_type ~= "qwen2" and get.bool("attention_bias", false)
-  return {
+  return rope_scaling(get, get.path, {
     n_layers = get.int("num_hidden_layers"), n_heads = H, n_kv_heads = get.int("num_key_value_heads", H),
     d_model = D, d_head = d_head, d_mlp = get.int("intermediate_size"), vocab = get.int("vocab_size"),
     n_ctx = n_ctx, norm = C.EAPIG_NORM_RMSNORM, act = get.activation("hidden_act", "silu", true),
@@ -113,7 +158,7 @@ local function llama_config(get, model_type)
     norm_eps = get.num("rms_norm_eps", 1e-6), parallel_attn_mlp = false,
     tied = get.bool("tie_word_embeddings", false),
     flags = { qkv_bias = model_type == "qwen2" or attention_bias, o_bias = attention_bias },
-  }
+  })
 end
 
 local LLAMA = {
@@ -139,6 +184,148 @@ local LLAMA = {
     { "w_gate", "mlp.gate_proj.weight", "F", "D" },
     { "w_in", "mlp.up_proj.weight", "F", "D" },
     { "w_out", "mlp.down_proj.weight", "D", "F" },
+  },
+}
+
+-- Gemma (1): llama's tensor names; RMSNorm scales by (1 + w), so the loader adds the 1 to every
+-- stored norm weight (plus_one, as TransformerLens does); GeGLU; embeddings times sqrt(d_model)
+-- in the core (the input node is the scaled embedding); unembedding tied to the unscaled matrix;
+-- head_dim its own key.
+local function gemma_config(get)
+  local D = get.int("hidden_size")
+  get.absent("attention_bias", "gemma has no attention biases here")
+  -- hidden_activation decides; absent or null it is the tanh GELU (transformers up to 4.47,
+  -- which ignores the Gemma 1.0 configs' hidden_act "gelu").
+  local act = get.activation("hidden_activation", "gelu_pytorch_tanh", "geglu")
+  return rope_scaling(get, get.path, {
+    n_layers = get.int("num_hidden_layers"), n_heads = get.int("num_attention_heads"),
+    n_kv_heads = get.int("num_key_value_heads", get.int("num_attention_heads")), d_model = D,
+    d_head = get.int("head_dim", 256), d_mlp = get.int("intermediate_size"), vocab = get.int("vocab_size"),
+    n_ctx = get.int("max_position_embeddings", 8192), norm = C.EAPIG_NORM_RMSNORM, act = act,
+    pos = C.EAPIG_POS_ROPE, rotary_dim = get.int("head_dim", 256), rope_theta = get.num("rope_theta", 10000),
+    norm_eps = get.num("rms_norm_eps", 1e-6), parallel_attn_mlp = false,
+    tied = get.bool("tie_word_embeddings", true), embed_scale = math.sqrt(D), flags = {},
+  })
+end
+
+local GEMMA = {
+  config = gemma_config,
+  prefixes = { "model." },
+  layer_prefix = "layers.%d.",
+  unembed = "lm_head.weight",
+  global = {
+    { "wte", "embed_tokens.weight", "V", "D" },
+    { "lnf_w", "norm.weight", "D", plus_one = true },
+  },
+  layer = {
+    { "ln1_w", "input_layernorm.weight", "D", plus_one = true },
+    { "wq", "self_attn.q_proj.weight", "QD", "D" },
+    { "wk", "self_attn.k_proj.weight", "KVD", "D" },
+    { "wv", "self_attn.v_proj.weight", "KVD", "D" },
+    { "wo", "self_attn.o_proj.weight", "D", "QD" },
+    { "ln2_w", "post_attention_layernorm.weight", "D", plus_one = true },
+    { "w_gate", "mlp.gate_proj.weight", "F", "D" },
+    { "w_in", "mlp.up_proj.weight", "F", "D" },
+    { "w_out", "mlp.down_proj.weight", "D", "F" },
+  },
+}
+
+-- Gemma-2: Gemma plus sandwich norms (each stored as w, scale 1 + w), attention scores scaled by
+-- query_pre_attn_scalar^-1/2 and soft-capped, soft-capped logits, and a sliding window on the
+-- layers layer_types marks "sliding_attention" (by default the even ones).
+local function sliding_layers(get, n_layers)
+  if not get.has("layer_types") then return 2 end -- transformers' default: layers 0, 2, 4, ... slide
+  local types = get.table("layer_types")
+  if #types ~= n_layers then
+    fail("%s: field 'layer_types' has %d entries for %d layers", get.path, #types, n_layers)
+  end
+  local period = 0 -- the first global layer l gives the period l + 1; none: every layer slides
+  for l = 1, n_layers do
+    local t = types[l]
+    if t ~= "sliding_attention" and t ~= "full_attention" then
+      fail("%s: field 'layer_types' entry %d: '%s' is not sliding_attention or full_attention", get.path, l,
+           tostring(t))
+    end
+    if t == "full_attention" and period == 0 then period = l end
+  end
+  for l = 1, n_layers do -- the core's rule: with period p, layers l (0-based) with (l + 1) % p == 0 are global
+    local global = period > 0 and l % period == 0
+    if (types[l] == "full_attention") ~= global then
+      fail("%s: field 'layer_types': only a repeating pattern with one global layer at the end of each period is "
+           .. "supported (entry %d breaks it)", get.path, l)
+    end
+  end
+  return period
+end
+
+-- A soft-capping value: null turns it off (0); absent takes transformers' default.
+local function softcap(get, key, default)
+  if get.raw_null(key) then return 0 end
+  return get.num(key, default)
+end
+
+local function gemma2_config(get)
+  local c = gemma_config(get)
+  c.block_norms = C.EAPIG_BLOCK_SANDWICH
+  c.attn_scale = 1 / math.sqrt(get.num("query_pre_attn_scalar", 256))
+  c.attn_softcap = softcap(get, "attn_logit_softcapping", 50)
+  c.final_softcap = softcap(get, "final_logit_softcapping", 30)
+  c.sliding_window = get.int("sliding_window", 4096)
+  c.sliding_period = sliding_layers(get, c.n_layers)
+  if c.sliding_period == 1 then c.sliding_window = 0 end -- every layer global
+  return c
+end
+
+local GEMMA2 = {
+  config = gemma2_config,
+  prefixes = GEMMA.prefixes,
+  layer_prefix = GEMMA.layer_prefix,
+  unembed = GEMMA.unembed,
+  global = GEMMA.global,
+  layer = {
+    { "ln1_w", "input_layernorm.weight", "D", plus_one = true },
+    { "wq", "self_attn.q_proj.weight", "QD", "D" },
+    { "wk", "self_attn.k_proj.weight", "KVD", "D" },
+    { "wv", "self_attn.v_proj.weight", "KVD", "D" },
+    { "wo", "self_attn.o_proj.weight", "D", "QD" },
+    { "attn_post_w", "post_attention_layernorm.weight", "D", plus_one = true },
+    { "ln2_w", "pre_feedforward_layernorm.weight", "D", plus_one = true },
+    { "w_gate", "mlp.gate_proj.weight", "F", "D" },
+    { "w_in", "mlp.up_proj.weight", "F", "D" },
+    { "w_out", "mlp.down_proj.weight", "D", "F" },
+    { "mlp_post_w", "post_feedforward_layernorm.weight", "D", plus_one = true },
+  },
+}
+
+-- OLMo-2: post-norm blocks without pre-norms (plain RMSNorm weights), RMSNorm over the whole q and
+-- k projections before RoPE, SwiGLU, untied.
+local function olmo2_config(get)
+  get.absent("attention_bias", "olmo2 has no attention biases here")
+  local c = llama_config(get, "olmo2")
+  c.block_norms = C.EAPIG_BLOCK_POST_NORM
+  c.qk_norm = 1
+  c.norm_eps = get.num("rms_norm_eps", 1e-5)
+  return c
+end
+
+local OLMO2 = {
+  config = olmo2_config,
+  prefixes = { "model." },
+  layer_prefix = "layers.%d.",
+  unembed = "lm_head.weight",
+  global = LLAMA.global,
+  layer = {
+    { "wq", "self_attn.q_proj.weight", "QD", "D" },
+    { "wk", "self_attn.k_proj.weight", "KVD", "D" },
+    { "wv", "self_attn.v_proj.weight", "KVD", "D" },
+    { "q_norm_w", "self_attn.q_norm.weight", "QD" },
+    { "k_norm_w", "self_attn.k_norm.weight", "KVD" },
+    { "wo", "self_attn.o_proj.weight", "D", "QD" },
+    { "attn_post_w", "post_attention_layernorm.weight", "D" },
+    { "w_gate", "mlp.gate_proj.weight", "F", "D" },
+    { "w_in", "mlp.up_proj.weight", "F", "D" },
+    { "w_out", "mlp.down_proj.weight", "D", "F" },
+    { "mlp_post_w", "post_feedforward_layernorm.weight", "D" },
   },
 }
 
@@ -223,8 +410,9 @@ local NEOX = {
   },
 }
 
-local FAMILIES = { gpt2 = GPT2, llama = LLAMA, mistral = LLAMA, qwen2 = LLAMA, gpt_neox = NEOX }
-local KNOWN = "gpt2, llama, mistral, qwen2, gpt_neox"
+local FAMILIES = { gpt2 = GPT2, llama = LLAMA, mistral = LLAMA, qwen2 = LLAMA, gpt_neox = NEOX, gemma = GEMMA,
+                   gemma2 = GEMMA2, olmo2 = OLMO2 }
+local KNOWN = "gpt2, llama, mistral, qwen2, gpt_neox, gemma, gemma2, olmo2"
 
 ---------------------------------------------------------------------------------------------
 -- Filling the weights
@@ -270,7 +458,14 @@ local function fill_entry(src, e, name, target, dims, bind)
     end
     return
   end
-  if type(e[1]) == "string" then return src:read_into(name, target[e[1]], rows, cols, opts) end
+  if type(e[1]) == "string" then
+    src:read_into(name, target[e[1]], rows, cols, opts)
+    if e.plus_one then -- a norm stored as w with scale (1 + w)
+      local p = target[e[1]]
+      for i = 0, rows * cols - 1 do p[i] = p[i] + 1 end
+    end
+    return
+  end
   local parts = #e[1]
   local tmp = ffi.new("float[?]", parts * rows * cols)
   src:read_into(name, tmp, parts * rows, cols, opts)
@@ -319,7 +514,7 @@ local function fill_family(src, fam, c, w, handle)
 end
 
 local NORMS = { [0] = "layernorm", "rmsnorm" }
-local ACTS = { [0] = "gelu_tanh", "gelu_erf", "relu", "silu_gated" }
+local ACTS = { [0] = "gelu_tanh", "gelu_erf", "relu", "silu_gated", "gelu_tanh_gated" }
 local POS = { [0] = "learned", "rope" }
 
 local function config_of(c)
@@ -327,6 +522,12 @@ local function config_of(c)
   for _, k in ipairs({ "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx",
                        "norm", "act", "pos", "rotary_dim", "norm_eps", "rope_theta" }) do
     cfg[k] = c[k]
+  end
+  -- the later families' fields: absent means zero, the behaviour of the families before them
+  for _, k in ipairs({ "rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                       "rope_original_ctx", "embed_scale", "block_norms", "qk_norm", "attn_scale", "attn_softcap",
+                       "final_softcap", "sliding_window", "sliding_period" }) do
+    cfg[k] = c[k] or 0
   end
   cfg.parallel_attn_mlp = c.parallel_attn_mlp and 1 or 0
   return cfg

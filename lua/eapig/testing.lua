@@ -126,6 +126,77 @@ local function llama_like(o)
 end
 LAYOUTS.llama, LAYOUTS.mistral, LAYOUTS.qwen2 = llama_like, llama_like, llama_like
 
+-- Gemma: llama's names without biases; its norms are stored as w with scale (1 + w), so they
+-- are drawn like any weight, N(0, scale^2) (kind "w").
+function LAYOUTS.gemma(o)
+  local t, D, F = {}, o.d_model, o.d_mlp
+  local QD, KVD = o.heads * o.d_head, o.kv_heads * o.d_head
+  w(t, "model.embed_tokens.weight", { o.vocab, D })
+  for l = 0, o.layers - 1 do
+    local p = "model.layers." .. l .. "."
+    w(t, p .. "input_layernorm.weight", { D })
+    w(t, p .. "self_attn.q_proj.weight", { QD, D })
+    w(t, p .. "self_attn.k_proj.weight", { KVD, D })
+    w(t, p .. "self_attn.v_proj.weight", { KVD, D })
+    w(t, p .. "self_attn.o_proj.weight", { D, QD })
+    w(t, p .. "post_attention_layernorm.weight", { D })
+    w(t, p .. "mlp.gate_proj.weight", { F, D })
+    w(t, p .. "mlp.up_proj.weight", { F, D })
+    w(t, p .. "mlp.down_proj.weight", { D, F })
+  end
+  w(t, "model.norm.weight", { D })
+  if not o.tied then w(t, "lm_head.weight", { o.vocab, D }) end
+  return t
+end
+
+-- Gemma-2: Gemma's names plus the sandwich norms (also stored as w with scale 1 + w).
+function LAYOUTS.gemma2(o)
+  local t, D, F = {}, o.d_model, o.d_mlp
+  local QD, KVD = o.heads * o.d_head, o.kv_heads * o.d_head
+  w(t, "model.embed_tokens.weight", { o.vocab, D })
+  for l = 0, o.layers - 1 do
+    local p = "model.layers." .. l .. "."
+    w(t, p .. "input_layernorm.weight", { D })
+    w(t, p .. "self_attn.q_proj.weight", { QD, D })
+    w(t, p .. "self_attn.k_proj.weight", { KVD, D })
+    w(t, p .. "self_attn.v_proj.weight", { KVD, D })
+    w(t, p .. "self_attn.o_proj.weight", { D, QD })
+    w(t, p .. "post_attention_layernorm.weight", { D })
+    w(t, p .. "pre_feedforward_layernorm.weight", { D })
+    w(t, p .. "mlp.gate_proj.weight", { F, D })
+    w(t, p .. "mlp.up_proj.weight", { F, D })
+    w(t, p .. "mlp.down_proj.weight", { D, F })
+    w(t, p .. "post_feedforward_layernorm.weight", { D })
+  end
+  w(t, "model.norm.weight", { D })
+  if not o.tied then w(t, "lm_head.weight", { o.vocab, D }) end
+  return t
+end
+
+-- OLMo-2: no pre-norms; q_norm / k_norm over the whole projections; plain norm weights.
+function LAYOUTS.olmo2(o)
+  local t, D, F = {}, o.d_model, o.d_mlp
+  local QD, KVD = o.heads * o.d_head, o.kv_heads * o.d_head
+  w(t, "model.embed_tokens.weight", { o.vocab, D })
+  for l = 0, o.layers - 1 do
+    local p = "model.layers." .. l .. "."
+    w(t, p .. "self_attn.q_proj.weight", { QD, D })
+    w(t, p .. "self_attn.k_proj.weight", { KVD, D })
+    w(t, p .. "self_attn.v_proj.weight", { KVD, D })
+    w(t, p .. "self_attn.o_proj.weight", { D, QD })
+    w(t, p .. "self_attn.q_norm.weight", { QD }, "norm")
+    w(t, p .. "self_attn.k_norm.weight", { KVD }, "norm")
+    w(t, p .. "post_attention_layernorm.weight", { D }, "norm")
+    w(t, p .. "mlp.gate_proj.weight", { F, D })
+    w(t, p .. "mlp.up_proj.weight", { F, D })
+    w(t, p .. "mlp.down_proj.weight", { D, F })
+    w(t, p .. "post_feedforward_layernorm.weight", { D }, "norm")
+  end
+  w(t, "model.norm.weight", { D }, "norm")
+  if not o.tied then w(t, "lm_head.weight", { o.vocab, D }) end
+  return t
+end
+
 function LAYOUTS.gpt_neox(o)
   local t, D, F = {}, o.d_model, o.d_mlp
   w(t, "gpt_neox.embed_in.weight", { o.vocab, D })
@@ -178,11 +249,50 @@ local function llama_config(o)
   }
   if o.d_head ~= o.d_model / o.heads then c.head_dim = o.d_head end
   if o.family == "llama" then c.attention_bias = o.qkv_bias end
+  if o.rope_scaling then c.rope_scaling = o.rope_scaling end
   if o.family == "mistral" then c.sliding_window = 4096 end
   if o.family == "qwen2" then c.use_sliding_window = false end
   return c
 end
 CONFIGS.llama, CONFIGS.mistral, CONFIGS.qwen2 = llama_config, llama_config, llama_config
+
+function CONFIGS.gemma(o)
+  return {
+    model_type = "gemma", architectures = { "GemmaForCausalLM" }, num_hidden_layers = o.layers,
+    num_attention_heads = o.heads, num_key_value_heads = o.kv_heads, head_dim = o.d_head,
+    hidden_size = o.d_model, intermediate_size = o.d_mlp, vocab_size = o.vocab,
+    max_position_embeddings = o.n_ctx, rope_theta = o.rope_theta or 10000.0, rms_norm_eps = 1e-6,
+    hidden_act = "gelu_pytorch_tanh", hidden_activation = "gelu_pytorch_tanh", attention_bias = false,
+    tie_word_embeddings = o.tied,
+  }
+end
+
+-- Gemma-2 options: query_pre_attn_scalar (d_head), attn_softcap (50), final_softcap (30), both
+-- false for null; sliding_window (4096), layer_types (nil: transformers' default, even layers slide).
+function CONFIGS.gemma2(o)
+  local c = CONFIGS.gemma(o)
+  c.model_type, c.architectures = "gemma2", { "Gemma2ForCausalLM" }
+  c.query_pre_attn_scalar = o.query_pre_attn_scalar or o.d_head
+  local function cap(v, default)
+    if v == false then return cjson.null end
+    return v or default
+  end
+  c.attn_logit_softcapping = cap(o.attn_softcap, 50.0)
+  c.final_logit_softcapping = cap(o.final_softcap, 30.0)
+  c.sliding_window = o.sliding_window or 4096
+  c.layer_types = o.layer_types
+  return c
+end
+
+function CONFIGS.olmo2(o)
+  return {
+    model_type = "olmo2", architectures = { "Olmo2ForCausalLM" }, num_hidden_layers = o.layers,
+    num_attention_heads = o.heads, num_key_value_heads = o.kv_heads, hidden_size = o.d_model,
+    intermediate_size = o.d_mlp, vocab_size = o.vocab, max_position_embeddings = o.n_ctx,
+    rope_theta = o.rope_theta or 10000.0, rms_norm_eps = 1e-6, hidden_act = "silu", attention_bias = false,
+    tie_word_embeddings = o.tied,
+  }
+end
 
 function CONFIGS.gpt_neox(o)
   return {
@@ -224,14 +334,20 @@ end
 
 local DEFAULTS = {
   gpt2 = { tied = true }, llama = {}, mistral = {}, qwen2 = { qkv_bias = true, tied = true }, gpt_neox = {},
+  gemma = { tied = true }, gemma2 = { tied = true }, olmo2 = {},
 }
 
 -- Writes a random Hugging Face checkpoint folder and returns its path. Options (defaults):
--- family, layers (2), heads (4), kv_heads (heads), d_model (32), d_head (d_model / heads),
--- d_mlp (4 d_model; 2 d_model for gated MLPs), vocab (64), n_ctx (128), tied (gpt2, qwen2),
+-- family (gpt2, llama, mistral, qwen2, gpt_neox, gemma, gemma2, olmo2), layers (2), heads (4),
+-- kv_heads (heads), d_model (32), d_head (d_model / heads), d_mlp (4 d_model; 2 d_model for gated
+-- MLPs), vocab (64), n_ctx (128), tied (gpt2, qwen2, gemma, gemma2),
 -- qkv_bias (qwen2; llama's attention_bias), seed (1), scale (0.2), dtype ("F32"), dir (a
 -- fresh temp folder), shards (1: model.safetensors; n > 1: n files and the index),
--- prefix (gpt2: "transformer." to save GPT2LMHeadModel's names), rotary_pct and parallel (neox).
+-- prefix (gpt2: "transformer." to save GPT2LMHeadModel's names), rotary_pct and parallel (neox),
+-- rope_scaling (llama, mistral, qwen2: the config's object as it is, e.g. Llama-3.1's
+-- { rope_type = "llama3", factor = 8, low_freq_factor = 1, high_freq_factor = 4,
+-- original_max_position_embeddings = 8192 }); gemma2: query_pre_attn_scalar, attn_softcap,
+-- final_softcap, sliding_window, layer_types (see CONFIGS.gemma2).
 function testing.random_model(opts)
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
@@ -252,6 +368,12 @@ function testing.random_model(opts)
   if not TORCH_DTYPE[dtype] then error("testing.random_model: dtype must be F32, F16 or BF16", 2) end
   if not gated and (o.kv_heads ~= o.heads or o.d_head * o.heads ~= o.d_model) then
     error("testing.random_model: " .. family .. " needs kv_heads == heads and d_head == d_model / heads", 2)
+  end
+  if o.qkv_bias and (family == "gemma" or family == "gemma2" or family == "olmo2") then
+    error("testing.random_model: " .. family .. " has no attention biases", 2)
+  end
+  if family == "olmo2" and o.d_head * o.heads ~= o.d_model then
+    error("testing.random_model: olmo2 needs d_head == d_model / heads (its config has no head_dim)", 2)
   end
   if o.qkv_bias and family == "mistral" then error("testing.random_model: mistral has no attention biases", 2) end
   if not o.qkv_bias and family == "qwen2" then error("testing.random_model: qwen2 always has q/k/v biases", 2) end

@@ -288,6 +288,8 @@ local DEFAULTS = {
   attn_only = false, head_sparsity = 0,
 }
 
+local UNTRAINABLE = { gemma = true, gemma2 = true, olmo2 = true }
+
 -- Trains model (from train.new_model, or eapig.load(path, {finalize = false})) on task.
 -- opts (defaults): steps (1000), batch_size (32), lr (1e-3), min_lr (lr / 10), warmup (steps / 20),
 -- weight_decay (0.1, matrices and embeddings only), beta1 (0.9), beta2 (0.98), eps (1e-8),
@@ -309,6 +311,11 @@ function train.train(model, task, opts)
   end
   positive_int(o, "steps", who)
   positive_int(o, "batch_size", who)
+  -- The loaders of these families change the stored weights (norms as 1 + w) or the core runs
+  -- parts the weight gradients do not cover (embedding scale, post-norms, soft-capping, q/k norms).
+  if UNTRAINABLE[model.family] then
+    error(fmt("%s: training %s models is not supported (attribution and evaluation are)", who, model.family), 2)
+  end
   if model.weights == "stored" then
     error(who .. ": training needs f32 weights; this model keeps them as stored (load with weights = \"f32\")", 2)
   end

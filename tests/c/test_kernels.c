@@ -64,26 +64,31 @@ static void norm_ref(double *out, const double *x, const float *w, const float *
     }
 }
 
-/* Causal attention with right padding: query i of row b sees keys j <= i with j < len[b]. */
+/* Causal attention with right padding: query i of row b sees keys j <= i with j < len[b] and,
+ * with a window, i - j < window (a padded row keeps at least its last key); scores are
+ * scale * q.k, soft-capped to c tanh(s / c) when c > 0. */
 static void attention_ref(double *z, const double *q, const double *k, const double *v, const int32_t *len,
-                          size_t B, size_t P, size_t H, size_t Dh) {
+                          size_t B, size_t P, size_t H, size_t Dh, const attn_params *ap) {
     size_t ld = H * Dh;
     double *s = malloc(P * sizeof(double));
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < H; h++)
             for (size_t i = 0; i < P; i++) {
                 size_t n = i + 1 < (size_t)len[b] ? i + 1 : (size_t)len[b];
+                size_t lo = ap->window > 0 && i + 1 > ap->window ? i + 1 - ap->window : 0;
+                if (lo > n - 1) lo = n - 1;
                 double mx = -INFINITY, sum = 0.0;
-                for (size_t j = 0; j < n; j++) {
+                for (size_t j = lo; j < n; j++) {
                     double dot = 0.0;
                     for (size_t d = 0; d < Dh; d++) dot += q[(b * P + i) * ld + h * Dh + d] * k[(b * P + j) * ld + h * Dh + d];
-                    s[j] = dot / sqrt((double)Dh);
+                    s[j] = dot * ap->scale;
+                    if (ap->softcap > 0) s[j] = ap->softcap * tanh(s[j] / ap->softcap);
                     if (s[j] > mx) mx = s[j];
                 }
-                for (size_t j = 0; j < n; j++) sum += (s[j] = exp(s[j] - mx));
+                for (size_t j = lo; j < n; j++) sum += (s[j] = exp(s[j] - mx));
                 for (size_t d = 0; d < Dh; d++) {
                     double acc = 0.0;
-                    for (size_t j = 0; j < n; j++) acc += s[j] / sum * v[(b * P + j) * ld + h * Dh + d];
+                    for (size_t j = lo; j < n; j++) acc += s[j] / sum * v[(b * P + j) * ld + h * Dh + d];
                     z[(b * P + i) * ld + h * Dh + d] = acc;
                 }
             }
@@ -110,6 +115,8 @@ static double act_ref(double x, double up, int act) {
     case EAPIG_ACT_GELU_TANH: return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
     case EAPIG_ACT_GELU_ERF: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
     case EAPIG_ACT_RELU: return x > 0.0 ? x : 0.0;
+    case EAPIG_ACT_GELU_TANH_GATED:
+        return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * up;
     default: return x / (1.0 + exp(-x)) * up;
     }
 }
@@ -179,33 +186,37 @@ static void test_rope(size_t rot) {
     float *x = random_floats(n, 1.0f), *y = malloc(n * sizeof(float));
     double *ref = to_double(x, n);
     memcpy(y, x, n * sizeof(float));
-    rope_apply(y, B, P, H, Dh, rot, theta, 0);
+    float inv_freq[8];
+    for (size_t i = 0; i < rot / 2; i++) inv_freq[i] = (float)pow(theta, -(double)(2 * i) / (double)rot);
+    rope_apply(y, B, P, H, Dh, rot, inv_freq, 0);
     rope_ref(ref, B, P, H, Dh, rot, theta);
     char label[64];
     snprintf(label, sizeof label, "rope_apply (rot %zu of %zu) vs rotate-half", rot, Dh);
     check(label, y, ref, n, 1e-5);
     /* The inverse undoes it: the backward of a rotation is its transpose. */
-    rope_apply(y, B, P, H, Dh, rot, theta, 1);
+    rope_apply(y, B, P, H, Dh, rot, inv_freq, 1);
     double *orig = to_double(x, n);
     snprintf(label, sizeof label, "rope_apply inverse after forward (rot %zu)", rot);
     check(label, y, orig, n, 1e-5);
     free(x), free(y), free(ref), free(orig);
 }
 
-static void test_attention(void) {
+static void test_attention(const attn_params *ap, const char *what) {
     size_t B = 3, P = 5, H = 2, Dh = 4, n = B * P * H * Dh;
     int32_t len[3] = {5, 3, 1};
+    char label[128];
     float *q = random_floats(n, 1.5f), *k = random_floats(n, 1.5f), *v = random_floats(n, 1.0f);
     float *z = malloc(n * sizeof(float)), *att = malloc(B * H * P * P * sizeof(float));
     double *qd = to_double(q, n), *kd = to_double(k, n), *vd = to_double(v, n), *zr = malloc(n * sizeof(double));
-    attention_forward(z, att, q, k, v, len, B, P, H, Dh);
-    attention_ref(zr, qd, kd, vd, len, B, P, H, Dh);
+    attention_forward(z, att, q, k, v, len, B, P, H, Dh, ap);
+    attention_ref(zr, qd, kd, vd, len, B, P, H, Dh, ap);
     /* Padded query rows (i >= len) attend to the real keys only: the reference does the same. */
-    check("attention_forward vs the definition (padded rows)", z, zr, n, 1e-5);
+    snprintf(label, sizeof label, "attention_forward vs the definition (padded rows, %s)", what);
+    check(label, z, zr, n, 1e-5);
 
-    float *dz = random_floats(n, 1.0f), *scratch = malloc(P * P * sizeof(float));
+    float *dz = random_floats(n, 1.0f), *scratch = malloc(2 * P * P * sizeof(float));
     float *dq = malloc(n * sizeof(float)), *dk = malloc(n * sizeof(float)), *dv = malloc(n * sizeof(float));
-    attention_backward(dq, dk, dv, scratch, dz, att, q, k, v, len, B, P, H, Dh);
+    attention_backward(dq, dk, dv, scratch, dz, att, q, k, v, len, B, P, H, Dh, ap);
     double *fd = malloc(n * sizeof(double)), h = 1e-6;
     double *inputs[3] = {qd, kd, vd};
     float *grads[3] = {dq, dk, dv};
@@ -216,15 +227,16 @@ static void test_attention(void) {
         for (size_t i = 0; i < n; i++) {
             double keep = xin[i], lp = 0.0, lm = 0.0;
             xin[i] = keep + h;
-            attention_ref(zr, qd, kd, vd, len, B, P, H, Dh);
+            attention_ref(zr, qd, kd, vd, len, B, P, H, Dh, ap);
             for (size_t j = 0; j < n; j++) lp += dz[j] * zr[j];
             xin[i] = keep - h;
-            attention_ref(zr, qd, kd, vd, len, B, P, H, Dh);
+            attention_ref(zr, qd, kd, vd, len, B, P, H, Dh, ap);
             for (size_t j = 0; j < n; j++) lm += dz[j] * zr[j];
             xin[i] = keep;
             fd[i] = (lp - lm) / (2.0 * h);
         }
-        check(names[which], grads[which], fd, n, 1e-4);
+        snprintf(label, sizeof label, "%s (%s)", names[which], what);
+        check(label, grads[which], fd, n, 1e-4);
     }
     free(q), free(k), free(v), free(z), free(att), free(qd), free(kd), free(vd), free(zr);
     free(dz), free(scratch), free(dq), free(dk), free(dv), free(fd);
@@ -235,7 +247,7 @@ static void test_activation(int act, const char *name) {
     float *pre = random_floats(n, 3.0f), *up = random_floats(n, 1.0f), *out = malloc(n * sizeof(float));
     float *dout = random_floats(n, 1.0f), *dpre = malloc(n * sizeof(float)), *dup = malloc(n * sizeof(float));
     double *ref = malloc(n * sizeof(double)), *fd = malloc(n * sizeof(double)), *fdu = malloc(n * sizeof(double));
-    int gated = act == EAPIG_ACT_SILU_GATED;
+    int gated = act == EAPIG_ACT_SILU_GATED || act == EAPIG_ACT_GELU_TANH_GATED;
     act_forward(out, pre, gated ? up : NULL, n, act);
     for (size_t i = 0; i < n; i++) ref[i] = act_ref(pre[i], up[i], act);
     char label[64];
@@ -249,7 +261,8 @@ static void test_activation(int act, const char *name) {
     }
     snprintf(label, sizeof label, "act_backward (%s) vs finite differences", name);
     check(label, dpre, fd, n, 1e-4);
-    if (gated) check("act_backward (silu gated) d up vs finite differences", dup, fdu, n, 1e-4);
+    snprintf(label, sizeof label, "act_backward (%s) d up vs finite differences", name);
+    if (gated) check(label, dup, fdu, n, 1e-4);
     free(pre), free(up), free(out), free(dout), free(dpre), free(dup), free(ref), free(fd), free(fdu);
 }
 
@@ -259,11 +272,14 @@ int main(void) {
     test_norm(1);
     test_rope(8);
     test_rope(4); /* partial rotary (GPT-NeoX rotary_pct) */
-    test_attention();
+    attn_params plain = {0.5f, 0.0f, 0}, gemma2 = {0.35f, 1.5f, 2};
+    test_attention(&plain, "1/sqrt(Dh)");
+    test_attention(&gemma2, "scale 0.35, soft-cap 1.5, window 2");
     test_activation(EAPIG_ACT_GELU_TANH, "gelu tanh");
     test_activation(EAPIG_ACT_GELU_ERF, "gelu erf");
     test_activation(EAPIG_ACT_RELU, "relu");
     test_activation(EAPIG_ACT_SILU_GATED, "silu gated");
+    test_activation(EAPIG_ACT_GELU_TANH_GATED, "gelu tanh gated");
     printf("%d failed\n", failures);
     return failures ? 1 : 0;
 }

@@ -33,9 +33,22 @@ local PRESETS = {
   llama = { norm = 1, act = 3, pos = 1, heads = 4, kv = 2, bias = false },
   qwen2 = { norm = 1, act = 3, pos = 1, heads = 4, kv = 1, bias = true },
   neox = { norm = 0, act = 1, pos = 1, heads = 4, kv = 4, bias = true, parallel = true, rot = 4 },
+  -- Llama-3.1 RoPE scaling; with d_head 4 its two frequencies fall one into the blend and one
+  -- into "divide by factor".
+  llama3 = { norm = 1, act = 3, pos = 1, heads = 4, kv = 2, bias = false,
+             rope = { type = 1, factor = 8, low = 1, high = 4, ctx = 8 } },
+  -- GeGLU, embeddings times sqrt(d_model), multi-query, d_head independent of d_model / heads
+  gemma = { norm = 1, act = 4, pos = 1, heads = 4, kv = 1, bias = false, embed_scale = 4, d_head = 6 },
+  -- sandwich norms, scores scaled by 0.3 and soft-capped at 1.5, logits capped at 3, a window of
+  -- 2 on layer 0 (layer 1 global)
+  gemma2 = { norm = 1, act = 4, pos = 1, heads = 4, kv = 2, bias = false, embed_scale = 4, block_norms = 1,
+             attn_scale = 0.3, attn_softcap = 1.5, final_softcap = 3, window = 2, period = 2 },
+  -- post-norm blocks without pre-norms, RMSNorm over all heads' q and k
+  olmo2 = { norm = 1, act = 3, pos = 1, heads = 4, kv = 2, bias = false, block_norms = 2, qk_norm = 1 },
 }
 
--- Builds a finalized model of a preset ("gpt2", "llama", "qwen2", "neox").
+-- Builds a finalized model of a preset ("gpt2", "llama", "qwen2", "neox", "llama3", "gemma",
+-- "gemma2", "olmo2").
 function tiny.model(kind, seed, overrides)
   local p = PRESETS[kind]
   overrides = overrides or {}
@@ -43,12 +56,21 @@ function tiny.model(kind, seed, overrides)
   cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = overrides.layers or 2, p.heads, p.kv
   cfg.n_heads = overrides.heads or p.heads
   cfg.n_kv_heads = overrides.kv_heads or p.kv
-  cfg.d_model, cfg.d_head, cfg.d_mlp = overrides.d_model or 16, overrides.d_head or 4, overrides.d_mlp or 24
+  cfg.d_model, cfg.d_head, cfg.d_mlp = overrides.d_model or 16, overrides.d_head or p.d_head or 4,
+    overrides.d_mlp or 24
   cfg.vocab, cfg.n_ctx = overrides.vocab or 32, overrides.n_ctx or 16
   cfg.norm, cfg.act, cfg.pos = p.norm, p.act, p.pos
-  cfg.rotary_dim = p.rot or 4
+  cfg.rotary_dim = p.rot or cfg.d_head
+  cfg.embed_scale = p.embed_scale or 0
+  cfg.block_norms, cfg.qk_norm = p.block_norms or 0, p.qk_norm or 0
+  cfg.attn_scale, cfg.attn_softcap, cfg.final_softcap = p.attn_scale or 0, p.attn_softcap or 0, p.final_softcap or 0
+  cfg.sliding_window, cfg.sliding_period = p.window or 0, p.period or 0
   cfg.parallel_attn_mlp = p.parallel and 1 or 0
   cfg.norm_eps, cfg.rope_theta = 1e-5, 10000
+  if p.rope then
+    cfg.rope_type, cfg.rope_factor, cfg.rope_original_ctx = p.rope.type, p.rope.factor, p.rope.ctx
+    cfg.rope_low_freq_factor, cfg.rope_high_freq_factor = p.rope.low, p.rope.high
+  end
   local h = ffi.gc(core.check_ptr(C.eapig_model_new(cfg)), C.eapig_model_free)
   local w = C.eapig_model_weights(h)
   local rng = tiny.rng(seed)
@@ -64,6 +86,9 @@ function tiny.model(kind, seed, overrides)
     fill(lw.wq, qd * D, rng, s); fill(lw.wk, kvd * D, rng, s); fill(lw.wv, kvd * D, rng, s)
     fill(lw.wo, D * qd, rng, s); fill(lw.w_in, F * D, rng, s); fill(lw.w_out, D * F, rng, s)
     fill(lw.w_gate, F * D, rng, s)
+    -- post-norm and q/k norm gains (NULL, drawing nothing, in the other presets)
+    fill(lw.attn_post_w, D, rng, 0.2, 1); fill(lw.mlp_post_w, D, rng, 0.2, 1)
+    fill(lw.q_norm_w, qd, rng, 0.2, 1); fill(lw.k_norm_w, kvd, rng, 0.2, 1)
     if p.bias then
       fill(lw.ln1_b, D, rng, 0.2); fill(lw.ln2_b, D, rng, 0.2)
       fill(lw.bq, qd, rng, 0.2); fill(lw.bk, kvd, rng, 0.2); fill(lw.bv, kvd, rng, 0.2)
