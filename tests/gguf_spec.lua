@@ -306,6 +306,11 @@ describe("GGUF models", function()
     out:close()
     has(text, "llama")
     has(text, "rc=0")
+    -- GGUF tensors are converted at load: keeping them stored is refused, naming the option
+    local msg = err_of(eapig.load, file, { weights = "stored" })
+    has(msg, file)
+    has(msg, "weights = 'stored' is not available for GGUF files")
+    assert.equal("f32", eapig.load(file).weights)
   end)
 end)
 

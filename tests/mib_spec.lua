@@ -2,7 +2,8 @@
 -- Graph.to_json conventions (read here with plain cjson against edge names worked out from the
 -- architecture, not from eapig's graph), the nine circuits hold the top-n edges by absolute score
 -- pruned to what connects input to logits (checked against a reachability computation written
--- here), and bad names, shapes and folders are errors that leave nothing behind.
+-- here), and bad names, shapes and folders are errors that leave nothing behind. `mib score`:
+-- CPR and CMD of a hand-built graph equal a trapezoid computed here from the circuits' values.
 local cjson = require("cjson")
 local ffi = require("ffi")
 local Graph = require("eapig.graph")
@@ -190,5 +191,111 @@ describe("mib export", function()
     has(out, "eapig: mib: the graph's cfg 'n_layers' is 12")
     has(out, "rc=1")
     has(run("frobnicate"), "unknown subcommand 'frobnicate'")
+  end)
+end)
+
+describe("mib score", function()
+  local tiny = require("support.tiny")
+  local eapig = require("eapig")
+  local evaluate = require("eapig.evaluate")
+
+  local function rows_of(model, seed, n)
+    local rng = tiny.rng(seed)
+    local rows = {}
+    for i = 1, n do
+      local clean, corrupted = {}, {}
+      for p = 1, 5 do
+        clean[p] = rng.int(model.vocab)
+        corrupted[p] = rng.int(model.vocab)
+      end
+      rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(model.vocab),
+                  incorrect = rng.int(model.vocab) }
+    end
+    return rows
+  end
+
+  it("CPR and CMD of a hand-built graph equal a direct trapezoid computation", function()
+    local model = tiny.model("llama", 6)
+    local data = eapig.data.from_rows(rows_of(model, 9, 5), { vocab = model.vocab })
+    -- Hand-built scores: every edge gets a distinct score of either sign, larger for edges out of
+    -- lower layers, so signed and absolute rankings differ.
+    local graph = Graph.from_model(model)
+    local k = 0
+    for u = 0, graph.n_forward - 1 do
+      for v = 0, graph.n_backward - 1 do
+        local i = u * graph.n_backward + v
+        if graph.real[i] ~= 0 then
+          k = k + 1
+          graph.scores[i] = (k % 3 == 0 and -1 or 1) * (1 + (graph.n_forward - u) / graph.n_forward + k * 1e-4)
+        end
+      end
+    end
+    local r = mib.score(model, graph, data, "logit_diff", { quiet = true })
+
+    -- Directly: m(model), m(empty), the top-n circuit at each of MIB's fractions, trapezoids.
+    local mean = evaluate.mean
+    local clean = mean(evaluate.evaluate_baseline(model, data, "logit_diff", { quiet = true }))
+    local empty = mean(evaluate.evaluate_empty(model, data, "logit_diff", { quiet = true }))
+    local fractions = { 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1 }
+    local total = graph:n_edges()
+    local function faithfulness_curve(absolute)
+      local ys = {}
+      for i, f in ipairs(fractions) do
+        local g = graph:clone()
+        g:apply_topn(math.floor(f * total), { absolute = absolute, prune = true })
+        local value = empty
+        if g:count_included_edges() > 0 then value = mean(evaluate.evaluate_graph(model, g, data, "logit_diff", { quiet = true })) end
+        ys[i] = (value - empty) / (clean - empty)
+      end
+      return ys
+    end
+    local signed, absolute = faithfulness_curve(false), faithfulness_curve(true)
+    local cpr, cmd = 0, 0
+    for i = 2, #fractions do
+      local dx = fractions[i] - fractions[i - 1]
+      cpr = cpr + dx * (signed[i - 1] + signed[i]) / 2
+      cmd = cmd + dx * (math.abs(1 - absolute[i - 1]) + math.abs(1 - absolute[i])) / 2
+    end
+    assert.True(math.abs(r.cpr - cpr) < 1e-9, ("CPR %.12g, direct %.12g"):format(r.cpr, cpr))
+    assert.True(math.abs(r.cmd - cmd) < 1e-9, ("CMD %.12g, direct %.12g"):format(r.cmd, cmd))
+    -- the whole graph is the model; the two rankings give different curves
+    assert.True(math.abs(signed[#signed] - 1) < 1e-5)
+    local differ = false
+    for i = 1, #fractions do
+      if signed[i] ~= absolute[i] then differ = true end
+    end
+    assert.True(differ, "signed and absolute rankings gave the same curve: the test graph does not tell them apart")
+  end)
+
+  it("the command line prints CPR and CMD, and --json the curves", function()
+    local dir = tmpdir .. "/score_model"
+    assert(os.execute("mkdir -p '" .. dir .. "'") == 0)
+    testing.random_model({ family = "gpt2", seed = 3, dir = dir })
+    local model = eapig.load(dir)
+    local lines = {}
+    for i, row in ipairs(rows_of(model, 4, 4)) do lines[i] = cjson.encode(row) end
+    files.write(tmpdir .. "/rows.jsonl", table.concat(lines, "\n") .. "\n")
+    local graph = Graph.from_model(model)
+    local normal = testing.rng(5)
+    for i = 0, graph.n_forward * graph.n_backward - 1 do graph.scores[i] = normal() end
+    graph:to_json(tmpdir .. "/score_graph.json")
+    local args = ("score --model %s --data %s/rows.jsonl --graph %s/score_graph.json"):format(dir, tmpdir, tmpdir)
+    local p = io.popen("luajit scripts/eapig mib " .. args .. " --json 2>&1; echo \"rc=$?\"")
+    local out = p:read("*a")
+    p:close()
+    has(out, "rc=0")
+    local doc = cjson.decode(out:match("^(.-)\nrc="))
+    assert.equal(10, #doc.signed)
+    assert.equal(10, #doc.absolute)
+    assert.equal("number", type(doc.cpr))
+    assert.equal("number", type(doc.cmd))
+    local r = mib.score(model, graph, eapig.data.from_rows(rows_of(model, 4, 4), { vocab = model.vocab }), "logit_diff",
+                        { quiet = true })
+    assert.True(math.abs(r.cpr - doc.cpr) < 1e-6 and math.abs(r.cmd - doc.cmd) < 1e-6)
+    p = io.popen("luajit scripts/eapig mib " .. args .. " 2>&1")
+    out = p:read("*a")
+    p:close()
+    has(out, "CPR ")
+    has(out, "CMD ")
   end)
 end)

@@ -4,7 +4,9 @@
 --
 --   mib.export(graph, "ioi", "gpt2", "out")                     -- out/ioi_gpt2/importances.json
 --   mib.export(graph, "ioi", "gpt2", "out", {circuits = true})  -- out/ioi_gpt2/edges_0.1pct.json, ...
+--   mib.score(model, graph, data, "logit_diff")                  -- {cpr =, cmd =, points, cpr_points, ...}
 local files = require("eapig.files")
+local sweep = require("eapig.sweep")
 
 local fmt = string.format
 
@@ -31,9 +33,8 @@ M.PAIRS = {
   "arc-challenge_llama3",
 }
 -- Percentages of the edges for the binary circuits of a submission (each circuit has at most that
--- many), and the fractions at which MIB's evaluation measures faithfulness (CPR, CMD).
+-- many). The fractions at which MIB measures faithfulness are sweep.DEFAULT_FRACTIONS.
 M.CIRCUIT_PERCENTS = { 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50 }
-M.FRACTIONS = { 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1 }
 
 local function one_of(list)
   return table.concat(list, ", ")
@@ -76,11 +77,6 @@ function M.check_graph(graph, model)
   if graph.level ~= "edge" then fail("mib: export writes edge-level graphs; this graph is %s-level", graph.level) end
 end
 
--- The edge count MIB keeps at `fraction` of the edges: int(fraction * total), as its scripts do.
-function M.edges_at(fraction, total)
-  return math.floor(fraction * total)
-end
-
 -- File name of the circuit at `percent`% of the edges.
 function M.circuit_file(percent)
   return fmt("edges_%spct.json", (fmt("%g", percent)))
@@ -96,13 +92,11 @@ function M.export(graph, task, model, out, opts)
   local folder_name = M.folder_name(task, model)
   M.check_graph(graph, model)
   if type(out) ~= "string" or out == "" then fail("mib: --out is required") end
-  if not files.is_dir(out) and os.execute("mkdir -p '" .. out:gsub("'", "'\\''") .. "'") ~= 0 then
-    fail("mib: cannot create the folder '%s'", out)
-  end
+  files.mkdir_p(out, "mib")
   local final = out .. "/" .. folder_name
   if files.exists(final) then fail("mib: '%s' exists already: remove it first, or choose another --out", final) end
   local tmp = files.temp_name(final)
-  if os.execute("mkdir '" .. tmp:gsub("'", "'\\''") .. "'") ~= 0 then fail("mib: cannot create '%s'", tmp) end
+  files.mkdir_p(tmp, "mib")
   local written = {}
   local ok, err = pcall(function()
     if not opts.circuits then
@@ -112,7 +106,7 @@ function M.export(graph, task, model, out, opts)
     end
     local total = graph:n_edges()
     for _, pct in ipairs(M.CIRCUIT_PERCENTS) do
-      local n = M.edges_at(pct / 100, total)
+      local n = sweep.edges_at(pct / 100, total)
       local g = graph:clone()
       g:apply_topn(n, { absolute = not opts.signed, prune = true })
       local file = M.circuit_file(pct)
@@ -127,6 +121,19 @@ function M.export(graph, task, model, out, opts)
     error(err, 0)
   end
   return final, written
+end
+
+-- CPR and CMD of a scored graph as MIB's evaluation computes them, at its ten fractions, with
+-- m(empty) the empty circuit under the same intervention: both curves of sweep.run (the one
+-- implementation; lua/eapig/sweep.lua). opts: intervention, intervention_data, batch_size, quiet.
+-- Returns sweep.run's result: cpr, cmd, points (absolute ranking), cpr_points (signed), clean,
+-- corrupted, empty.
+function M.score(model, graph, data, metric, opts)
+  opts = opts or {}
+  return sweep.run(model, graph, data, metric, {
+    measure = "both", fractions = sweep.DEFAULT_FRACTIONS, intervention = opts.intervention,
+    intervention_data = opts.intervention_data, batch_size = opts.batch_size, quiet = opts.quiet,
+  })
 end
 
 return M

@@ -22,7 +22,7 @@ M.COMMANDS = {
   { "evaluate", "baselines, circuit value and faithfulness of a circuit on a dataset" },
   { "draw", "render a circuit with Graphviz (.svg, .png, .pdf) or write its .dot source" },
   { "sweep", "faithfulness against circuit size, as an SVG curve and its area (CPR / CMD)" },
-  { "mib", "MIB circuit-track submission: export a scored graph or its nine circuits" },
+  { "mib", "MIB circuit track: export a submission folder (scores or nine circuits); score CPR and CMD" },
   { "train", "train a small model on a task with a known circuit (writes a Hugging Face folder)" },
   { "demo", "find the induction circuit of the embedded model and check it against ground truth" },
   { "run", "run a Lua experiment script (require(\"eapig\") works in it)" },

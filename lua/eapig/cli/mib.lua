@@ -1,10 +1,14 @@
 -- `eapig mib export --graph SCORES --task TASK --model MODEL --out DIR [--circuits] [--signed]`:
 -- writes the folder MIB's circuit localization track takes (docs/mib.md): DIR/<task>_<model>/
 -- with the scored graph as importances.json, or with --circuits the nine binary circuits.
+-- `eapig mib score --model PATH --data FILE --graph SCORES [--json]`: MIB's CPR and CMD of the
+-- scored graph on a dataset (eapig.sweep with MIB's fractions and both rankings).
 local cli = require("eapig.cli")
 local mib = require("eapig.mib")
 
-local USAGE = "usage: eapig mib export --graph SCORES --task TASK --model MODEL --out DIR [--circuits] [--signed]"
+local USAGE = "usage: eapig mib export --graph SCORES --task TASK --model MODEL --out DIR [--circuits] [--signed]\n"
+  .. "       eapig mib score --model PATH --data FILE --graph SCORES [--metric NAME] [--intervention KIND] [--json]"
+local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
 
 local EXPORT_EPILOG = ([[
 Tasks: %s. Models: gpt2, qwen2.5, gemma2, llama3 (the graph must have that model's layers, heads
@@ -35,11 +39,66 @@ local function export(argv)
   return 0
 end
 
+local SCORE_EPILOG = [[
+Faithfulness f = (m(C) - m(empty)) / (m(model) - m(empty)) of the top-n circuit (pruned) at MIB's
+fractions 0.1%, 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%, 100% of the edges; m(empty) is the empty
+circuit under the same intervention. CPR: trapezoid area under f, edges ranked by signed score
+(higher is better). CMD: area under |1 - f|, edges ranked by absolute score (lower is better).]]
+
+local function score(argv)
+  local parser = cli.parser("mib score", "MIB's CPR and CMD of a scored graph on a dataset.", SCORE_EPILOG)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  cli.weights_options(parser)
+  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
+  parser:option("--graph", "Scored graph (.json or .safetensors) from eapig attribute."):argname("SCORES"):count(1)
+  parser:option("--metric", "Metric.", "logit_diff"):argname("NAME")
+  parser:option("--intervention", "What edges outside the circuit read.", "patching"):argname("KIND")
+    :convert(cli.one_of("intervention", INTERVENTIONS))
+  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
+  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
+  parser:flag("--json", "Print the result as one JSON object.")
+  parser:flag("--quiet", "No progress lines.")
+  local args = cli.parse(parser, argv, "mib score")
+  if args.intervention:find("^mean") and not args.intervention_data then
+    cli.fail("mib score: --intervention %s needs --intervention-data FILE", args.intervention)
+  end
+  local graph = cli.load_graph(args.graph)
+  local model = cli.load_model(args.model, args)
+  graph:check_matches(model:info())
+  local data = cli.load_data(args.data, model, "--data", args.metric)
+  local idata = args.intervention_data and cli.load_data(args.intervention_data, model, "--intervention-data")
+  local root = require("eapig.parallel").is_root() -- under mpirun, rank 0 prints
+  local r = mib.score(model, graph, data, args.metric, { intervention = args.intervention,
+    intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet or args.json or not root })
+  if not root then return 0 end
+  if args.json then
+    local function curve(points)
+      local out = {}
+      for i, p in ipairs(points) do out[i] = { fraction = p.x, edges = p.n_edges, kept_edges = p.kept_edges,
+        faithfulness = p.y, value = p.value } end
+      return out
+    end
+    print(require("cjson").encode({ cpr = r.cpr, cmd = r.cmd, clean = r.clean, empty = r.empty,
+      corrupted = r.corrupted, intervention = args.intervention, absolute = curve(r.points),
+      signed = curve(r.cpr_points) }))
+    return 0
+  end
+  print(("clean %.6g, empty circuit %.6g (%s)"):format(r.clean, r.empty, args.intervention))
+  print("  fraction     edges  faithfulness (signed)  faithfulness (absolute)")
+  for i, p in ipairs(r.points) do
+    print(("%9.3f%%  %8d  %21.4f  %23.4f"):format(100 * p.x, p.n_edges, r.cpr_points[i].y, p.y))
+  end
+  print(("CPR %.4f (area under faithfulness, signed ranking; higher is better)"):format(r.cpr))
+  print(("CMD %.4f (area under |1 - faithfulness|, absolute ranking; lower is better)"):format(r.cmd))
+  return 0
+end
+
 return function(argv)
   local sub = argv[1]
   local rest = {}
   for i = 2, #argv do rest[#rest + 1] = argv[i] end
   if sub == "export" then return export(rest) end
+  if sub == "score" then return score(rest) end
   if sub == nil or sub == "-h" or sub == "--help" then
     print(USAGE)
     return sub == nil and 1 or 0
