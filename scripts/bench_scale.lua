@@ -7,7 +7,9 @@
 --
 -- Run from the repository root:
 --   luajit scripts/bench_scale.lua LAYERS [--weights auto|stored|f32] [--memory GIB] [--dir DIR]
---                                  [--threads N]
+--                                  [--threads N] [--compare]
+-- --compare then loads the checkpoint again with f32 weights, attributes again and prints the
+-- largest score difference (stored and f32 weights must agree to float rounding).
 -- The checkpoint is written streaming (never held in memory: 32 layers is a 16 GB file) into
 -- --dir (kept, and reused when it already holds a model of that many layers) or a temporary
 -- folder (removed at the end). Peak memory per phase is read from /proc/self/status after a
@@ -23,7 +25,8 @@ local C = core.C
 
 local function usage(msg)
   io.stderr:write((msg and msg .. "\n" or "") ..
-    "usage: luajit scripts/bench_scale.lua LAYERS [--weights auto|stored|f32] [--memory GIB] [--dir DIR] [--threads N]\n")
+    "usage: luajit scripts/bench_scale.lua LAYERS [--weights auto|stored|f32] [--memory GIB] [--dir DIR] [--threads N]"
+    .. " [--compare]\n")
   os.exit(2)
 end
 
@@ -35,6 +38,9 @@ do
     if a == "--weights" or a == "--memory" or a == "--dir" or a == "--threads" then
       args[a:sub(3)] = arg[i + 1] or usage(a .. " needs a value")
       i = i + 2
+    elseif a == "--compare" then
+      args.compare = true
+      i = i + 1
     elseif not args.layers and tonumber(a) then
       args.layers = tonumber(a)
       i = i + 1
@@ -180,6 +186,27 @@ local t_eval = results[#results].seconds
 log("evaluation of a %d-edge circuit: %.1f GFLOP/s (two forwards)", graph:count_included_edges(),
   2 * fwd / 1e9 / t_eval)
 log("circuit logit_diff (mean over %d rows): %.4f", #values, require("eapig.evaluate").mean(values))
+
+if args.compare then
+  -- the same attribution with the other weights: the scores must agree to float rounding
+  local other = model.weights == "stored" and "f32" or "stored"
+  local n = model.n_forward * model.n_backward
+  local first = core.floats(n) -- the attribution above (selection and pruning leave scores alone)
+  for i = 0, n - 1 do first[i] = graph.scores[i] end
+  model:free()
+  model = phase("load " .. other, function() return eapig.load(dir, { weights = other, memory = budget_gib }) end)
+  local g2 = eapig.Graph.from_model(model)
+  phase("attr " .. other, function()
+    eapig.attribute(model, g2, data, "logit_diff", { method = "EAP-IG-inputs", ig_steps = STEPS, batch_size = B,
+      memory = budget_gib, quiet = true })
+  end)
+  local d, m = 0, 0
+  for i = 0, n - 1 do
+    d = math.max(d, math.abs(first[i] - g2.scores[i]))
+    m = math.max(m, math.abs(first[i]))
+  end
+  log("stored vs f32 weights: largest score difference %.3g (largest score %.3g, relative %.3g)", d, m, d / m)
+end
 
 log("")
 log("%-10s %10s %12s", "phase", "time (s)", "peak RSS")
