@@ -85,9 +85,11 @@ describe("stored weights", function()
     { family = "gpt2" },                    -- Conv1D: transposed, q/k/v fused; LayerNorm centring; tied
     { family = "gpt_neox" },                -- q/k/v fused per head; parallel attention and MLP
     { family = "qwen2" },                   -- value biases folded into b_O; tied
+    { family = "gemma2", dtypes = { "BF16" } }, -- post-norms, scaled embedding, soft-capping
+    { family = "olmo2", dtypes = { "BF16" } },  -- post-norms only
   }
   for _, case in ipairs(CASES) do
-    for _, dtype in ipairs({ "BF16", "F16", "F32" }) do
+    for _, dtype in ipairs(case.dtypes or { "BF16", "F16", "F32" }) do
       it(("%s %s: stored and f32 weights give the same scores on every method"):format(case.family, dtype), function()
         local opts = { family = case.family, kv_heads = case.kv_heads, dtype = dtype, layers = 2, heads = 4,
           d_model = 32, vocab = 64, seed = 3 }
