@@ -147,6 +147,17 @@ typedef struct {
     size_t B, P, N, D;
 } fwd_run;
 
+/* Writes one node's output block into the capture: the output itself, or its difference with
+ * the reference the capture held (sign 1: R - out, -1: out - R). */
+static void capture_node(float *cap, const float *out, size_t n, int32_t sign) {
+    if (sign == 0)
+        memcpy(cap, out, n * sizeof(float));
+    else if (sign > 0)
+        for (size_t i = 0; i < n; i++) cap[i] -= out[i];
+    else
+        for (size_t i = 0; i < n; i++) cap[i] = out[i] - cap[i];
+}
+
 /* Whether source u is a head (u >= 1 and not the last node of its layer). */
 static int is_head(const eapig_config *c, int32_t u) {
     return u > 0 && (u - 1) % (c->n_heads + 1) < c->n_heads;
@@ -156,10 +167,10 @@ static int is_head(const eapig_config *c, int32_t u) {
  * post-norm models a head's output itself instead: head_patch_terms reads it). */
 static void record_node(fwd_run *r, int32_t u, const float *out) {
     size_t nd = r->N * r->D, off = (size_t)u * nd;
-    if (r->o->capture) memcpy(r->o->capture + off, out, nd * sizeof(float));
     if (r->s.cur && is_head(&r->m->cfg, u)) {
         memcpy(r->s.cur + off, out, nd * sizeof(float));
         memset(r->s.diff + off, 0, nd * sizeof(float));
+        if (r->o->capture) capture_node(r->o->capture + off, out, nd, r->o->capture_diff);
         return;
     }
     if (r->s.diff) {
@@ -171,6 +182,8 @@ static void record_node(fwd_run *r, int32_t u, const float *out) {
             for (size_t i = 0; i < nd; i++) d[i] *= scale[i % r->D];
         }
     }
+    /* after the patching difference: capture may be the buffer patch_ref points into */
+    if (r->o->capture) capture_node(r->o->capture + off, out, nd, r->o->capture_diff);
 }
 
 /* A norm of the model's kind (RMSNorm here: post-norm blocks need it). */
@@ -508,6 +521,9 @@ static int check_inputs(const eapig_model *m, const eapig_batch *bt, const eapig
             return eapig_set_error(EAPIG_ERR_ARG, "eapig_forward: logit position %d of row %d is outside 0..%d",
                                    o->logit_pos[b], b + 1, bt->P - 1);
     }
+    if (o->capture_diff < -1 || o->capture_diff > 1 || (o->capture_diff != 0 && !o->capture))
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_forward: capture_diff %d must be -1, 0 or 1, with a capture",
+                               o->capture_diff);
     if ((o->patch_ref == NULL) != (o->patch_w == NULL))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_forward: patching needs both patch_ref and patch_w");
     if (o->start_layer != 0) {

@@ -270,6 +270,9 @@ typedef struct eapig_forward_opts {
     const int32_t *logit_pos;
     float *logits;
     float *capture;          /* optional out (NF, B, P, D): every source node's output */
+    /* With capture: 0 writes the outputs; 1 turns capture, holding reference activations R on
+     * entry, into the difference buffer R - output in place; -1 into output - R. */
+    int32_t capture_diff;
     /* Patching: destination v reads its clean input + sum_u W[u,v] (R_u - current_u). */
     const float *patch_ref;  /* (NF, B, P, D) reference activations R, or NULL */
     const float *patch_w;    /* (NF, NB) edge weights W, or NULL */
@@ -344,6 +347,29 @@ EAPIG_API int eapig_backward(const eapig_model *m, eapig_workspace *ws,
  * (eapig_floats_free) instead of whenever the garbage collector runs. NULL on error. */
 EAPIG_API float *eapig_floats_new(int64_t n);
 EAPIG_API void eapig_floats_free(float *p);
+
+/* ---- per-batch arithmetic on node-major activation buffers (core/activations.c) -------------
+ * What attribution and evaluation do to whole (NF, B, P, D) buffers between engine runs, so that
+ * the Lua side never loops over activations. blk = B*P*D floats per node. */
+
+/* out (n_nodes, S, blk) = base + alphas[s] * delta for every node and step s < S: the override
+ * values of S integrated-gradient steps, step-major within each node. base and delta are
+ * (n_nodes, blk). */
+EAPIG_API int eapig_interpolate(float *out, const float *base, const float *delta, const float *alphas,
+                                int32_t n_steps, int64_t n_nodes, int64_t blk);
+/* sums += every node's outputs at the real positions (p < lengths[b]) of capture (NF, B, P, D):
+ * sums is (NF, D), or (NF, P, D) with per_position != 0. Sums run in double. */
+EAPIG_API int eapig_node_sums(double *sums, const float *capture, const int32_t *lengths, int32_t NF, int32_t B,
+                              int32_t P, int32_t D, int32_t per_position);
+/* R (NF, B, P, D) = means broadcast over rows and positions: means is (NF, D), or (NF, means_P, D)
+ * with per_position != 0 (position p reads means row p; P <= means_P). */
+EAPIG_API int eapig_broadcast_means(float *R, const float *means, int32_t NF, int32_t B, int32_t P, int32_t D,
+                                    int32_t per_position, int32_t means_P);
+/* Information-flow routes (Ferrando et al.): for a reader whose input at (b, p) is x (B, P, D),
+ * imp[u] += sum_{b, p < lengths[b]} prox(u) / sum_w prox(w) / lengths[b] over sources u < n_up
+ * of capture (NF, B, P, D), with proximity prox(u) = max(0, |x|_1 - |o_u - x|_1). In double. */
+EAPIG_API int eapig_flow_importance(double *imp, const float *x, const float *capture, int32_t n_up,
+                                    const int32_t *lengths, int32_t B, int32_t P, int32_t D);
 
 /* ---- ABI check: the sizes C compiled, which the Lua side compares with its cdef ----------- */
 enum {

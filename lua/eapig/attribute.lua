@@ -11,14 +11,14 @@ local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
 local parallel = require("eapig.parallel")
 local memory = require("eapig.memory")
-local ffi = core.ffi
+local ffi, C = core.ffi, core.C
 
 local M = {}
 
 M.METHODS = { "EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact",
   "information-flow-routes" }
 local METHODS = M.METHODS
-local NODE_METHODS = { EAP = true, ["EAP-IG-inputs"] = true, exact = true }
+local NODE_METHODS = { EAP = true, ["EAP-IG-inputs"] = true, ["EAP-IG-activations"] = true, exact = true }
 
 local function known(list, x)
   for _, v in ipairs(list) do if v == x then return true end end
@@ -51,13 +51,17 @@ end
 -- EAP: one gradient at the clean input.
 local function eap(ctx, b)
   local model = ctx.model
-  local clean = runs.engine_batches(b)
-  local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
-  local cap = runs.nodes(model, b.B, b.P)
-  local logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, keep = true })
-  local diff = runs.difference(R, cap, model.n_forward * model:block_size(b.B, b.P))
+  local diff, logits = runs.clean_difference(model, b, ctx.intervention, ctx.means, ctx.reference)
   backward_into(model, ctx.sums, b, ctx.metric, logits, logits, b.rows, ctx.sign, diff)
   return 1
+end
+
+-- Alphas 1 - k/m of the given steps k: the weights of the difference R - clean in
+-- alpha clean + (1 - alpha) R = clean + (1 - alpha)(R - clean).
+local function step_alphas(steps, first, n, m)
+  local a = core.floats(n)
+  for s = 0, n - 1 do a[s] = 1 - steps[first + s] / m end
+  return a
 end
 
 -- Runs `steps` overridden copies of the batch in chunks of ctx.steps_per_run steps (as many as
@@ -86,21 +90,18 @@ local function eap_ig_inputs(ctx, b)
   local model, m = ctx.model, ctx.steps
   local clean, corrupted = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local cap_c = runs.nodes(model, b.B, b.P)
-  local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
-  local cap_r = runs.nodes(model, b.B, b.P)
-  local logits_r = model:forward(corrupted, { logit_pos = b.last_pos, capture = cap_r, keep = true })
-  local diff = runs.difference(cap_r, cap_c, model.n_forward * blk)
+  -- one buffer: the clean capture, turned into corrupted - clean by the corrupted run
+  local diff = runs.nodes(model, b.B, b.P)
+  local clean_logits = clean_run(model, clean, b.last_pos, diff)
+  local embed_c = core.batch_floats(blk)
+  ffi.copy(embed_c, diff, 4 * blk)
+  local logits_r = model:forward(corrupted, { logit_pos = b.last_pos, capture = diff, capture_diff = -1, keep = true })
   backward_into(model, ctx.sums, b, ctx.metric, logits_r, clean_logits, b.rows, ctx.sign, diff)
   local steps = {}
   for k = 1, m - 1 do steps[#steps + 1] = k end
   batched_steps(ctx, b, clean, clean_logits, diff, 0, steps, function(first, n)
     local value = core.batch_floats(n * blk)
-    for s = 0, n - 1 do
-      local alpha = steps[first + s] / m
-      local dst = value + s * blk
-      for i = 0, blk - 1 do dst[i] = cap_r[i] + alpha * (cap_c[i] - cap_r[i]) end
-    end
+    core.check(C.eapig_interpolate(value, embed_c, diff, step_alphas(steps, first, n, m), n, 1, blk), "EAP-IG-inputs")
     return value
   end)
   return m
@@ -112,10 +113,19 @@ local function eap_ig_activations(ctx, b)
   local model, m = ctx.model, ctx.steps
   local clean = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
+  local n = model.n_forward * blk
+  local diff = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local cap_c = runs.nodes(model, b.B, b.P)
   local clean_logits = clean_run(model, clean, b.last_pos, cap_c)
-  local diff = runs.difference(R, cap_c, model.n_forward * blk)
+  local minus_one = core.floats(1)
+  minus_one[0] = -1
+  if ctx.reference then -- leave the user's buffer as it was
+    local own = core.batch_floats(n)
+    core.check(C.eapig_interpolate(own, diff, cap_c, minus_one, 1, 1, n), "EAP-IG-activations")
+    diff = own
+  else
+    core.check(C.eapig_interpolate(diff, diff, cap_c, minus_one, 1, 1, n), "EAP-IG-activations")
+  end
   local H, L = model.n_heads, model.n_layers
   local steps = {}
   for k = 1, m do steps[k] = k end
@@ -127,17 +137,11 @@ local function eap_ig_activations(ctx, b)
       local l = math.floor((group - 1) / 2)
       if group % 2 == 1 then u0, count = 1 + l * (H + 1), H else u0, count = 1 + l * (H + 1) + H, 1 end
     end
-    batched_steps(ctx, b, clean, clean_logits, diff, group, steps, function(first, n)
+    batched_steps(ctx, b, clean, clean_logits, diff, group, steps, function(first, n_steps)
       -- override layout: (node in group, step-major rows, P, D)
-      local value = core.batch_floats(count * n * blk)
-      for j = 0, count - 1 do
-        local c, r = cap_c + (u0 + j) * blk, R + (u0 + j) * blk
-        for s = 0, n - 1 do
-          local alpha = steps[first + s] / m
-          local dst = value + (j * n + s) * blk
-          for i = 0, blk - 1 do dst[i] = alpha * c[i] + (1 - alpha) * r[i] end
-        end
-      end
+      local value = core.batch_floats(count * n_steps * blk)
+      core.check(C.eapig_interpolate(value, cap_c + u0 * blk, diff + u0 * blk, step_alphas(steps, first, n_steps, m),
+        n_steps, count, blk), "EAP-IG-activations")
       return value
     end)
   end
@@ -148,12 +152,9 @@ end
 local function clean_corrupted(ctx, b)
   local model = ctx.model
   local clean, corrupted = runs.engine_batches(b)
-  local blk = model:block_size(b.B, b.P)
-  local cap_r = runs.nodes(model, b.B, b.P)
-  model:forward(corrupted, { capture = cap_r, no_logits = true })
-  local cap_c = runs.nodes(model, b.B, b.P)
-  local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap_c, keep = true })
-  local diff = runs.difference(cap_r, cap_c, model.n_forward * blk)
+  local diff = runs.nodes(model, b.B, b.P)
+  model:forward(corrupted, { capture = diff, no_logits = true })
+  local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = diff, capture_diff = 1, keep = true })
   backward_into(model, ctx.sums, b, ctx.metric, clean_logits, clean_logits, b.rows, ctx.sign, diff)
   local logits_r = model:forward(corrupted, { logit_pos = b.last_pos, keep = true })
   backward_into(model, ctx.sums, b, ctx.metric, logits_r, clean_logits, b.rows, ctx.sign, diff)
@@ -282,31 +283,13 @@ local function information_flow_routes(ctx, b)
   local cap = runs.nodes(model, B, P)
   local resid = core.batch_floats((2 * L + 1) * blk)
   model:forward(clean, { capture = cap, resid = resid, no_logits = true })
-  local prox = ffi.new("double[?]", model.n_forward)
   local imp = ffi.new("double[?]", model.n_forward)
   local S = ctx.sums.edges
-  -- readers: (resid index, upstream count, destination columns)
+  -- a reader: its residual block ri, its upstream count and its destination columns
   local function add(ri, n_up, cols)
-    for u = 0, n_up - 1 do imp[u] = 0 end
-    for i = 0, B - 1 do
-      local len = b.lengths[i]
-      for p = 0, len - 1 do
-        local x = resid + ri * blk + (i * P + p) * D
-        local xn = 0
-        for d = 0, D - 1 do xn = xn + math.abs(x[d]) end
-        local total = 0
-        for u = 0, n_up - 1 do
-          local o = cap + u * blk + (i * P + p) * D
-          local dist = 0
-          for d = 0, D - 1 do dist = dist + math.abs(o[d] - x[d]) end
-          local pr = xn - dist
-          if pr < 0 then pr = 0 end
-          prox[u] = pr
-          total = total + pr
-        end
-        for u = 0, n_up - 1 do imp[u] = imp[u] + prox[u] / total / len end
-      end
-    end
+    ffi.fill(imp, 8 * n_up)
+    core.check(C.eapig_flow_importance(imp, resid + ri * blk, cap, n_up, b.lengths, B, P, D),
+      "information-flow-routes")
     for _, v in ipairs(cols) do
       for u = 0, n_up - 1 do S[u * NB + v] = S[u * NB + v] + imp[u] end
     end
@@ -378,7 +361,7 @@ function M.attribute(model, graph, data, metric, opts, ...)
   end
   local level = graph.level or "edge"
   if level ~= "edge" and not NODE_METHODS[method] then
-    error(("method '%s' has no %s-level form (use EAP, EAP-IG-inputs or exact)"):format(method, level), 0)
+    error(("method '%s' has no %s-level form (use EAP, EAP-IG-inputs, EAP-IG-activations or exact)"):format(method, level), 0)
   end
   if level == "neuron" and method == "exact" then
     error("method 'exact' has no neuron-level form", 0)

@@ -59,7 +59,8 @@ function Model:nodes_buffer(B, P) return core.floats(self.n_forward * B * P * se
 
 -- Runs the forward. batch = {tokens = int32[B*P], lengths = int32[B], B =, P =}; opts:
 --   logit_pos (int32[B] or nil: every position), logits (float buffer or nil: allocated),
---   capture (float buffer (NF,B,P,D) or nil), patch_ref + patch_w, override_group + override_value,
+--   capture (float buffer (NF,B,P,D) or nil), capture_diff (1: capture holds R and becomes
+--   R - output; -1: output - R), patch_ref + patch_w, override_group + override_value,
 --   keep (keep activations for :backward), no_logits (skip the unembedding).
 -- Returns the logits buffer.
 function Model:forward(batch, opts)
@@ -74,6 +75,7 @@ function Model:forward(batch, opts)
   o.logit_pos = opts.logit_pos
   o.logits = logits
   o.capture = opts.capture
+  o.capture_diff = opts.capture_diff or 0
   o.patch_ref, o.patch_w, o.patch_scale = opts.patch_ref, opts.patch_w, opts.patch_scale
   o.resid = opts.resid
   o.attn_probs = opts.attn_probs

@@ -3,7 +3,7 @@
 -- and metric evaluation at the last real positions.
 local core = require("eapig.core")
 local metrics = require("eapig.metrics")
-local ffi = core.ffi
+local ffi, C = core.ffi, core.C
 
 local runs = {}
 
@@ -84,17 +84,7 @@ function runs.compute_means(model, ds, per_position, batch_size)
     local clean = runs.engine_batches(b)
     local cap = runs.nodes(model, b.B, b.P)
     model:forward(clean, { capture = cap, no_logits = true })
-    local blk = b.B * b.P * D
-    for u = 0, NF - 1 do
-      local base = cap + u * blk
-      for i = 0, b.B - 1 do
-        for p = 0, b.lengths[i] - 1 do
-          local src = base + (i * b.P + p) * D
-          local dst = u * width + (per_position and p * D or 0)
-          for d = 0, D - 1 do sums[dst + d] = sums[dst + d] + src[d] end
-        end
-      end
-    end
+    core.check(C.eapig_node_sums(sums, cap, b.lengths, NF, b.B, b.P, D, per_position and 1 or 0), "means")
     for i = 0, b.B - 1 do count = count + (per_position and 1 or b.lengths[i]) end
   end
   for b in ds:batches(batch_size or 8) do core.with_batch(add_batch, b) end
@@ -113,28 +103,30 @@ function runs.reference(model, b, intervention, means, custom)
     local _, corrupted = runs.engine_batches(b)
     model:forward(corrupted, { capture = R, no_logits = true })
   elseif intervention == "mean" or intervention == "mean-positional" then
-    local D, P = model.d_model, b.P
-    if means.per_position and P > means.P then
-      error(("mean-positional: batch at row %d has %d positions but the means have %d"):format(b.first, P, means.P), 0)
+    if means.per_position and b.P > means.P then
+      error(("mean-positional: batch at row %d has %d positions but the means have %d"):format(b.first, b.P, means.P), 0)
     end
-    local width = means.per_position and means.P * D or D
-    for u = 0, model.n_forward - 1 do
-      for i = 0, b.B - 1 do
-        for p = 0, P - 1 do
-          local src = means.values + u * width + (means.per_position and p * D or 0)
-          ffi.copy(R + ((u * b.B + i) * P + p) * D, src, 4 * D)
-        end
-      end
-    end
+    core.check(C.eapig_broadcast_means(R, means.values, model.n_forward, b.B, b.P, model.d_model,
+      means.per_position and 1 or 0, means.P), "means")
   end -- zero: R stays zero
   return R
 end
 
--- diff = R - clean, elementwise.
-function runs.difference(R, clean, n)
-  local diff = core.batch_floats(n)
-  for i = 0, n - 1 do diff[i] = R[i] - clean[i] end
-  return diff
+-- The difference buffer R - clean (NF, B, P, D) of a batch: the reference of an intervention,
+-- turned in place into R - clean by the clean run itself (capture_diff), which also keeps its
+-- activations for a backward and returns the clean logits at the last positions. A custom
+-- reference is copied first: the user's buffer is left as it was.
+function runs.clean_difference(model, b, intervention, means, custom)
+  local R = runs.reference(model, b, intervention, means, custom)
+  local n = model.n_forward * model:block_size(b.B, b.P)
+  if custom then
+    local own = core.batch_floats(n)
+    ffi.copy(own, R, 4 * n)
+    R = own
+  end
+  local clean = runs.engine_batches(b)
+  local logits = model:forward(clean, { logit_pos = b.last_pos, capture = R, capture_diff = 1, keep = true })
+  return R, logits
 end
 
 -- Runs a metric on logits (rows, V) at the last positions; with grad, fills dlogits with

@@ -14,7 +14,7 @@ local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
 
 local EPILOG = [[
 Data: JSONL rows {"clean": [ids], "corrupted": [ids], "correct": id|[ids], "incorrect": id|[ids]}.
-Node and neuron levels take EAP, EAP-IG-inputs or exact.
+Node and neuron levels take EAP, EAP-IG-inputs, EAP-IG-activations or exact.
 Mean interventions need --intervention-data.
 Example:
    eapig attribute --model gpt2 --data ioi.jsonl --ig-steps 5 --out graph.json]]
