@@ -197,9 +197,15 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
         }
         return EAPIG_OK;
     }
-    /* Stored (C, R): read it in order, write each stored row as a destination column. */
-    for (size_t c = 0; c < Cn; c++)
-        for (size_t r = 0; r < R; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
+    /* Stored (C, R): each stored row becomes a destination column, in square tiles so that
+     * both the reads and the strided writes stay in cache. */
+    enum { TILE = 32 };
+    for (size_t c0 = 0; c0 < Cn; c0 += TILE)
+        for (size_t r0 = 0; r0 < R; r0 += TILE) {
+            size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < R ? r0 + TILE : R;
+            for (size_t c = c0; c < c1; c++)
+                for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
+        }
     return EAPIG_OK;
 }
 
