@@ -1,7 +1,11 @@
 -- Benchmark (not a test): forward, forward+backward and score accumulation on a random
 -- GPT-2-small-sized model (12 layers, 12 heads, d_model 768, d_mlp 3072, vocab 50257) at
--- B = 8, P = 16, reported in GFLOP/s beside this machine's own sgemm rate, measured here.
--- Run from the repository root: luajit scripts/bench.lua [threads]
+-- B = 8, P = 16, reported in GFLOP/s beside this machine's own sgemm rate, measured here; then
+-- EAP-IG-inputs end to end, loading that model from an f32 checkpoint (time and peak memory),
+-- evaluating a circuit, and a 10-size sweep against 10 separate evaluations.
+-- Run from the repository root: luajit scripts/bench.lua [threads] [scaling]
+-- `scaling` adds a table of one EAP-IG-inputs batch over B in {1, 8, 32}, P in {16, 64},
+-- steps in {5, 20} and threads in {1, 2} (minutes, and a few GB of memory at the largest).
 package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;./tests/?.lua;" .. package.path
 package.cpath = "./build/?.so;" .. package.cpath
 local core = require("eapig.core")
@@ -9,6 +13,7 @@ local tiny = require("support.tiny")
 local C = core.C
 
 local threads = tonumber(arg[1] or "") or C.eapig_get_num_threads()
+local scaling = arg[2] == "scaling" or arg[1] == "scaling"
 C.eapig_set_num_threads(threads)
 
 local function now()
@@ -110,3 +115,95 @@ local batches = #rows / B
 local e2e_flops = batches * ((steps + 1) * fwd_flops + steps * bwd_flops + 2 * score_flops)
 line(("EAP-IG-inputs, %d steps, 32 x %d tokens"):format(steps, P), e2e_flops, t_e2e)
 print(("  %.2f s end to end"):format(t_e2e))
+
+-- Circuit evaluation on the same data: one top-200 circuit, then a 10-size sweep (MIB's
+-- fractions, with its clean, corrupted and empty baselines) against 10 separate evaluations.
+local evaluate = require("eapig.evaluate")
+local sweep = require("eapig.sweep")
+local function top(k)
+  local g = graph:clone()
+  g:apply_topn(k, { absolute = true })
+  return g
+end
+local eval_opts = { batch_size = B, quiet = true }
+local t_eval = time(function() evaluate.evaluate_graph(m, top(200), data, "logit_diff", eval_opts) end, 1)
+local t_sweep = time(function() sweep.run(m, graph, data, "logit_diff", eval_opts) end, 1)
+local t_separate = time(function()
+  for _, frac in ipairs(sweep.DEFAULT_FRACTIONS) do
+    local g = top(sweep.edges_at(frac, graph:n_edges()))
+    if g:count_included_edges() > 0 then evaluate.evaluate_graph(m, g, data, "logit_diff", eval_opts) end
+  end
+end, 1)
+print(("evaluate, top-200 circuit, 32 x %d tokens: %.2f s"):format(P, t_eval))
+print(("10 circuit sizes: one sweep %.2f s, 10 evaluations %.2f s (%.1fx)"):format(t_sweep, t_separate,
+  t_separate / t_sweep))
+
+-- Loading: the same shape saved as an f32 safetensors checkpoint, loaded by a fresh process
+-- (its wall time and peak resident memory, as `eapig info` would pay them).
+local train = require("eapig.train")
+local testing = require("eapig.testing")
+local dir = testing.tmpdir()
+local raw = train.new_model({ family = "gpt2", layers = L, heads = H, d_model = D, d_mlp = F, vocab = V, n_ctx = 1024 })
+train.save_pretrained(raw, dir)
+raw:free()
+local probe_path = dir .. "/probe.lua"
+local probe_file = assert(io.open(probe_path, "wb"))
+probe_file:write(([[
+package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;" .. package.path
+package.cpath = "./build/?.so;" .. package.cpath
+local t0 = io.popen("date +%%s.%%N"):read("*l")
+require("eapig").load(%q)
+local t1 = io.popen("date +%%s.%%N"):read("*l")
+local hwm = io.open("/proc/self/status"):read("*a"):match("VmHWM:%%s*(%%d+)")
+print(tonumber(t1) - tonumber(t0), tonumber(hwm) / 1024)
+]]):format(dir))
+probe_file:close()
+local probe = io.popen("luajit " .. probe_path)
+local load_s, load_mb = probe:read("*n", "*n")
+probe:close()
+testing.rmtree(dir)
+print(("load, GPT-2-small f32 safetensors: %.2f s, peak RSS %.0f MB"):format(load_s or 0 / 0, load_mb or 0 / 0))
+local status = io.open("/proc/self/status")
+if status then
+  print(("this benchmark's peak RSS: %.0f MB"):format(tonumber(status:read("*a"):match("VmHWM:%s*(%d+)")) / 1024))
+  status:close()
+end
+
+if scaling then
+  -- One batch of EAP-IG-inputs (B rows of P tokens, `steps` steps) through the Lua API.
+  print("\nscaling: one EAP-IG-inputs batch")
+  print(("%7s %3s %4s %6s %10s %10s %9s"):format("threads", "B", "P", "steps", "time", "GFLOP/s", "of sgemm"))
+  for _, th in ipairs({ 1, 2 }) do
+    C.eapig_set_num_threads(th)
+    local rate = 2 * n ^ 3 / time(function() C.eapig_sgemm(n, n, n, A, Bm, Cm) end, 3) / 1e9
+    for _, b in ipairs({ 1, 8, 32 }) do
+      for _, p in ipairs({ 16, 64 }) do
+        for _, k in ipairs({ 5, 20 }) do
+          local srows = {}
+          for i = 1, b do
+            local clean, corrupted = {}, {}
+            for q = 1, p do
+              clean[q] = rng.int(V)
+              corrupted[q] = q > p / 2 and rng.int(V) or clean[q]
+            end
+            srows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(V), incorrect = rng.int(V) }
+          end
+          local sdata = eapig.data.from_rows(srows, { vocab = V })
+          local t = time(function()
+            eapig.attribute(m, graph, sdata, "logit_diff", { method = "EAP-IG-inputs", ig_steps = k, batch_size = b,
+              quiet = true })
+          end, 1)
+          local tokens = b * p
+          local f_fwd = tokens * per_token + 2 * 2 * L * b * H * p * p * (D / H) + 2 * b * D * V
+          local f_bwd = f_fwd + 2 * 2 * L * b * H * p * p * (D / H)
+          local f_score = score_flops / N * tokens
+          local flops = (k + 1) * f_fwd + k * f_bwd + 2 * f_score
+          print(("%7d %3d %4d %6d %8.2f s %10.1f %8.0f%%"):format(th, b, p, k, t, flops / t / 1e9,
+            100 * flops / t / 1e9 / rate))
+          collectgarbage()
+        end
+      end
+    end
+  end
+  C.eapig_set_num_threads(threads)
+end
