@@ -8,8 +8,13 @@
  *
  * R = rows and C = cols of the float32 destination; a transposed read takes a stored (C, R).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -30,14 +35,17 @@ eapig_file *eapig_file_open(const char *path) {
         eapig_set_error(EAPIG_ERR_ARG, "eapig_file_open: path is NULL");
         return NULL;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: not a regular file", path);
+        eapig_set_error(EAPIG_ERR_IO, "eapig_file_open: %s: not a regular file (%s)", path,
+                        S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                        : S_ISCHR(st.st_mode) ? "a character device" : "a special file");
         close(fd);
         return NULL;
     }
@@ -195,17 +203,115 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
         } else {
             for (size_t i = 0; i < count; i++) dst[i] = element(src + i * esize, dtype);
         }
-        return EAPIG_OK;
+    } else {
+        /* Stored (C, R): each stored row becomes a destination column, in square tiles so that
+         * both the reads and the strided writes stay in cache. */
+        enum { TILE = 32 };
+        for (size_t c0 = 0; c0 < Cn; c0 += TILE)
+            for (size_t r0 = 0; r0 < R; r0 += TILE) {
+                size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < R ? r0 + TILE : R;
+                for (size_t c = c0; c < c1; c++)
+                    for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
+            }
     }
-    /* Stored (C, R): each stored row becomes a destination column, in square tiles so that
-     * both the reads and the strided writes stay in cache. */
-    enum { TILE = 32 };
-    for (size_t c0 = 0; c0 < Cn; c0 += TILE)
-        for (size_t r0 = 0; r0 < R; r0 += TILE) {
-            size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < R ? r0 + TILE : R;
-            for (size_t c = c0; c < c1; c++)
-                for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
+    /* A NaN or infinite weight poisons every activation after it, and a NaN with a payload is
+     * not even safe to hand to LuaJIT: refuse the tensor here, naming the stored element. */
+    int64_t bad = eapig_floats_first_nonfinite(dst, (int64_t)count);
+    if (bad >= 0) {
+        size_t stored = (size_t)bad;
+        if (transpose) stored = ((size_t)bad % Cn) * R + (size_t)bad / Cn;
+        return eapig_set_error(EAPIG_ERR_IO,
+                               "eapig_file_tensor: %s: element %zu (byte %llu) is %s; weights must be finite",
+                               f->path, stored, (unsigned long long)(begin + stored * esize),
+                               isnan(dst[bad]) ? "NaN" : "infinite");
+    }
+    return EAPIG_OK;
+}
+
+int64_t eapig_floats_first_nonfinite(const float *x, int64_t n) {
+    if (!x) return -1;
+    /* Compare bits, not values: -O3 without fast-math keeps isfinite, but a bit test is exact and
+     * never raises a floating-point exception on a signalling NaN. */
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, x + i, sizeof bits);
+        if ((bits & 0x7f800000u) == 0x7f800000u) return i;
+    }
+    return -1;
+}
+
+int64_t eapig_floats_canonicalize_nan(float *x, int64_t n, int64_t *first_changed) {
+    if (first_changed) *first_changed = -1;
+    if (!x) return 0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, x + i, sizeof bits);
+        if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0) {
+            /* keep the sign: -NaN (what 0/0 gives on x86) stays bit-identical through a round trip */
+            uint32_t quiet = (bits & 0x80000000u) | 0x7fc00000u;
+            if (bits == quiet) continue;
+            memcpy(x + i, &quiet, sizeof quiet);
+            if (first_changed && count == 0) *first_changed = i;
+            count++;
         }
+    }
+    return count;
+}
+
+/* ---- paths -------------------------------------------------------------------------------- */
+
+int32_t eapig_path_kind(const char *path, int32_t follow) {
+    struct stat st;
+    if (!path || (follow ? stat(path, &st) : lstat(path, &st)) != 0) return EAPIG_PATH_MISSING;
+    if (S_ISREG(st.st_mode)) return EAPIG_PATH_FILE;
+    if (S_ISDIR(st.st_mode)) return EAPIG_PATH_DIR;
+    if (S_ISLNK(st.st_mode)) return EAPIG_PATH_LINK;
+    if (S_ISFIFO(st.st_mode)) return EAPIG_PATH_FIFO;
+    if (S_ISCHR(st.st_mode)) return EAPIG_PATH_CHAR;
+    if (S_ISBLK(st.st_mode)) return EAPIG_PATH_BLOCK;
+    if (S_ISSOCK(st.st_mode)) return EAPIG_PATH_SOCKET;
+    return EAPIG_PATH_OTHER;
+}
+
+int eapig_path_resolve(const char *path, char *out, size_t cap) {
+    if (!path || !out) return eapig_set_error(EAPIG_ERR_ARG, "eapig_path_resolve: NULL argument");
+    char *real = realpath(path, NULL);
+    if (!real) return eapig_set_error(EAPIG_ERR_IO, "%s: cannot resolve: %s", path, strerror(errno));
+    size_t n = strlen(real);
+    if (n >= cap) {
+        free(real);
+        return eapig_set_error(EAPIG_ERR_ARG, "%s: the resolved path is longer than %zu bytes", path, cap);
+    }
+    memcpy(out, real, n + 1);
+    free(real);
+    return EAPIG_OK;
+}
+
+int32_t eapig_process_id(void) { return (int32_t)getpid(); }
+
+int eapig_remove_stale_temps(const char *dir, const char *prefix, int32_t *removed) {
+    if (!dir || !prefix || !removed) return eapig_set_error(EAPIG_ERR_ARG, "eapig_remove_stale_temps: NULL argument");
+    *removed = 0;
+    DIR *d = opendir(dir);
+    if (!d) return EAPIG_OK; /* nothing to clean where nothing can be listed */
+    size_t plen = strlen(prefix);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, plen) != 0) continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(e->d_name + plen, &end, 10);
+        if (errno || end == e->d_name + plen || *end != '-' || pid <= 0 || pid > INT_MAX) continue;
+        /* ESRCH: no such process. EPERM means it runs under another user: leave its file. */
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char full[PATH_MAX];
+        struct stat st;
+        if (snprintf(full, sizeof full, "%s/%s", dir, e->d_name) >= (int)sizeof full) continue;
+        if (lstat(full, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (unlink(full) == 0) (*removed)++;
+    }
+    closedir(d);
     return EAPIG_OK;
 }
 

@@ -369,7 +369,7 @@ describe("dtypes and shards", function()
     assert.are.equal(2, info["end"] - info.begin)
     assert_names(error_of(r.read_into, r, "mask", floats(2), 1, 2), path, "mask", "U8")
     r:close()
-    assert.is_nil(io.open(path .. ".tmp"))
+    assert.are.same({}, require("support.files").temps_beside(path))
   end)
 end)
 

@@ -142,10 +142,37 @@ EAPIG_API uint64_t eapig_file_size(const eapig_file *f);
 /* Copies n bytes at offset into dst; error (naming the file) if the range leaves the file. */
 EAPIG_API int eapig_file_read(const eapig_file *f, uint64_t offset, uint64_t n, void *dst);
 /* Converts the tensor stored at [begin, end) with the given dtype into float32 dst of rows*cols
- * elements; end - begin must equal rows*cols*element size. transpose != 0 reads a stored
+ * elements; end - begin must equal rows*cols*element size. A NaN or infinite element is an error
+ * naming its index (weights must be finite). transpose != 0 reads a stored
  * (cols, rows) matrix and writes its transpose (GPT-2's Conv1D weights). */
 EAPIG_API int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t dtype,
                                 float *dst, int64_t rows, int64_t cols, int32_t transpose);
+/* Index of the first element of x (n floats) that is NaN or infinite, or -1 when all are finite.
+ * Weights read from files pass through this (eapig_file_tensor calls it) before Lua sees them. */
+EAPIG_API int64_t eapig_floats_first_nonfinite(const float *x, int64_t n);
+/* Replaces every NaN in x by the quiet NaN of its sign (0x7fc00000 or 0xffc00000, no payload)
+ * and returns how many it changed (NaNs that had a payload); *first_changed (optional) is the
+ * index of the first, or -1.
+ * LuaJIT may mistake a NaN with another payload, read from C memory, for a tagged object, so
+ * floats read from a file where NaN is legitimate (graph scores) are canonicalised first. */
+EAPIG_API int64_t eapig_floats_canonicalize_nan(float *x, int64_t n, int64_t *first_changed);
+
+/* ---- paths: what is at a path, for callers that must not block on or replace special files -- */
+enum {
+    EAPIG_PATH_MISSING = 0, EAPIG_PATH_FILE = 1, EAPIG_PATH_DIR = 2, EAPIG_PATH_LINK = 3,
+    EAPIG_PATH_FIFO = 4, EAPIG_PATH_CHAR = 5, EAPIG_PATH_BLOCK = 6, EAPIG_PATH_SOCKET = 7,
+    EAPIG_PATH_OTHER = 8
+};
+/* What path names (EAPIG_PATH_*); follow != 0 describes a symlink's target (MISSING when it
+ * dangles), follow = 0 the link itself. Never opens the path, so a FIFO cannot block it. */
+EAPIG_API int32_t eapig_path_kind(const char *path, int32_t follow);
+/* The absolute path with every symlink resolved (realpath) into out (cap bytes). */
+EAPIG_API int eapig_path_resolve(const char *path, char *out, size_t cap);
+EAPIG_API int32_t eapig_process_id(void);
+/* Removes the regular files in dir named prefix + "<pid>-..." whose process no longer runs:
+ * temporary outputs left by a killed writer. Sets *removed to how many went. */
+EAPIG_API int eapig_remove_stale_temps(const char *dir, const char *prefix, int32_t *removed);
+
 /* Reorders the rows of a (n_heads*d_head, d_in) projection from the interleaved RoPE layout
  * (pairs 2i, 2i+1) into the half-split layout (i, i + d_head/2), in place. */
 EAPIG_API int eapig_rope_permute_rows(float *w, int32_t n_heads, int32_t d_head, int32_t d_in);

@@ -25,6 +25,16 @@ function core.check(status, context)
   end
 end
 
+-- Same for a core call about one part of a file: the message reads "<context>: <what is wrong>",
+-- without the core's own "eapig_x: <path>: " prefix repeating what context already names.
+function core.check_file(status, path, context)
+  if status ~= 0 then
+    local msg = ffi.string(C.eapig_last_error()):gsub("^eapig_[%w_]+: ", "")
+    if msg:sub(1, #path + 2) == path .. ": " then msg = msg:sub(#path + 3) end
+    error(context .. ": " .. msg, 2)
+  end
+end
+
 -- Same for constructors that return NULL on failure.
 function core.check_ptr(ptr, context)
   if ptr == nil then

@@ -13,7 +13,7 @@
 -- Errors name the file, the row (data rows counted from 1, the header is row 0) and the line.
 local type, error, tostring, ipairs, pairs, pcall = type, error, tostring, ipairs, pairs, pcall
 local format, concat, find, sub, byte = string.format, table.concat, string.find, string.sub, string.byte
-local open, rename, remove = io.open, os.rename, os.remove
+local files = require("eapig.files")
 
 local csv = {}
 
@@ -127,10 +127,7 @@ end
 -- read(path) -> parse's table for the file (source = path).
 function csv.read(path, opts)
   if type(path) ~= "string" then error("csv.read: path must be a string", 2) end
-  local f, err = open(path, "rb")
-  if not f then error("csv.read: cannot open " .. tostring(err), 0) end
-  local text = f:read("*a")
-  f:close()
+  local text = files.read(path, "csv.read")
   local o = { source = path }
   for k, v in pairs(opts or {}) do o[k] = v end
   return csv.parse(text, o)
@@ -198,26 +195,13 @@ function csv.encode(header, rows, opts)
   return concat(out, eol) .. eol
 end
 
--- Writes the file through a temporary file renamed into place, so a failure never leaves a
--- partial file at path.
+-- Writes the file through eapig.files (a temporary file renamed into place), so a failure never
+-- leaves a partial file at path.
 function csv.write(path, header, rows, opts)
   if type(path) ~= "string" then error("csv.write: path must be a string", 2) end
   local ok, text = pcall(csv.encode, header, rows, opts)
   if not ok then error(format("csv.write %s: %s", path, tostring(text)), 2) end
-  local tmp = path .. ".tmp"
-  local f, err = open(tmp, "wb")
-  if not f then error("csv.write: cannot open " .. tostring(err), 2) end
-  local wok, werr = f:write(text)
-  local cok, cerr = f:close()
-  if not wok or not cok then
-    remove(tmp)
-    error(format("csv.write %s: %s", path, tostring(werr or cerr)), 2)
-  end
-  local rok, rerr = rename(tmp, path)
-  if not rok then
-    remove(tmp)
-    error("csv.write: " .. tostring(rerr), 2)
-  end
+  files.write_atomic(path, "csv.write", text)
 end
 
 return csv

@@ -16,10 +16,10 @@ local cjson_safe = require("cjson.safe")
 local bit = require("bit")
 
 local type, error, pairs, ipairs, tostring, tonumber = type, error, pairs, ipairs, tostring, tonumber
-local setmetatable, getmetatable, pcall, assert = setmetatable, getmetatable, pcall, assert
+local setmetatable, getmetatable, pcall = setmetatable, getmetatable, pcall
 local format, concat, sort = string.format, table.concat, table.sort
 local floor, max, min, huge = math.floor, math.max, math.min, math.huge
-local open, rename, remove = io.open, os.rename, os.remove
+local files = require("eapig.files")
 
 local int32_array = ffi.typeof("int32_t[?]")
 
@@ -184,8 +184,7 @@ end
 function data.load_jsonl(path, opts)
   opts = opts or {}
   check_opts(opts, "data.load_jsonl")
-  local f, err = open(path, "r")
-  if not f then error("data.load_jsonl: cannot open " .. tostring(err), 2) end
+  local f = files.open_input(path, "data.load_jsonl")
   local raw, lines, n = {}, {}, 0
   for text in f:lines() do
     n = n + 1
@@ -454,32 +453,18 @@ local function encode_row(row)
   return "{" .. concat(parts, ", ") .. "}"
 end
 
--- Writes a Dataset (or a list of rows) as JSONL, through a temporary file renamed into place so
--- a failure never leaves a partial file at path.
+-- Writes a Dataset (or a list of rows) as JSONL, through eapig.files (a temporary file renamed
+-- into place), so a failure never leaves a partial file at path.
 function data.write_jsonl(ds, path)
   local rows = getmetatable(ds) == Dataset and ds.rows or ds
   if type(rows) ~= "table" then error("data.write_jsonl: needs a Dataset or a list of rows", 2) end
-  local tmp = path .. ".tmp"
-  local f, err = open(tmp, "w")
-  if not f then error("data.write_jsonl: cannot open " .. tostring(err), 2) end
-  local ok, werr = pcall(function()
-    for i, row in ipairs(rows) do
-      local okr, line = pcall(encode_row, row)
-      if not okr then error(format("row %d: %s", i, tostring(line)), 0) end
-      assert(f:write(line, "\n"))
-    end
-    assert(f:close())
-  end)
-  if not ok then
-    pcall(f.close, f)
-    remove(tmp)
-    error(format("data.write_jsonl %s: %s", path, tostring(werr)), 2)
+  local lines = {}
+  for i, row in ipairs(rows) do
+    local okr, line = pcall(encode_row, row)
+    if not okr then error(format("data.write_jsonl %s: row %d: %s", tostring(path), i, tostring(line)), 2) end
+    lines[i] = line .. "\n"
   end
-  local rok, rerr = rename(tmp, path)
-  if not rok then
-    remove(tmp)
-    error("data.write_jsonl: " .. tostring(rerr), 2)
-  end
+  files.write_atomic(path, "data.write_jsonl", table.concat(lines))
 end
 
 -- An id field as written to its *_idx column: one id as an integer (EAP-IG's form), more as a list.

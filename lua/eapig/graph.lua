@@ -101,11 +101,27 @@ end
 
 -- ---- configuration and layout ---------------------------------------------------------------
 
+-- The core's own limits on a model's dimensions (core/model.c), applied to graphs too, so a
+-- graph file cannot ask for more than any model this program loads.
+local CFG_LIMITS = { n_layers = 4096, n_heads = 4096, d_model = 2 ^ 20 }
+-- Score and mask matrices of NF x NB entries (4 + 1 + 1 bytes each): 2^28 entries is ~1.6 GB,
+-- several times the graph of a 70B-parameter model.
+local MAX_MATRIX = 2 ^ 28
+
 local function positive_int(cfg, key, where)
   local v = cfg[key]
   if type(v) ~= "number" or v < 1 or v ~= floor(v) then
     fail("%s: cfg.%s must be a positive integer, got %s", where, key, tostring(v))
   end
+  if CFG_LIMITS[key] and v > CFG_LIMITS[key] then
+    fail("%s: cfg.%s is %d, more than the largest a model may have (%d)", where, key, v, CFG_LIMITS[key])
+  end
+end
+
+-- n_forward and n_backward of a cfg's graph (its n_layers and n_heads, unchecked).
+function Graph.size_of(cfg)
+  local L, H = cfg.n_layers, cfg.n_heads
+  return 1 + L * (H + 1), L * (3 * H + 1) + 1
 end
 
 -- Keeps the cfg's scalar entries (they go into the graph JSON as EAP-IG keeps its cfg) and turns
@@ -132,6 +148,11 @@ local function normalize_cfg(cfg, where)
   else
     fail("%s: cfg.parallel_attn_mlp must be a boolean, got %s", where, tostring(p))
   end
+  local NF, NB = Graph.size_of(c)
+  if NF * NB > MAX_MATRIX then
+    fail("%s: cfg.n_layers %d and cfg.n_heads %d give a %d x %d edge matrix, more than %d entries", where,
+         c.n_layers, c.n_heads, NF, NB, MAX_MATRIX)
+  end
   return c
 end
 
@@ -139,7 +160,7 @@ end
 -- selection passes read; small arrays (NF, NB entries), built once per graph.
 local function build_layout(g)
   local L, H = g.cfg.n_layers, g.cfg.n_heads
-  local NF, NB = 1 + L * (H + 1), L * (3 * H + 1) + 1
+  local NF, NB = Graph.size_of(g.cfg)
   g.n_forward, g.n_backward = NF, NB
 
   local fnames, bnames, findex, bindex = { [0] = "input" }, {}, { input = 0 }, {}

@@ -10,6 +10,7 @@ local core = require("eapig.core")
 local ffi, C = core.ffi, core.C
 local cjson = require("cjson.safe") -- returns nil, err on bad input: we name the file ourselves
 local Graph = require("eapig.graph")
+local safetensors = require("eapig.safetensors")
 
 local floor, huge = math.floor, math.huge
 local fmt, concat = string.format, table.concat
@@ -23,7 +24,12 @@ local function fail(template, ...)
 end
 
 local write_atomic = files.write_atomic
-local read_all = files.read
+
+-- Graphs up to this many edge-matrix entries load from any JSON file (Llama-3-8B's is 3.3M);
+-- bigger ones need a file of at least half as many bytes (a real one has tens per edge).
+local MIN_JSON_MATRIX = 2 ^ 22
+
+local first_changed = ffi.new("int64_t[1]")
 
 -- ---- JSON ---------------------------------------------------------------------------------------
 
@@ -157,8 +163,6 @@ function M.to_json(g, path)
 end
 
 local LEVELS = { [0] = "edge", "node", "neuron" }
--- Graphs up to this many edge-matrix entries load from any JSON file (Llama-3-8B's has 3.3 M).
-local MIN_JSON_MATRIX = 2 ^ 22
 local CFG_MAX = 1024 * 1024 -- bytes: a cfg is a few hundred
 
 -- Graph.from_json(path): reads EAP-IG's layout (its own files and ours), streaming: a first pass
@@ -171,21 +175,22 @@ function M.from_json(path)
   local function check(status)
     if status ~= 0 then fail("%s: '%s': %s", where, path, ffi.string(C.eapig_last_error())) end
   end
+  files.check_input(path, where) -- a FIFO would block the reader
   local cfg_text, cfg_len, level = ffi.new("char[?]", CFG_MAX), ffi.new("size_t[1]"), ffi.new("int32_t[1]")
   check(C.eapig_graph_json_header(path, cfg_text, CFG_MAX, cfg_len, level))
   local cfg = cjson.decode(ffi.string(cfg_text, cfg_len[0]))
   if type(cfg) ~= "table" then fail("%s: '%s': missing or malformed key 'cfg'", where, path) end
-  -- The cfg sizes the graph, and a file lists its edges at tens of bytes each: a cfg whose edge
-  -- matrix is far bigger than the file is forged (or the wrong file). Refuse it before allocating.
+  -- A file lists its edges (tens of bytes each), so a cfg far bigger than the file is a forged
+  -- one: refuse it before allocating and then scanning, selecting or writing a huge graph.
   local L, H = tonumber(cfg.n_layers), tonumber(cfg.n_heads)
   if L and H and L >= 1 and H >= 1 then
-    local fh = io.open(path, "rb")
-    local bytes = fh and fh:seek("end") or 0
-    if fh then fh:close() end
-    local cells = (1 + L * (H + 1)) * (L * (3 * H + 1) + 1)
-    if cells > math.max(MIN_JSON_MATRIX, 2 * bytes) then
-      fail("%s: '%s': cfg.n_layers %d and cfg.n_heads %d give a graph of %.0f edge-matrix entries, far more " ..
-        "than a %d-byte file can list", where, path, L, H, cells, bytes)
+    local fh = files.open_input(path, where)
+    local bytes = fh:seek("end")
+    fh:close()
+    local NF, NB = Graph.size_of({ n_layers = L, n_heads = H })
+    if NF * NB > math.max(MIN_JSON_MATRIX, 2 * bytes) then
+      fail("%s: '%s': cfg.n_layers %d and cfg.n_heads %d give a %d x %d edge matrix, far more than a %d-byte " ..
+           "file can list", where, path, L, H, NF, NB, bytes)
     end
   end
   local ok, g = pcall(Graph.new, cfg, { level = LEVELS[level[0]] })
@@ -208,12 +213,6 @@ local function u64le(n)
     n = floor(n / 256)
   end
   return concat(t)
-end
-
-local function read_u64le(s)
-  local n = 0
-  for i = 8, 1, -1 do n = n * 256 + s:byte(i) end
-  return n
 end
 
 local function names_json(names, first, last)
@@ -275,21 +274,17 @@ end
 function M.from_safetensors(path)
   local where = "Graph.from_safetensors"
   if not ffi.abi("le") then fail("%s: only little-endian machines are supported", where) end
-  local data = read_all(path, where)
   local function bad(msg, ...) fail("%s: '%s': " .. msg, where, path, ...) end
-  if #data < 8 then bad("too short for a safetensors header (%d bytes)", #data) end
-  local hlen = read_u64le(data)
-  if hlen > #data - 8 then bad("header length %d runs past the end of the file (%d bytes)", hlen, #data) end
-  local header, err = cjson.decode(data:sub(9, 8 + hlen))
-  if type(header) ~= "table" then bad("header is not a JSON object: %s", tostring(err)) end
-  local meta = header.__metadata__
-  if type(meta) ~= "table" or type(meta.cfg) ~= "string" then
-    bad("no cfg in __metadata__ (not a graph written by eapig)")
-  end
+  -- The one safetensors reader checks the header, the offsets and that the tensors tile the file.
+  local ok, reader = pcall(safetensors.open, path)
+  if not ok then fail("%s: %s", where, tostring(reader)) end
+  local meta = reader.metadata
+  if type(meta.cfg) ~= "string" then bad("no cfg in __metadata__ (not a graph written by eapig)") end
   local cfg, cerr = cjson.decode(meta.cfg)
   if type(cfg) ~= "table" then bad("__metadata__.cfg is not a JSON object: %s", tostring(cerr)) end
-  local level = meta.level or (header.neurons_in_graph and "neuron" or "edge")
-  local ok, g = pcall(Graph.new, cfg, { level = level })
+  local level = meta.level or (reader:has("neurons_in_graph") and "neuron" or "edge")
+  local g
+  ok, g = pcall(Graph.new, cfg, { level = level })
   if not ok then bad("bad cfg: %s", tostring(g)) end
 
   -- The names pin the layout: a file from another node order must not load silently.
@@ -306,30 +301,27 @@ function M.from_safetensors(path)
     end
   end
 
-  local base = ffi.cast("const uint8_t *", data) + 8 + hlen
-  local data_len = #data - 8 - hlen
+  local wanted = {}
   for _, t in ipairs(tensor_list(g)) do
-    local info = header[t.name]
-    if info == nil then
-      if t.name ~= "node_scores" then bad("missing tensor '%s'", t.name) end
+    wanted[t.name] = true
+    if not reader:has(t.name) then
+      if t.name ~= "node_scores" then bad("missing tensor '%s' (a %s-level graph has it)", t.name, g.level) end
     else
-      if type(info) ~= "table" or info.dtype ~= t.dtype then
-        bad("tensor '%s' must have dtype %s, got %s", t.name, t.dtype, tostring(type(info) == "table" and info.dtype))
+      local rok, rerr = pcall(reader.read_bytes, reader, t.name, t.buf, t.dtype, t.shape)
+      if not rok then fail("%s: %s (for this cfg and level '%s')", where, tostring(rerr), g.level) end
+      -- NaN is a legitimate score (a NaN metric gives one), but eapig writes only the plain quiet
+      -- NaN: one with a payload, which LuaJIT could mistake for another value, means a damaged
+      -- or forged file. The core makes every NaN plain before Lua reads any, then we refuse.
+      if t.dtype == "F32" and C.eapig_floats_canonicalize_nan(t.buf, t.nbytes / 4, first_changed) > 0 then
+        bad("tensor '%s': element %d is a NaN with a payload (eapig writes only plain NaN)", t.name,
+            tonumber(first_changed[0]))
       end
-      local shape = info.shape
-      local same = type(shape) == "table" and #shape == #t.shape
-      for i = 1, #t.shape do same = same and shape[i] == t.shape[i] end
-      if not same then
-        bad("tensor '%s' must have shape [%s] for this cfg", t.name, concat(t.shape, ", "))
-      end
-      local offs = info.data_offsets
-      local b, e = type(offs) == "table" and offs[1], type(offs) == "table" and offs[2]
-      if type(b) ~= "number" or type(e) ~= "number" or b < 0 or e < b or e > data_len or e - b ~= t.nbytes then
-        bad("tensor '%s' has bad data_offsets (need %d bytes within %d)", t.name, t.nbytes, data_len)
-      end
-      ffi.copy(t.buf, base + b, t.nbytes)
     end
   end
+  for _, name in ipairs(reader:names()) do
+    if not wanted[name] then bad("tensor '%s' does not belong to a %s-level graph (__metadata__.level)", name, g.level) end
+  end
+  reader:close()
 
   -- Masks hold 0/1, and only real edges can be in the circuit.
   local NF, NB, ig, real = g.n_forward, g.n_backward, g.in_graph, g.real
@@ -518,33 +510,39 @@ function M.draw(g, path, opts)
     fail("%s: Graphviz's `%s` program was not found; install Graphviz (e.g. apt install graphviz) " ..
       "or write the source with graph:to_dot(path)", where, dot)
   end
-  local src, errfile = os.tmpname(), os.tmpname()
+  -- dot renders into a private temporary file; the picture then goes through the one atomic
+  -- writer like every other output (so --out may be a symlink, a FIFO or /dev/null too).
+  local src, picture, errfile = os.tmpname(), os.tmpname(), os.tmpname()
+  local function cleanup()
+    os.remove(src)
+    os.remove(picture)
+    os.remove(errfile)
+  end
   local fh = io.open(src, "wb")
   if not fh or not fh:write(M.dot_source(g, opts)) then
     if fh then fh:close() end
-    os.remove(src)
-    os.remove(errfile)
+    cleanup()
     fail("%s: cannot write a temporary file '%s'", where, src)
   end
   fh:close()
-  -- Render into a temporary file beside the target, then rename: no half-written picture.
-  local tmp = files.temp_name(path)
-  local status = os.execute(fmt("%s -T%s -o %s %s 2>%s", shell_quote(dot), ext, shell_quote(tmp),
+  local status = os.execute(fmt("%s -T%s -o %s %s 2>%s", shell_quote(dot), ext, shell_quote(picture),
     shell_quote(src), shell_quote(errfile)))
   fh = io.open(errfile, "rb")
   local message = fh and fh:read("*a") or ""
   if fh then fh:close() end
-  os.remove(src)
-  os.remove(errfile)
   if not succeeded(status) then
-    os.remove(tmp)
+    cleanup()
+    -- dot's first line says what went wrong; the rest is its own detail, kept out of ours
+    message = message:match("^%s*([^\n]*)") or ""
+    if #message > 200 then message = message:sub(1, 200) .. "..." end
     fail("%s: `%s` failed: %s", where, dot, message ~= "" and message:gsub("%s+$", "") or "no message")
   end
-  local renamed, rerr = os.rename(tmp, path)
-  if not renamed then
-    os.remove(tmp)
-    fail("%s: cannot move the picture into '%s': %s", where, path, tostring(rerr))
-  end
+  fh = io.open(picture, "rb")
+  local content = fh and fh:read("*a")
+  if fh then fh:close() end
+  cleanup()
+  if not content then fail("%s: `%s` wrote no picture", where, dot) end
+  write_atomic(path, where, content)
   return path
 end
 

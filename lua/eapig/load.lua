@@ -12,6 +12,7 @@ local safetensors = require("eapig.safetensors")
 
 local C = core.C
 local floor = math.floor
+local FLOAT32_MAX, FLOAT32_MIN_NORMAL = 3.4028234663852886e38, 1.1754943508222875e-38
 
 local load = {}
 
@@ -67,6 +68,24 @@ local function config_reader(path, json, prefix)
     if type(v) ~= "number" or not (v > 0) or v == math.huge then -- luacheck: ignore 581 (NaN must fail)
       fail("%s: field '%s%s' must be a positive number (got %s)", path, prefix, key, tostring(v))
     end
+    return v
+  end
+  -- A positive number the core keeps as a float32: one that would become infinite or lose its
+  -- precision to a subnormal (or 0) there is an error here, naming the field.
+  function r.float32(key, default)
+    local v = r.num(key, default)
+    if v > FLOAT32_MAX then
+      fail("%s: field '%s' (%s) overflows float32 (largest %.8g)", path, key, tostring(v), FLOAT32_MAX)
+    end
+    if v < FLOAT32_MIN_NORMAL then
+      fail("%s: field '%s' (%s) underflows float32 (smallest normal %.8g)", path, key, tostring(v), FLOAT32_MIN_NORMAL)
+    end
+    return v
+  end
+  -- A fraction in (0, 1].
+  function r.fraction(key, default)
+    local v = r.num(key, default)
+    if v > 1 then fail("%s: field '%s' must be in (0, 1] (got %s)", path, key, tostring(v)) end
     return v
   end
   function r.bool(key, default)
@@ -154,8 +173,8 @@ local function llama_config(get, model_type)
     n_layers = get.int("num_hidden_layers"), n_heads = H, n_kv_heads = get.int("num_key_value_heads", H),
     d_model = D, d_head = d_head, d_mlp = get.int("intermediate_size"), vocab = get.int("vocab_size"),
     n_ctx = n_ctx, norm = C.EAPIG_NORM_RMSNORM, act = get.activation("hidden_act", "silu", true),
-    pos = C.EAPIG_POS_ROPE, rotary_dim = d_head, rope_theta = get.num("rope_theta", 10000),
-    norm_eps = get.num("rms_norm_eps", 1e-6), parallel_attn_mlp = false,
+    pos = C.EAPIG_POS_ROPE, rotary_dim = d_head, rope_theta = get.float32("rope_theta", 10000),
+    norm_eps = get.float32("rms_norm_eps", 1e-6), parallel_attn_mlp = false,
     tied = get.bool("tie_word_embeddings", false),
     flags = { qkv_bias = model_type == "qwen2" or attention_bias, o_bias = attention_bias },
   })
@@ -339,7 +358,7 @@ local GPT2 = {
       vocab = get.int("vocab_size"), n_ctx = get.int("n_positions", get.int("n_ctx", 1024)),
       norm = C.EAPIG_NORM_LAYERNORM, act = get.activation("activation_function", "gelu_new", false),
       pos = C.EAPIG_POS_LEARNED, rotary_dim = 0, rope_theta = 0, parallel_attn_mlp = false,
-      norm_eps = get.num("layer_norm_epsilon", 1e-5), tied = get.bool("tie_word_embeddings", true), flags = {},
+      norm_eps = get.float32("layer_norm_epsilon", 1e-5), tied = get.bool("tie_word_embeddings", true), flags = {},
     }
   end,
   -- The hub's gpt2 stores the bare GPT2Model names; GPT2LMHeadModel saves add `transformer.`.
@@ -374,14 +393,14 @@ local NEOX = {
     local D, H = get.int("hidden_size"), get.int("num_attention_heads")
     local d_head = get.divide("hidden_size", D, "num_attention_heads", H)
     -- Newer transformers renamed rotary_pct / rotary_emb_base; accept both spellings.
-    local pct = get.num("rotary_pct", get.num("partial_rotary_factor", 0.25))
+    local pct = get.fraction("rotary_pct", get.fraction("partial_rotary_factor", 0.25))
     return {
       n_layers = get.int("num_hidden_layers"), n_heads = H, n_kv_heads = H, d_model = D, d_head = d_head,
       d_mlp = get.int("intermediate_size"), vocab = get.int("vocab_size"),
       n_ctx = get.int("max_position_embeddings", 2048), norm = C.EAPIG_NORM_LAYERNORM,
       act = get.activation("hidden_act", "gelu", false), pos = C.EAPIG_POS_ROPE,
-      rotary_dim = floor(d_head * pct), rope_theta = get.num("rotary_emb_base", get.num("rope_theta", 10000)),
-      norm_eps = get.num("layer_norm_eps", 1e-5), parallel_attn_mlp = get.bool("use_parallel_residual", true),
+      rotary_dim = floor(d_head * pct), rope_theta = get.float32("rotary_emb_base", get.float32("rope_theta", 10000)),
+      norm_eps = get.float32("layer_norm_eps", 1e-5), parallel_attn_mlp = get.bool("use_parallel_residual", true),
       tied = get.bool("tie_word_embeddings", false), flags = { bias = get.bool("attention_bias", true) },
     }
   end,
@@ -445,9 +464,16 @@ end
 
 -- Reads one table entry into target's slot(s). A fused entry holds its parts stacked by rows,
 -- within each of `groups` row groups (neox's per-head [3, Dh] blocks; one group for gpt2).
+-- Weights are stored as floats; an integer tensor in a weight's place is a damaged or relabelled file.
+local FLOAT_DTYPES = { F32 = true, F16 = true, BF16 = true }
+
 -- bind = {handle =, layer =} (stored weights): big matrices are bound instead of read.
 local function fill_entry(src, e, name, target, dims, bind)
   local rows, cols = dims[e[3]], e[4] and dims[e[4]] or 1
+  local dtype = src:has(name) and src:info(name).dtype
+  if dtype and not FLOAT_DTYPES[dtype] then
+    fail("%s: tensor '%s': field 'dtype' is %s; weights must be F32, F16 or BF16", src.path, name, dtype)
+  end
   local opts = e.T and TRANSPOSE or nil
   local slots = type(e[1]) == "string" and { e[1] } or e[1]
   if bind and MATS[slots[1]] then
@@ -508,7 +534,7 @@ local function fill_family(src, fam, c, w, handle)
   elseif c.tied then
     ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
   else
-    src:read_into(unembed, w.w_unembed, dims.V, dims.D)
+    fill_entry(src, { "w_unembed", unembed, "V", "D" }, unembed, w, dims)
   end
   return src:dtype(embedding)
 end
@@ -580,7 +606,8 @@ local function finish(m, c, family, path, folder, opts, weights)
   return { handle = m, info = info, path = path, folder = folder }
 end
 
-local file_exists = require("eapig.files").exists
+local files = require("eapig.files")
+local file_exists = files.exists
 
 -- The tensors of a folder: the sharded index when there is one, else model.safetensors.
 local function open_weights(folder)
@@ -750,8 +777,8 @@ local function load_llama2c(path, opts)
                                     p.rows, 0, row_map), string.format("%s: tensor '%s'", path, t[1]))
     elseif t[4] then
       local dst = t.layer and w.layers[p.layer][t[4]] or w[t[4]]
-      core.check(C.eapig_file_tensor(file, p.b, p.e, C.EAPIG_DTYPE_F32, dst, p.rows, p.cols, 0),
-                 string.format("%s: tensor '%s'", path, t[1]))
+      core.check_file(C.eapig_file_tensor(file, p.b, p.e, C.EAPIG_DTYPE_F32, dst, p.rows, p.cols, 0), path,
+                      string.format("%s: tensor '%s'%s", path, t[1], t.layer and (" of layer " .. p.layer) or ""))
       -- llama2.c rotates adjacent pairs; the core rotates halves: reorder q and k rows once.
       if t.permute then core.check(C.eapig_rope_permute_rows(dst, dims[t.permute], c.d_head, p.cols), path) end
     end
@@ -773,14 +800,13 @@ end
 -- opts.weights = "auto" | "f32" | "stored" and opts.memory (GiB): see weights_mode.
 function load.load(path, opts)
   if type(path) ~= "string" or path == "" then fail("eapig.load: path must be a non-empty string") end
-  path = path:gsub("/+$", "")
+  path = path:gsub("(.)/+$", "%1")
   if path:match("%.safetensors$") or path:match("%.json$") then path = dirname(path) end
   if file_exists(path .. "/config.json") then return load_hf(path, opts) end
-  local f, err = io.open(path, "rb")
-  if not f then fail("%s: cannot open: %s", path, tostring(err)) end
-  local _, rerr = f:read(0)
-  f:close()
-  if rerr then fail("%s: no config.json here, and not a GGUF or llama2.c checkpoint file (%s)", path, rerr) end
+  local kind = files.kind(path)
+  if kind == "missing" then fail("%s: cannot open: no such file or folder", path) end
+  if kind == "dir" then fail("%s: a folder without config.json (not a Hugging Face checkpoint)", path) end
+  if kind ~= "file" then fail("%s: not a regular file, so not a GGUF or llama2.c checkpoint", path) end
   if require("eapig.gguf").is_gguf(path) then return load_gguf(path, opts) end
   return load_llama2c(path, opts)
 end

@@ -86,8 +86,10 @@ local function check_entry(path, name, entry, data_bytes)
   return { dtype = entry.dtype, shape = copy, b = b, e = e }
 end
 
--- Two tensors may not share a byte: sort by start and compare with the furthest end so far.
-local function check_overlaps(path, tensors)
+-- The tensors must tile the data section exactly, as the format requires: sorted by offset, each
+-- begins where the one before ends (no overlap, no hole), the first at 0 and the last at its end
+-- (no trailing bytes). A header length that is off by a byte shows up here as a hole or a tail.
+local function check_tiling(path, tensors, data_bytes)
   local spans = {}
   for name, t in pairs(tensors) do spans[#spans + 1] = { name = name, b = t.b, e = t.e } end
   table.sort(spans, function(x, y)
@@ -101,7 +103,17 @@ local function check_overlaps(path, tensors)
       fail("%s: tensors '%s' [%d, %d] and '%s' [%d, %d] overlap in field 'data_offsets'", path, last.name, last.b,
            last.e, s.name, s.b, s.e)
     end
+    local at = last and last.e or 0
+    if s.b > at then
+      fail("%s: tensor '%s': field 'data_offsets' [%d, %d] leaves bytes [%d, %d) of the data section unused " ..
+           "(wrong header length, or a hole)", path, s.name, s.b, s.e, at, s.b)
+    end
     if not last or s.e > last.e then last = s end
+  end
+  local used = last and last.e or 0
+  if used ~= data_bytes then
+    fail("%s: %d bytes after the last tensor's data (the data section has %d, the header's data_offsets end " ..
+         "at %d): wrong header length or trailing garbage", path, data_bytes - used, data_bytes, used)
   end
 end
 
@@ -124,7 +136,10 @@ function safetensors.open(path)
   n = tonumber(n)
   local text = ffi.new("char[?]", n)
   core.check(C.eapig_file_read(file, 8, n, text), path)
-  local ok, header = pcall(cjson.decode, ffi.string(text, n))
+  text = ffi.string(text, n)
+  local nul = text:find("\0", 1, true)
+  if nul then fail("%s: header holds a NUL byte at byte %d: not safetensors, or a wrong header length", path, 8 + nul - 1) end
+  local ok, header = pcall(cjson.decode, text)
   if not ok then fail("%s: header is not valid JSON (%s)", path, tostring(header)) end
   if type(header) ~= "table" then fail("%s: header is not a JSON object", path) end
 
@@ -144,7 +159,7 @@ function safetensors.open(path)
       tensors[name] = check_entry(path, name, entry, data_bytes)
     end
   end
-  check_overlaps(path, tensors)
+  check_tiling(path, tensors, data_bytes)
   return setmetatable({ path = path, file = file, header = tensors, metadata = metadata, data_start = data_start },
                       Reader)
 end
@@ -191,7 +206,22 @@ function Reader:read_into(name, dst, rows, cols, opts)
   end
   if not self.file then fail("%s: file is closed", self.path) end
   local status = C.eapig_file_tensor(self.file, info.begin, info["end"], code, dst, rows, cols, transpose and 1 or 0)
-  core.check(status, string.format("%s: tensor '%s'", self.path, name))
+  core.check_file(status, self.path, string.format("%s: tensor '%s'", self.path, name))
+end
+
+-- Copies tensor `name`'s stored bytes into dst as they are, after checking its dtype and shape:
+-- for readers of their own tensors (graphs), who check the values themselves.
+function Reader:read_bytes(name, dst, dtype, shape)
+  local info = self:info(name)
+  if info.dtype ~= dtype then fail("%s: tensor '%s' must have dtype %s, got %s", self.path, name, dtype, info.dtype) end
+  local same = #info.shape == #shape
+  for i = 1, #shape do same = same and info.shape[i] == shape[i] end
+  if not same then
+    fail("%s: tensor '%s' has shape %s, expected %s", self.path, name, shape_string(info.shape), shape_string(shape))
+  end
+  if not self.file then fail("%s: file is closed", self.path) end
+  core.check_file(C.eapig_file_read(self.file, info.begin, info["end"] - info.begin, dst), self.path,
+                  string.format("%s: tensor '%s'", self.path, name))
 end
 
 -- Binds tensor `name` as stored matrix `which` (EAPIG_MAT_*) of `layer` of a stored model
@@ -235,11 +265,9 @@ local Sharded = {}
 Sharded.__index = Sharded
 
 local function read_json(path)
-  local f, err = io.open(path, "rb")
-  if not f then fail("%s: cannot open: %s", path, tostring(err)) end
-  local text = f:read("*a")
-  f:close()
-  if not text then fail("%s: cannot read", path) end
+  local text = require("eapig.files").read(path, "JSON file")
+  local nul = text:find("\0", 1, true)
+  if nul then fail("%s: not valid JSON (a NUL byte at byte %d)", path, nul - 1) end
   local ok, value = pcall(cjson.decode, text)
   if not ok then fail("%s: not valid JSON (%s)", path, tostring(value)) end
   if type(value) ~= "table" then fail("%s: not a JSON object", path) end
@@ -370,7 +398,8 @@ local function encode(w, src, out, n)
   return out
 end
 
--- Writes one tensor's data in chunks, so a generator can stream a model larger than memory.
+-- Writes one tensor's data in chunks through out(bytes), so a generator can stream a model
+-- larger than memory.
 local function write_data(out, t, count)
   local w = WRITERS[t.dtype]
   local size = DTYPES[t.dtype].size
@@ -387,8 +416,7 @@ local function write_data(out, t, count)
     else
       ffi.copy(src, ptr + off, n * ffi.sizeof(w.src))
     end
-    local ok, err = out:write(ffi.string(encode(w, src, buf, n), n * size))
-    if not ok then error(err, 0) end
+    out(ffi.string(encode(w, src, buf, n), n * size))
   end
 end
 
@@ -405,7 +433,7 @@ end
 -- a Lua table (1-based), a pointer to the source elements (float for the float dtypes, int32_t
 -- for I32, uint8_t for U8), or a function(buf, n) that fills the next n source elements of
 -- the tensor (called in order). metadata: optional table of strings. The file appears at path
--- only once it is complete (written to path .. ".tmp", then renamed).
+-- only once it is complete (eapig.files.write_atomic).
 function safetensors.write(path, tensors, metadata)
   local entries, offset, seen = {}, 0, {}
   if metadata and next(metadata) then
@@ -445,25 +473,10 @@ function safetensors.write(path, tensors, metadata)
   -- Pad with spaces (allowed by the format) so the data section starts 8-byte aligned.
   header = header .. string.rep(" ", (8 - #header % 8) % 8)
 
-  local tmp = path .. ".tmp"
-  local out, err = io.open(tmp, "wb")
-  if not out then fail("%s: cannot write: %s", tmp, tostring(err)) end
-  -- A failing write or data generator must not leave a half-written temp file behind.
-  local ok, werr = pcall(function()
-    local written, e = out:write(le64(#header), header)
-    if not written then error(e, 0) end
-    for i, t in ipairs(tensors) do write_data(out, t, counts[i]) end
+  require("eapig.files").write_atomic(path, "safetensors.write", function(write)
+    write(le64(#header) .. header)
+    for i, t in ipairs(tensors) do write_data(write, t, counts[i]) end
   end)
-  local closed, cerr = out:close()
-  if not ok or not closed then
-    os.remove(tmp)
-    fail("%s: write failed: %s", tmp, tostring(ok and cerr or werr))
-  end
-  local renamed, rerr = os.rename(tmp, path)
-  if not renamed then
-    os.remove(tmp)
-    fail("%s: cannot rename into place: %s", path, tostring(rerr))
-  end
   return offset
 end
 

@@ -21,4 +21,17 @@ function M.write(path, text)
   fh:close()
 end
 
+-- The temporary files eapig.files left beside path (".<name>.eapig-tmp-<pid>-<n>"): none should
+-- survive a write, finished or failed.
+function M.temps_beside(path)
+  local dir, base = path:match("^(.*)/([^/]*)$")
+  local p = assert(io.popen("ls -A '" .. (dir or "."):gsub("'", "'\\''") .. "' 2>/dev/null"))
+  local found = {}
+  for name in p:lines() do
+    if name:sub(1, #base + 12) == "." .. base .. ".eapig-tmp-" then found[#found + 1] = name end
+  end
+  p:close()
+  return found
+end
+
 return M

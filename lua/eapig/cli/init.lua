@@ -205,21 +205,10 @@ function M.check_readable(path, what)
   if not readable(path) then M.fail("cannot read %s '%s'", what, path) end
 end
 
--- Checks early that --out can be written, so a long attribution does not fail at its very end:
--- creates and removes a probe file beside it (the writers themselves go through a temporary file
--- renamed into place, so nothing partial is ever left at the path).
+-- Checks early that --out can be written, so a long attribution does not fail at its very end
+-- (eapig.files says what an output path may be: a symlink, a FIFO or a device is never replaced).
 function M.check_writable(path)
-  if path:match("/$") then M.fail("--out '%s' is a folder; give a file name", path) end
-  local probe = fmt("%s.probe-%d-%s", path, os.time(), tostring({}):match("0x(%x+)") or "0")
-  local fh, err = io.open(probe, "wb")
-  if not fh then M.fail("cannot write --out '%s': %s", path, (tostring(err):gsub("^.*: ", ""))) end
-  fh:close()
-  os.remove(probe)
-  local dir = io.open(path .. "/", "rb") -- opening "x/" succeeds only for a folder
-  if dir then
-    dir:close()
-    M.fail("--out '%s' is a folder; give a file name", path)
-  end
+  require("eapig.files").check_writable(path, "--out")
 end
 
 -- check_out_suffix(path, suffixes, what): --out must end in one of the suffixes eapig writes
