@@ -47,6 +47,18 @@ typedef struct pair_slot {
 } pair_slot;
 #define EMPTY_KEY UINT64_MAX
 
+/* Added-token trie edge: key = node << 8 | byte. */
+typedef struct trie_edge {
+    uint64_t key; /* EMPTY_KEY when free */
+    int32_t child;
+} trie_edge;
+
+/* A pre-tokenizer pattern may backtrack this much in one match before the text is refused: a
+ * hostile pattern from tokenizer.json cannot make encoding take exponential time. The patterns
+ * that ship (GPT-2, Llama-3, Qwen2) stay orders of magnitude below it on any text. */
+#define MATCH_LIMIT 10000000u
+#define MATCH_DEPTH_LIMIT 100000u
+
 struct eapig_tokenizer {
     eapig_tokenizer_config cfg; /* pattern and space point at the copies below */
     char *pattern;
@@ -68,25 +80,38 @@ struct eapig_tokenizer {
     size_t pair_cap, n_pairs;
     int32_t n_merges;
     int32_t byte_id[256]; /* the symbol that starts a word for each raw byte, or -1 */
-    int32_t *added;       /* (n_added) TOK_ADDED ids, in the order they were added */
-    int32_t n_added;
-    int32_t *match;       /* (n_match) TOK_MATCH ids, by first byte then longest first */
+    /* Added tokens in a byte trie, so loading is linear in their total length and matching at
+     * a text position costs at most the longest token's length, however many there are. */
+    trie_edge *trie;          /* (trie_cap) open addressing: (node, byte) -> child node */
+    size_t trie_cap, trie_edges;
+    int32_t *node_added;      /* (n_nodes) the first added token whose content ends here, or -1 */
+    int32_t *node_match;      /* (n_nodes) the lowest TOK_MATCH id whose content ends here, or -1 */
+    size_t n_nodes, nodes_cap;
     int32_t n_match;
-    int32_t match_first[257]; /* match[match_first[b] .. match_first[b+1]) start with byte b */
     pcre2_code *re;
+    pcre2_match_context *match_ctx; /* bounds the backtracking of one pre-tokenizer match */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static uint64_t hash_bytes(const char *s, size_t n) {
-    /* FNV-1a, then a final mix so the low bits (the table index) depend on every byte. */
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+/* Piece hashes are polynomial (h = h * HASH_BASE + byte + 1, mod 2^64) so that the hash of any
+ * prefix or suffix of a piece follows from running sums in O(1) (rank_by_score cuts every piece
+ * at every byte), then mixed so the low bits (the table index) depend on every byte. */
+#define HASH_BASE 0x100000001b3ull
+static uint64_t hash_raw(const char *s, size_t n) {
+    uint64_t h = 0;
+    for (size_t i = 0; i < n; i++) h = h * HASH_BASE + (uint8_t)s[i] + 1;
+    return h;
+}
+
+static uint64_t hash_mix(uint64_t h) {
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 32;
     return h;
 }
+
+static uint64_t hash_bytes(const char *s, size_t n) { return hash_mix(hash_raw(s, n)); }
 
 static uint64_t hash_pair(uint64_t key) {
     key ^= key >> 31;
@@ -187,13 +212,18 @@ static int arena_put(eapig_tokenizer *t, const char *s, size_t n, uint32_t *off)
 
 /* ---- the piece table: piece bytes -> id ------------------------------------------------- */
 
-static int32_t piece_lookup(const eapig_tokenizer *t, const char *s, size_t n) {
+/* The id of piece s (n bytes) whose hash_raw is raw, or -1. */
+static int32_t piece_lookup_raw(const eapig_tokenizer *t, const char *s, size_t n, uint64_t raw) {
     size_t mask = t->piece_cap - 1;
-    for (size_t i = hash_bytes(s, n) & mask;; i = (i + 1) & mask) {
+    for (size_t i = hash_mix(raw) & mask;; i = (i + 1) & mask) {
         int32_t id = t->piece_table[i];
         if (id < 0) return -1;
         if (t->piece_len[id] == n && memcmp(t->arena + t->piece_off[id], s, n) == 0) return id;
     }
+}
+
+static int32_t piece_lookup(const eapig_tokenizer *t, const char *s, size_t n) {
+    return piece_lookup_raw(t, s, n, hash_raw(s, n));
 }
 
 static void piece_insert_slot(int32_t *table, size_t cap, const eapig_tokenizer *t, int32_t id) {
@@ -262,6 +292,73 @@ static int pair_insert(eapig_tokenizer *t, int32_t left, int32_t right, int32_t 
     return EAPIG_OK;
 }
 
+/* ---- the added-token trie --------------------------------------------------------------- */
+
+static int32_t trie_child(const eapig_tokenizer *t, int32_t node, uint8_t byte) {
+    if (!t->trie_edges) return -1;
+    uint64_t key = ((uint64_t)(uint32_t)node << 8) | byte;
+    size_t mask = t->trie_cap - 1;
+    for (size_t i = hash_pair(key) & mask;; i = (i + 1) & mask) {
+        if (t->trie[i].key == key) return t->trie[i].child;
+        if (t->trie[i].key == EMPTY_KEY) return -1;
+    }
+}
+
+static void trie_put(trie_edge *table, size_t cap, uint64_t key, int32_t child) {
+    size_t i = hash_pair(key) & (cap - 1);
+    while (table[i].key != EMPTY_KEY) i = (i + 1) & (cap - 1);
+    table[i].key = key;
+    table[i].child = child;
+}
+
+/* The trie node where content ends, creating the missing nodes on the way; -1 out of memory. */
+static int32_t trie_insert(eapig_tokenizer *t, const char *content, size_t len) {
+    int32_t node = 0;
+    for (size_t k = 0; k < len; k++) {
+        uint8_t byte = (uint8_t)content[k];
+        int32_t child = trie_child(t, node, byte);
+        if (child >= 0) {
+            node = child;
+            continue;
+        }
+        if (t->n_nodes == t->nodes_cap) {
+            size_t cap = t->nodes_cap * 2;
+            if (cap > INT32_MAX) return -1;
+            int32_t *a = realloc(t->node_added, cap * sizeof *a);
+            if (!a) return -1;
+            t->node_added = a;
+            int32_t *m = realloc(t->node_match, cap * sizeof *m);
+            if (!m) return -1;
+            t->node_match = m;
+            t->nodes_cap = cap;
+        }
+        if (2 * (t->trie_edges + 1) > t->trie_cap) {
+            size_t cap = t->trie_cap ? t->trie_cap * 2 : 256;
+            trie_edge *table = malloc(cap * sizeof *table);
+            if (!table) return -1;
+            for (size_t i = 0; i < cap; i++) table[i].key = EMPTY_KEY;
+            for (size_t i = 0; i < t->trie_cap; i++)
+                if (t->trie[i].key != EMPTY_KEY) trie_put(table, cap, t->trie[i].key, t->trie[i].child);
+            free(t->trie);
+            t->trie = table;
+            t->trie_cap = cap;
+        }
+        child = (int32_t)t->n_nodes++;
+        t->node_added[child] = t->node_match[child] = -1;
+        trie_put(t->trie, t->trie_cap, ((uint64_t)(uint32_t)node << 8) | byte, child);
+        t->trie_edges++;
+        node = child;
+    }
+    return node;
+}
+
+/* The added token whose content is exactly text, or -1. */
+static int32_t trie_find(const eapig_tokenizer *t, const char *text, size_t len) {
+    int32_t node = 0;
+    for (size_t k = 0; k < len && node >= 0; k++) node = trie_child(t, node, (uint8_t)text[k]);
+    return node >= 0 ? t->node_added[node] : -1;
+}
+
 /* ---- construction ----------------------------------------------------------------------- */
 
 static char *dup_string(const char *s) {
@@ -286,6 +383,10 @@ static int compile_pattern(eapig_tokenizer *t, const char *pattern) {
     }
     /* JIT is an optimisation only: without it (unsupported CPU) the interpreter runs the same. */
     pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE);
+    if (!(t->match_ctx = pcre2_match_context_create(NULL)))
+        return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_new: out of memory");
+    pcre2_set_match_limit(t->match_ctx, MATCH_LIMIT);
+    pcre2_set_depth_limit(t->match_ctx, MATCH_DEPTH_LIMIT);
     return EAPIG_OK;
 }
 
@@ -335,9 +436,14 @@ eapig_tokenizer *eapig_tokenizer_new(const eapig_tokenizer_config *cfg) {
     t->byte_value = calloc(V, 1);
     t->piece_cap = 1024;
     t->piece_table = malloc(t->piece_cap * sizeof *t->piece_table);
+    t->nodes_cap = 64;
+    t->n_nodes = 1; /* the root */
+    t->node_added = malloc(t->nodes_cap * sizeof *t->node_added);
+    t->node_match = malloc(t->nodes_cap * sizeof *t->node_match);
     if (!t->flags || !t->score || !t->piece_off || !t->piece_len || !t->added_off || !t->added_len ||
-        !t->byte_value || !t->piece_table)
+        !t->byte_value || !t->piece_table || !t->node_added || !t->node_match)
         goto nomem;
+    t->node_added[0] = t->node_match[0] = -1;
     for (size_t i = 0; i < t->piece_cap; i++) t->piece_table[i] = -1;
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
     if (cfg->space && cfg->space[0]) {
@@ -378,8 +484,10 @@ void eapig_tokenizer_free(eapig_tokenizer *t) {
     free(t->arena);
     free(t->piece_table);
     free(t->pairs);
-    free(t->added);
-    free(t->match);
+    free(t->trie);
+    free(t->node_added);
+    free(t->node_match);
+    if (t->match_ctx) pcre2_match_context_free(t->match_ctx);
     if (t->re) pcre2_code_free(t->re);
     free(t);
 }
@@ -441,14 +549,6 @@ int eapig_tokenizer_set_token(eapig_tokenizer *t, int32_t id, const char *piece,
     return EAPIG_OK;
 }
 
-/* Keeps match[] ordered by first byte, longest first, so the first hit is the longest match. */
-static int match_cmp_len(const eapig_tokenizer *t, int32_t a, int32_t b) {
-    uint8_t fa = (uint8_t)t->arena[t->added_off[a]], fb = (uint8_t)t->arena[t->added_off[b]];
-    if (fa != fb) return fa < fb ? -1 : 1;
-    if (t->added_len[a] != t->added_len[b]) return t->added_len[a] > t->added_len[b] ? -1 : 1;
-    return a < b ? -1 : (a > b);
-}
-
 int eapig_tokenizer_set_special(eapig_tokenizer *t, int32_t id, const char *content, size_t len, int32_t flags) {
     if (!t || !content)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_tokenizer_set_special: NULL argument");
@@ -460,32 +560,19 @@ int eapig_tokenizer_set_special(eapig_tokenizer *t, int32_t id, const char *cont
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_tokenizer_set_special: unknown flags %d", flags);
     if (t->flags[id] & TOK_ADDED)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_tokenizer_set_special: id %d is added twice", id);
-    int32_t *a = realloc(t->added, (size_t)(t->n_added + 1) * sizeof *a);
-    if (!a) return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_set_special: out of memory");
-    t->added = a;
     int status = arena_put(t, content, len, &t->added_off[id]);
     if (status != EAPIG_OK) return status;
-    t->added[t->n_added++] = id;
+    int32_t node = trie_insert(t, content, len);
+    if (node < 0) return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_set_special: out of memory");
     t->added_len[id] = (uint32_t)len;
     t->flags[id] |= TOK_ADDED;
+    if (t->node_added[node] < 0) t->node_added[node] = id; /* the first added wins a lookup */
     if (flags & EAPIG_TOKEN_CONTROL) t->flags[id] |= TOK_CONTROL;
     if (flags & EAPIG_TOKEN_MATCH) {
-        int32_t *m = realloc(t->match, (size_t)(t->n_match + 1) * sizeof *m);
-        if (!m) return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_set_special: out of memory");
-        t->match = m;
-        int32_t i = t->n_match++;
-        while (i > 0 && match_cmp_len(t, id, m[i - 1]) < 0) {
-            m[i] = m[i - 1];
-            i--;
-        }
-        m[i] = id;
+        /* of two matchable tokens with the same text, the lower id is the one found */
+        if (t->node_match[node] < 0 || id < t->node_match[node]) t->node_match[node] = id;
         t->flags[id] |= TOK_MATCH;
-        int32_t k = 0;
-        for (int b = 0; b < 256; b++) {
-            t->match_first[b] = k;
-            while (k < t->n_match && (uint8_t)t->arena[t->added_off[m[k]]] == b) k++;
-        }
-        t->match_first[256] = k;
+        t->n_match++;
     }
     return EAPIG_OK;
 }
@@ -559,18 +646,43 @@ int eapig_tokenizer_rank_by_score(eapig_tokenizer *t) {
         rank[order[i]] = r;
     }
     int status = EAPIG_OK;
-    /* Every way to cut a piece into two pieces is a pair that merges into it. */
+    /* Every way to cut a piece into two pieces is a pair that merges into it. The hashes of all
+     * its prefixes and suffixes come from running sums, so a piece costs O(len) lookups rather
+     * than O(len^2) bytes hashed (a 1 MB piece in a tokenizer.bin must not take hours). */
+    uint64_t *suffix = NULL; /* (len + 1) hash_raw of s + k */
+    size_t suffix_cap = 0;
     for (int32_t i = 0; i < n && status == EAPIG_OK; i++) {
         int32_t id = order[i];
         const char *s = t->arena + t->piece_off[id];
         size_t len = t->piece_len[id];
+        if (len < 2) continue;
+        if (len + 1 > suffix_cap) {
+            uint64_t *p = realloc(suffix, (len + 1) * sizeof *p);
+            if (!p) {
+                status = eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_rank_by_score: out of memory");
+                break;
+            }
+            suffix = p;
+            suffix_cap = len + 1;
+        }
+        suffix[len] = 0;
+        uint64_t power = 1;
+        for (size_t k = len; k-- > 0;) {
+            suffix[k] = suffix[k + 1] + ((uint64_t)(uint8_t)s[k] + 1) * power;
+            power *= HASH_BASE;
+        }
+        uint64_t prefix = 0;
         for (size_t cut = 1; cut < len && status == EAPIG_OK; cut++) {
-            int32_t l = piece_lookup(t, s, cut), r = piece_lookup(t, s + cut, len - cut);
-            if (l < 0 || r < 0) continue;
+            prefix = prefix * HASH_BASE + (uint8_t)s[cut - 1] + 1;
+            int32_t l = piece_lookup_raw(t, s, cut, prefix);
+            if (l < 0) continue;
+            int32_t r = piece_lookup_raw(t, s + cut, len - cut, suffix[cut]);
+            if (r < 0) continue;
             if ((t->flags[l] & (TOK_BYTE | TOK_CONTROL)) || (t->flags[r] & (TOK_BYTE | TOK_CONTROL))) continue;
             status = pair_insert(t, l, r, rank[id], id);
         }
     }
+    free(suffix);
     free(order);
     free(rank);
     if (status == EAPIG_OK) t->n_merges = (int32_t)t->n_pairs;
@@ -777,8 +889,13 @@ static int split_words(encoder *e, const char *s, size_t len) {
     if (t->re) {
         size_t gap = 0, from = 0; /* text before a match (gap) is a word of its own */
         while (from < len) {
-            int rc = pcre2_match(t->re, (PCRE2_SPTR)s, len, from, 0, e->md, NULL);
+            int rc = pcre2_match(t->re, (PCRE2_SPTR)s, len, from, 0, e->md, t->match_ctx);
             if (rc == PCRE2_ERROR_NOMATCH) break;
+            if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT)
+                return eapig_set_error(EAPIG_ERR_ARG,
+                                       "eapig_tokenizer_encode: the pre-tokenizer pattern backtracks too much on "
+                                       "this text (a pathological pattern; limit %u steps per match)",
+                                       MATCH_LIMIT);
             if (rc < 0) {
                 PCRE2_UCHAR msg[256];
                 pcre2_get_error_message(rc, msg, sizeof msg);
@@ -863,15 +980,12 @@ int eapig_tokenizer_encode(const eapig_tokenizer *t, const char *text, size_t le
     if ((flags & EAPIG_ENCODE_SPECIAL) && t->n_match) {
         /* Added tokens are cut out first, leftmost then longest; the text between is tokenized. */
         for (size_t i = 0; i < len && st == EAPIG_OK;) {
-            uint8_t b = (uint8_t)text[i];
-            int32_t hit = -1;
-            for (int32_t k = t->match_first[b]; k < t->match_first[b + 1]; k++) {
-                int32_t id = t->match[k];
-                size_t n = t->added_len[id];
-                if (n <= len - i && memcmp(text + i, t->arena + t->added_off[id], n) == 0) {
-                    hit = id;
-                    break;
-                }
+            int32_t hit = -1; /* the longest matchable token starting at i */
+            for (size_t j = i, node = 0; j < len; j++) {
+                int32_t child = trie_child(t, (int32_t)node, (uint8_t)text[j]);
+                if (child < 0) break;
+                node = (size_t)child;
+                if (t->node_match[node] >= 0) hit = t->node_match[node];
             }
             if (hit < 0) {
                 i++;
@@ -969,10 +1083,8 @@ int eapig_tokenizer_decode(const eapig_tokenizer *t, const int32_t *ids, size_t 
 
 int32_t eapig_tokenizer_find(const eapig_tokenizer *t, const char *text, size_t len) {
     if (!t || !text || len == 0) return -1;
-    for (int32_t k = 0; k < t->n_added; k++) { /* added tokens first: their text is literal */
-        int32_t id = t->added[k];
-        if (t->added_len[id] == len && !memcmp(t->arena + t->added_off[id], text, len)) return id;
-    }
+    int32_t added = trie_find(t, text, len); /* added tokens first: their text is literal */
+    if (added >= 0) return added;
     int32_t id = piece_lookup(t, text, len);
     if (id >= 0 && !(t->flags[id] & TOK_CONTROL)) return id;
     if (t->space && memchr(text, ' ', len)) {

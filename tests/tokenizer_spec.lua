@@ -299,6 +299,23 @@ describe("tokenizer", function()
       assert.same({ BL.hello, 32, 120, 121, 122 }, plain:encode("hello xyz", { bos = false }))
     end)
 
+    it("matches thousands of added tokens leftmost-longest (a trie: loading is linear)", function()
+      local doc = byte_level_doc()
+      local first = 1000
+      for i = 0, 19999 do
+        doc.added_tokens[#doc.added_tokens + 1] = { id = first + i, content = "<t" .. i .. ">", special = false }
+      end
+      -- a prefix of another added token, and two tokens with one text: the lower id is found
+      doc.added_tokens[#doc.added_tokens + 1] = { id = first + 20000, content = "<t1", special = false }
+      doc.added_tokens[#doc.added_tokens + 1] = { id = first + 20001, content = "<t7>", special = false }
+      local many = tokenizer.load(write_json("many-added", doc))
+      assert.same({ first + 5, BL.hello, first + 19999, first + 12, first + 7 },
+        many:encode("<t5>hello<t19999><t12><t7>", { bos = false }))
+      local ids = many:encode("<t1x", { bos = false })
+      assert.equal(first + 20000, ids[1])
+      assert.equal(first + 123, many:id("<t123>"))
+    end)
+
     it("reads merges written as pairs", function()
       local paired = tokenizer.load(write_json("llama3-pairs", byte_level_doc({ pair_merges = true })))
       assert.same({ BL.hello, BL.world }, paired:encode("hello world", { bos = false }))
@@ -450,6 +467,17 @@ describe("tokenizer", function()
       assert.equal(L2C.sp_ab, tok:id(" ab"))
     end)
 
+    it("loads a file with a 256 KiB piece (linear in the piece's length) and still merges", function()
+      local long = string.rep("a", 256 * 1024)
+      local bin = int32(#long) .. bin_record(0, "<unk>") .. bin_record(0, "\n<s>\n") .. bin_record(0, "\n</s>\n") ..
+        bin_record(-10, " ") .. bin_record(-11, "a") .. bin_record(-1, "aa") .. bin_record(-2, "aaaa") ..
+        bin_record(-100, long)
+      local tok = tokenizer.load(write(tmpdir .. "/long-piece.bin", bin))
+      assert.same({ 3, 6 }, tok:encode("aaaa", { bos = false }))
+      assert.same({ 3, 6, 5, 4 }, tok:encode("aaaaaaa", { bos = false }))
+      assert.equal(7, tok:id(long))
+    end)
+
     it("reads exactly vocab_size records when given, and finds tok<N>.bin in a folder", function()
       local dir = mkdir("l2c-folder")
       write(dir .. "/tok265.bin", llama2c_bin() .. "trailing bytes are not read")
@@ -512,6 +540,19 @@ describe("tokenizer", function()
         assert.same(from_file:encode(s, { bos = false, special = false }), encode(h, s))
       end
       assert.same({ BL.d123, 52 }, encode(h, "1234"))
+    end)
+
+    it("a pathological pre-tokenizer pattern is stopped by the match limit, with a message", function()
+      local cfg = ffi.new("eapig_tokenizer_config", { n_vocab = 256, symbols = C.EAPIG_TOK_BYTE_LEVEL,
+        split = C.EAPIG_TOK_SPLIT_REGEX, pattern = "(a+)+$", prefix = C.EAPIG_TOK_PREFIX_NONE, unk_id = -1 })
+      local h = ffi.gc(core.check_ptr(C.eapig_tokenizer_new(cfg)), C.eapig_tokenizer_free)
+      for b = 0, 255 do core.check(C.eapig_tokenizer_set_token(h, b, BYTE_CHAR[b], #BYTE_CHAR[b], 0)) end
+      local text = string.rep("a", 64) .. "!" -- 2^64 ways to split the run: never ends without a limit
+      local ids, n = ffi.new("int32_t[80]"), ffi.new("size_t[1]")
+      assert.equal(C.EAPIG_ERR_ARG, C.eapig_tokenizer_encode(h, text, #text, 0, ids, 80, n))
+      has(ffi.string(C.eapig_last_error()), "backtracks too much")
+      core.check(C.eapig_tokenizer_encode(h, "aa", 2, 0, ids, 80, n)) -- a match still works
+      assert.equal(2, tonumber(n[0]))
     end)
 
     it("the Qwen2 pattern takes digits one at a time", function()

@@ -8,7 +8,7 @@ local function collect_ids(values, vocab)
   local ids = {}
   for _, value in ipairs(values) do
     for piece in (value .. ","):gmatch("([^,]*),") do
-      piece = piece:match("^%s*(.-)%s*$")
+      piece = cli.trim(piece)
       if piece ~= "" then
         local id = tonumber(piece)
         if not id or id ~= math.floor(id) then cli.fail("generate: --ids: '%s' is not an integer token id", piece) end

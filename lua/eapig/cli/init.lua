@@ -48,6 +48,16 @@ function M.fail(template, ...)
   error(fmt(template, ...), 0)
 end
 
+-- s without leading and trailing whitespace, in linear time: the pattern "^%s*(.-)%s*$" (and
+-- gsub("%s+$", "")) backtrack over every run of inner spaces, quadratic on a long line.
+function M.trim(s)
+  local first = s:find("%S")
+  if not first then return "" end
+  local last = #s
+  while s:find("^%s", last) do last = last - 1 end
+  return s:sub(first, last)
+end
+
 -- One line from any error value. eapig's modules raise messages that carry their own context;
 -- a "lua/eapig/x.lua:12: " position prefix (from error(msg, 2) or a bug) means nothing to a
 -- user, so it goes. argparse puts hints ("Did you mean ...?") and its own traceback on further
@@ -80,7 +90,7 @@ local function one_line(err)
   local lines = {}
   for line in msg:gmatch("[^\n]+") do
     if line:match("^%s*original stack traceback") or line:match("^%s*stack traceback") then break end
-    line = line:gsub("^%s+", ""):gsub("%s+$", "")
+    line = M.trim(line)
     if line ~= "" then lines[#lines + 1] = line end
   end
   msg = concat(lines, "; ")
