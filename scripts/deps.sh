@@ -3,7 +3,7 @@
 set -euo pipefail
 PACKAGES="build-essential cmake pkg-config luajit libluajit-5.1-dev libopenblas-dev libpcre2-dev
   lua-cjson lua-busted luarocks lua-argparse lua-readline lua-filesystem lua-check graphviz util-linux
-  libopenmpi-dev openmpi-bin"
+  libopenmpi-dev openmpi-bin clang libclang-rt-14-dev"
 missing=()
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
