@@ -228,6 +228,23 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
     return EAPIG_OK;
 }
 
+int64_t eapig_stored_first_nonfinite(const uint8_t *p, size_t count, int32_t dtype) {
+    if (!p) return -1;
+    for (size_t i = 0; i < count; i++) {
+        if (dtype == EAPIG_DTYPE_F32) {
+            uint32_t bits;
+            memcpy(&bits, p + 4 * i, sizeof bits);
+            if ((bits & 0x7f800000u) == 0x7f800000u) return (int64_t)i;
+        } else if (dtype == EAPIG_DTYPE_F16 || dtype == EAPIG_DTYPE_BF16) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, sizeof h);
+            uint16_t exp = dtype == EAPIG_DTYPE_F16 ? 0x7c00 : 0x7f80;
+            if ((h & exp) == exp) return (int64_t)i;
+        }
+    }
+    return -1;
+}
+
 int64_t eapig_floats_first_nonfinite(const float *x, int64_t n) {
     if (!x) return -1;
     /* Compare bits, not values: -O3 without fast-math keeps isfinite, but a bit test is exact and

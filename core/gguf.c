@@ -10,6 +10,7 @@
  *
  * Dimension glossary: ne[0] = elements of a stored row (varies fastest), ne[1..3] = rows.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -543,6 +544,9 @@ int eapig_gguf_key_numbers(const eapig_gguf *g, int64_t i, uint64_t first, uint6
         int kind;
         number_at(g, k, first + j, &iv, &uv, &fv, &kind);
         out[j] = kind == 0 ? (double)iv : kind == 1 ? (double)uv : fv;
+        /* a NaN read from the file may carry a payload LuaJIT takes for another value: only the
+         * plain quiet NaN leaves the core */
+        if (isnan(out[j])) out[j] = NAN;
     }
     return EAPIG_OK;
 }
@@ -648,7 +652,17 @@ int eapig_gguf_tensor_read(const eapig_gguf *g, int64_t i, float *dst, int64_t n
     case EAPIG_GGML_F32: dtype = EAPIG_DTYPE_F32; break;
     case EAPIG_GGML_F16: dtype = EAPIG_DTYPE_F16; break;
     case EAPIG_GGML_BF16: dtype = EAPIG_DTYPE_BF16; break;
-    case EAPIG_GGML_Q8_0: dequantize_q8_0(g->bytes + t->begin, dst, (uint64_t)n); return EAPIG_OK;
+    case EAPIG_GGML_Q8_0: {
+        dequantize_q8_0(g->bytes + t->begin, dst, (uint64_t)n);
+        /* a block scale may be an f16 inf or NaN: refuse the tensor as eapig_file_tensor would */
+        int64_t bad = eapig_floats_first_nonfinite(dst, n);
+        if (bad >= 0)
+            return eapig_set_error(EAPIG_ERR_IO,
+                                   "eapig_gguf_tensor_read: %s: tensor '%.*s': element %lld is NaN or infinite "
+                                   "(its Q8_0 block scale); weights must be finite",
+                                   g->path, SHOW(g, t->name_at, t->name_len), (long long)bad);
+        return EAPIG_OK;
+    }
     default:
         return eapig_set_error(EAPIG_ERR_ARG,
                                "eapig_gguf_tensor_read: %s: tensor '%.*s' has type %s; eapig reads F32, F16, BF16 "

@@ -62,6 +62,9 @@ void eapig_file_retain(eapig_file *f);
 const char *eapig_file_path(const eapig_file *f);
 /* Pointer to bytes [begin, end) of the mapping, or NULL when the range leaves the file. */
 const uint8_t *eapig_file_bytes(const eapig_file *f, uint64_t begin, uint64_t end);
+/* Index of the first NaN or infinite element among count stored elements of dtype (F32, F16,
+ * BF16) at p, or -1: a bit test per element, so stored weights are checked without converting. */
+int64_t eapig_stored_first_nonfinite(const uint8_t *p, size_t count, int32_t dtype);
 /* n elements of dtype at src (any alignment) -> float32 dst. */
 void eapig_convert(float *dst, const uint8_t *src, size_t n, int32_t dtype);
 /* Drops the whole pages inside [p, p + n) from this process's resident set (they stay in the

@@ -14,6 +14,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "ops.h"
 #include "run.h"
@@ -103,6 +105,24 @@ int eapig_model_bind(eapig_model *m, int32_t layer, int32_t which, eapig_file *f
                                "bytes inside the file (%llu bytes)",
                                path, name, (unsigned long long)begin, (unsigned long long)end,
                                (long long)stored_rows, cols, esize, (unsigned long long)eapig_file_size(f));
+    /* Stored weights are converted only when used: check them here, once, so a NaN or infinite
+     * weight is refused at load with its place, as eapig_file_tensor refuses it for copies. */
+    int64_t bad = eapig_stored_first_nonfinite(eapig_file_bytes(f, begin, end), count, dtype);
+    if (bad >= 0)
+        return eapig_set_error(EAPIG_ERR_IO,
+                               "eapig_model_bind: %s: %s: element %lld (byte %llu) is NaN or infinite; weights must "
+                               "be finite",
+                               path, name, (long long)bad, (unsigned long long)(begin + (uint64_t)bad * esize));
+    /* The scan brought the pages in; hand them back so the resident set stays that of a stored
+     * model (the kernel keeps them cached and maps them again at use). */
+    {
+        long page = sysconf(_SC_PAGESIZE);
+        uintptr_t lo = (uintptr_t)eapig_file_bytes(f, begin, end), hi = lo + bytes;
+        if (page > 0) {
+            uintptr_t a = (lo + (uintptr_t)page - 1) & ~((uintptr_t)page - 1), b = hi & ~((uintptr_t)page - 1);
+            if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+        }
+    }
     if (!row_map && (size_t)stored_rows < rows)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_bind: %s: %s: %lld stored rows, the matrix needs %zu", path,
                                name, (long long)stored_rows, rows);

@@ -88,6 +88,19 @@ describe("hostile inputs", function()
         "element 5", "is NaN", "weights must be finite")
     end)
 
+    it("a NaN-payload weight is refused in stored mode too (memory-mapped, converted at use)", function()
+      local m = tiny_model("nanstored", { dtype = "BF16" })
+      local r = safetensors.open(m .. "/model.safetensors")
+      local at = r:info("h.0.mlp.c_fc.weight").begin + 2 * 9
+      r:close()
+      local data = read(m .. "/model.safetensors")
+      write(m .. "/model.safetensors", data:sub(1, at) .. "\255\255" .. data:sub(at + 3)) -- BF16 NaN, payload
+      local ok, err = pcall(require("eapig.load").load, m, { weights = "stored" })
+      assert.is_false(ok)
+      assert.truthy(err:find("tensor 'h.0.mlp.c_fc.weight'", 1, true) and err:find("element 9", 1, true) and
+        err:find("is NaN or infinite", 1, true), err)
+    end)
+
     it("an infinite F16 weight is an error too", function()
       local m = tiny_model("infweight", { dtype = "F16" })
       local r = safetensors.open(m .. "/model.safetensors")

@@ -470,7 +470,7 @@ local FLOAT_DTYPES = { F32 = true, F16 = true, BF16 = true }
 -- bind = {handle =, layer =} (stored weights): big matrices are bound instead of read.
 local function fill_entry(src, e, name, target, dims, bind)
   local rows, cols = dims[e[3]], e[4] and dims[e[4]] or 1
-  local dtype = src:has(name) and src:info(name).dtype
+  local dtype = src.info and src:has(name) and src:info(name).dtype -- GGUF sources check their own types
   if dtype and not FLOAT_DTYPES[dtype] then
     fail("%s: tensor '%s': field 'dtype' is %s; weights must be F32, F16 or BF16", src.path, name, dtype)
   end
@@ -773,8 +773,9 @@ local function load_llama2c(path, opts)
           end
         end
       end
-      core.check(C.eapig_model_bind(m, t.layer and p.layer or -1, MATS[t[4]], file, p.b, p.e, C.EAPIG_DTYPE_F32,
-                                    p.rows, 0, row_map), string.format("%s: tensor '%s'", path, t[1]))
+      core.check_file(C.eapig_model_bind(m, t.layer and p.layer or -1, MATS[t[4]], file, p.b, p.e,
+                                         C.EAPIG_DTYPE_F32, p.rows, 0, row_map), path,
+                      string.format("%s: tensor '%s'%s", path, t[1], t.layer and (" of layer " .. p.layer) or ""))
     elseif t[4] then
       local dst = t.layer and w.layers[p.layer][t[4]] or w[t[4]]
       core.check_file(C.eapig_file_tensor(file, p.b, p.e, C.EAPIG_DTYPE_F32, dst, p.rows, p.cols, 0), path,

@@ -242,7 +242,7 @@ function Reader:bind(name, model, layer, which, stored_rows, cols, opts)
   if not self.file then fail("%s: file is closed", self.path) end
   local status = C.eapig_model_bind(model, layer, which, self.file, info.begin, info["end"], code, stored_rows,
                                     transpose and 1 or 0, opts and opts.row_map)
-  core.check(status, string.format("%s: tensor '%s'", self.path, name))
+  core.check_file(status, self.path, string.format("%s: tensor '%s'", self.path, name))
 end
 
 -- The dtype of tensor `name` as the file spells it (F32, BF16, ...).
