@@ -904,6 +904,10 @@ static int split_words(encoder *e, const char *s, size_t len) {
             }
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
             size_t a = ov[0], b = ov[1];
+            if (b < a || b > len)
+                return eapig_set_error(EAPIG_ERR_ARG, "eapig_tokenizer_encode: the pre-tokenizer pattern gave a "
+                                       "match that ends before it starts");
+            if (a == len) break; /* an empty match at the very end: nothing left to step over */
             if (b == a) { /* an empty match: step over one character, it joins the gap */
                 from = a + utf8_char_len((const uint8_t *)s + a, len - a);
                 continue;

@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-1800}
 shift || true
-harnesses=${*:-"file_tensor tokenizer_bin tokenizer_model gpt2_pairs lua"}
+harnesses=${*:-"file_tensor tokenizer_bin tokenizer_model gpt2_pairs gguf lua"}
 bash scripts/deps.sh || exit 1
 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER=clang -DEAPIG_FUZZ=ON >/dev/null || exit 1
 mkdir -p build-fuzz/findings

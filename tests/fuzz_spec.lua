@@ -5,7 +5,7 @@
 -- harnesses carry their own sanitizers), and skipped with a message without clang's libFuzzer.
 -- The longer campaign is `bash scripts/fuzz.sh [SECONDS]`.
 local SECONDS = tonumber(os.getenv("EAPIG_FUZZ_SECONDS")) or 30
-local HARNESSES = { "file_tensor", "tokenizer_bin", "tokenizer_model", "gpt2_pairs" }
+local HARNESSES = { "file_tensor", "tokenizer_bin", "tokenizer_model", "gpt2_pairs", "gguf" }
 local BUILD = "build-fuzz"
 
 local function sh(cmd)

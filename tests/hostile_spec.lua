@@ -341,6 +341,31 @@ describe("hostile inputs", function()
     end)
   end)
 
+  describe("class 3: small inputs that ask for huge work", function()
+    it("a graph whose cfg is far bigger than its file, or than any model, is refused at once", function()
+      local path = dir .. "/huge-cfg.json"
+      write(path, '{"cfg": {"n_layers": 5000, "n_heads": 1, "d_model": 8}, "nodes": {}, "edges": {}}')
+      for _, cmd in ipairs({ { "circuit", "--graph", path, "--topn", "1", "--out", dir .. "/o.json" },
+                             { "draw", "--graph", path, "--out", dir .. "/o.svg" } }) do
+        fails(cmd, path, "cfg.n_layers 5000 and cfg.n_heads 1 give a 10001 x 20001 edge matrix")
+      end
+      assert.is_false(support.exists(dir .. "/o.json"))
+      local ok, err = pcall(Graph.new, { n_layers = 5000, n_heads = 1, d_model = 8 })
+      assert.is_false(ok)
+      assert.truthy(err:find("cfg.n_layers is 5000, more than the largest a model may have (4096)", 1, true), err)
+      ok, err = pcall(Graph.new, { n_layers = 4096, n_heads = 64, d_model = 8 })
+      assert.is_false(ok)
+      assert.truthy(err:find("more than 268435456 entries", 1, true), err)
+    end)
+
+    it("step and thread counts are bounded", function()
+      fails({ "attribute", "--model", "m", "--data", "d", "--ig-steps", "1e9", "--out", dir .. "/g.json" },
+        "--ig-steps must be <= 10000, got 1e9")
+      fails({ "train", "--task", "induction", "--out", dir .. "/t", "--threads", "1e6" },
+        "--threads must be <= 1024, got 1e6")
+    end)
+  end)
+
   describe("class 3: inputs that would block", function()
     it("a FIFO given as a model, a graph or data is refused at once", function()
       local fifo = dir .. "/in.fifo"

@@ -316,6 +316,14 @@ describe("tokenizer", function()
       assert.equal(first + 123, many:id("<t123>"))
     end)
 
+    it("an added token id far beyond the vocabulary is an error naming the field", function()
+      local doc = byte_level_doc()
+      doc.added_tokens[#doc.added_tokens + 1] = { id = 2 ^ 31 - 2, content = "<x>", special = false }
+      local err = load_error(write_json("sparse-id", doc))
+      has(err, "added_tokens[3].id")
+      has(err, "id 2147483646 is far beyond the")
+    end)
+
     it("reads merges written as pairs", function()
       local paired = tokenizer.load(write_json("llama3-pairs", byte_level_doc({ pair_merges = true })))
       assert.same({ BL.hello, BL.world }, paired:encode("hello world", { bos = false }))
@@ -553,6 +561,14 @@ describe("tokenizer", function()
       has(ffi.string(C.eapig_last_error()), "backtracks too much")
       core.check(C.eapig_tokenizer_encode(h, "aa", 2, 0, ids, 80, n)) -- a match still works
       assert.equal(2, tonumber(n[0]))
+    end)
+
+    it("a pattern that matches empty at the end of the text stops there (found by fuzzing)", function()
+      local cfg = ffi.new("eapig_tokenizer_config", { n_vocab = 256, symbols = C.EAPIG_TOK_BYTE_LEVEL,
+        split = C.EAPIG_TOK_SPLIT_REGEX, pattern = "\\s+|\\b", prefix = C.EAPIG_TOK_PREFIX_NONE, unk_id = -1 })
+      local h = ffi.gc(core.check_ptr(C.eapig_tokenizer_new(cfg)), C.eapig_tokenizer_free)
+      for b = 0, 255 do core.check(C.eapig_tokenizer_set_token(h, b, BYTE_CHAR[b], #BYTE_CHAR[b], 0)) end
+      assert.same({ 97, 98, 32, 99, 100 }, encode(h, "ab cd"))
     end)
 
     it("the Qwen2 pattern takes digits one at a time", function()

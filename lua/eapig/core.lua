@@ -31,7 +31,7 @@ function core.check_file(status, path, context)
   if status ~= 0 then
     local msg = ffi.string(C.eapig_last_error()):gsub("^eapig_[%w_]+: ", "")
     if msg:sub(1, #path + 2) == path .. ": " then msg = msg:sub(#path + 3) end
-    error(context .. ": " .. msg, 2)
+    error(context .. ": " .. msg, 0)
   end
 end
 

@@ -68,6 +68,15 @@ local function quote(s)
   return (cjson.encode(tostring(s)))
 end
 
+-- Ids are dense in every real tokenizer: one far beyond the number of entries the file lists is a
+-- typo or a forgery, and would size every per-id table (refused here, naming the field, rather
+-- than failing as an allocation that blames the vocabulary size).
+local function check_dense(path, field, id, entries)
+  if id >= 2 * entries + 1024 then
+    fail(path, field, ("id %d is far beyond the %d entries the file lists (ids must be dense)"):format(id, entries))
+  end
+end
+
 local function check_id(path, field, id)
   if type(id) ~= "number" or id < 0 or id >= 2 ^ 31 - 1 or id ~= math.floor(id) then
     fail(path, field, "id must be a non-negative integer, got " .. tostring(id))
@@ -475,10 +484,12 @@ local function load_hf(path, opts)
   end
 
   -- Ids: the vocabulary and the added tokens together.
-  local n_vocab = 0
+  local n_vocab, entries, top_field = 0, 0, nil
   for piece, id in pairs(vocab) do
-    check_id(path, "model.vocab[" .. quote(piece) .. "]", id)
-    if id + 1 > n_vocab then n_vocab = id + 1 end
+    local field = "model.vocab[" .. quote(piece) .. "]"
+    check_id(path, field, id)
+    entries = entries + 1
+    if id + 1 > n_vocab then n_vocab, top_field = id + 1, field end
   end
   local added = value(doc.added_tokens) or {}
   if type(added) ~= "table" then fail(path, "added_tokens", "expected an array") end
@@ -487,9 +498,11 @@ local function load_hf(path, opts)
     if type(a) ~= "table" then fail(path, field, "expected an object") end
     check_id(path, field .. ".id", value(a.id))
     if type(value(a.content)) ~= "string" or a.content == "" then fail(path, field .. ".content", "expected a non-empty string") end
-    if a.id + 1 > n_vocab then n_vocab = a.id + 1 end
+    entries = entries + 1
+    if a.id + 1 > n_vocab then n_vocab, top_field = a.id + 1, field .. ".id" end
   end
   if n_vocab == 0 then fail(path, "model.vocab", "empty") end
+  check_dense(path, top_field, n_vocab - 1, entries)
 
   local norm = parse_normalizer(path, doc.normalizer, "normalizer", {})
   local pre = parse_pre_tokenizer(path, doc.pre_tokenizer, "pre_tokenizer", {}, norm)
@@ -563,12 +576,15 @@ end
 local function load_gpt2_pair(vocab_path, merges_path, opts)
   local vocab = decode_json(vocab_path, read_file(vocab_path))
   if type(vocab) ~= "table" then fail(vocab_path, "JSON", "expected an object of piece -> id") end
-  local n_vocab = 0
+  local n_vocab, entries, top_field = 0, 0, nil
   for piece, id in pairs(vocab) do
-    check_id(vocab_path, "[" .. quote(piece) .. "]", id)
-    if id + 1 > n_vocab then n_vocab = id + 1 end
+    local field = "[" .. quote(piece) .. "]"
+    check_id(vocab_path, field, id)
+    entries = entries + 1
+    if id + 1 > n_vocab then n_vocab, top_field = id + 1, field end
   end
   if n_vocab == 0 then fail(vocab_path, "JSON", "empty vocabulary") end
+  check_dense(vocab_path, top_field, n_vocab - 1, entries)
   local h = new_handle(vocab_path, {
     n_vocab = n_vocab, symbols = C.EAPIG_TOK_BYTE_LEVEL, split = C.EAPIG_TOK_SPLIT_GPT2,
   })

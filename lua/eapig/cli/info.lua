@@ -73,7 +73,7 @@ return function(argv)
   parser:option("--method", "Attribution method, for --memory.", "EAP-IG-inputs"):argname("NAME")
     :convert(cli.one_of("method", memory_methods))
   parser:option("--ig-steps", "Integrated-gradient steps, for --memory.", "5"):argname("N")
-    :convert(cli.integer("--ig-steps", 1))
+    :convert(cli.integer("--ig-steps", 1, 10000))
   local args = cli.parse(parser, argv, "info")
   local budget_gib
   if args.memory and args.memory[1] then
