@@ -290,10 +290,10 @@ describe("hostile inputs", function()
     end)
 
     it("a FIFO is written through and stays a FIFO", function()
-      local fifo, got = dir .. "/out.fifo", dir .. "/from-fifo.json"
+      local fifo, got = dir .. "/out-fifo.json", dir .. "/from-fifo.json"
       assert.truthy(os.execute("mkfifo " .. quote(fifo)))
       -- a reader first (a FIFO without one blocks its writer, as it does for any program)
-      local p = io.popen(("cat %s > %s & luajit scripts/eapig circuit --graph %s --topn 2 --out %s 2>&1; " ..
+      local p = io.popen(("timeout 120 cat %s > %s & luajit scripts/eapig circuit --graph %s --topn 2 --out %s 2>&1; " ..
         'echo "rc=$?"; wait'):format(quote(fifo), quote(got), quote(graph_path), quote(fifo)))
       local out = p:read("*a")
       p:close()
@@ -303,7 +303,7 @@ describe("hostile inputs", function()
     end)
 
     it("a character device is written through and stays a device", function()
-      local dev = dir .. "/null"
+      local dev = dir .. "/null.json"
       local made = os.execute("mknod " .. quote(dev) .. " c 1 3 2>/dev/null")
       if not (made == 0 or made == true) then
         pending("mknod needs root: character-device case not run")
@@ -316,9 +316,9 @@ describe("hostile inputs", function()
     end)
 
     it("a folder or a block device is refused; nothing is left beside it", function()
-      os.execute("mkdir -p " .. quote(dir .. "/sub"))
-      fails({ "circuit", "--graph", graph_path, "--topn", "2", "--out", dir .. "/sub" }, "it is a folder")
-      assert.are.equal("", listing(dir .. "/sub"))
+      os.execute("mkdir -p " .. quote(dir .. "/sub.json"))
+      fails({ "circuit", "--graph", graph_path, "--topn", "2", "--out", dir .. "/sub.json" }, "it is a folder")
+      assert.are.equal("", listing(dir .. "/sub.json"))
     end)
 
     it("a killed writer's temporary file is removed by the next write; a live one's stays", function()
