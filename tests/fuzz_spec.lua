@@ -58,11 +58,19 @@ describe("fuzzing (smoke run)", function()
 
   it(("the Lua mutation harness runs %d s over every Lua-side parser without a runtime error"):format(SECONDS),
     function()
-      -- against the AddressSanitizer build when scripts/test.sh has made one, else the plain one
-      local f = io.open("build-sanitize/libeapig.so", "rb")
-      local env = "EAPIG_BUILD_DIR=" .. (os.getenv("EAPIG_BUILD_DIR") or "build")
-      if f then
+      -- against the AddressSanitizer build when scripts/test.sh has made one from this tree (its
+      -- generated cdef is this build's), else against this build
+      local plain = os.getenv("EAPIG_BUILD_DIR") or "build"
+      local function slurp(path)
+        local f = io.open(path, "rb")
+        if not f then return nil end
+        local text = f:read("*a")
         f:close()
+        return text
+      end
+      local sanitized = slurp("build-sanitize/libeapig.so") and slurp("build-sanitize/eapig/cdef.lua")
+      local env = "EAPIG_BUILD_DIR=" .. plain
+      if sanitized and sanitized == slurp(plain .. "/eapig/cdef.lua") then
         env = "LD_PRELOAD=\"$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)\" " ..
           "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 " ..
           "EAPIG_BUILD_DIR=build-sanitize"
