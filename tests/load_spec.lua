@@ -297,13 +297,16 @@ describe("random checkpoints round-trip through the loader", function()
 
   it("weights are N(0, scale^2) and norm weights 1 + N(0, scale^2)", function()
     local dir = model_dir("stats", { family = "llama", vocab = 1024, seed = 2, scale = 0.5 })
-    local w = weights(load.load(dir))
+    -- Keep the model referenced: w points into it, and a collected model frees (or unmaps) it.
+    local model = load.load(dir)
+    local w = weights(model)
     local n, sum, sq = 1024 * 32, 0, 0
     for i = 0, n - 1 do sum, sq = sum + w.wte[i], sq + w.wte[i] ^ 2 end
     assert.is_true(math.abs(sum / n) < 0.02 and math.abs(math.sqrt(sq / n) - 0.5) < 0.02)
     local norm = 0
     for i = 0, 31 do norm = norm + w.layers[0].ln1_w[i] end
     assert.is_true(math.abs(norm / 32 - 1) < 0.3)
+    model:free()
   end)
 end)
 
