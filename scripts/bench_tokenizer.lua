@@ -1,13 +1,21 @@
--- Benchmark (not a test): encoding and decoding 1 MB of text with the tokenizers in ../shared
--- (GPT-2's byte-level BPE with its regex pre-tokenizer; stories260K's llama2.c tokenizer, where
--- the whole text is one word for the merge loop) and the loading time of each.
--- Run from the repository root: luajit scripts/bench_tokenizer.lua [build dir] [MB]
+-- Benchmark (not a test): encoding and decoding 1 MB of text with two real tokenizers (GPT-2's
+-- byte-level BPE with its regex pre-tokenizer, from a folder holding encoder.json + vocab.bpe;
+-- stories260K's llama2.c tokenizer tok512.bin, where the whole text is one word for the merge
+-- loop) and the loading time of each.
+-- Run from the repository root:
+--   EAPIG_GPT2_TOKENIZER=DIR EAPIG_TOK512=FILE luajit scripts/bench_tokenizer.lua [build dir] [MB]
 local build = arg[1] or "./build"
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. build .. "/?.lua;" .. package.path
 package.cpath = build .. "/?.so;" .. package.cpath
 local tokenizer = require("eapig.tokenizer")
 
-local SHARED = os.getenv("EAPIG_SHARED") or "../shared"
+local GPT2 = os.getenv("EAPIG_GPT2_TOKENIZER")
+local TOK512 = os.getenv("EAPIG_TOK512")
+if not (GPT2 and TOK512) then
+  io.stderr:write("bench_tokenizer: set EAPIG_GPT2_TOKENIZER (a GPT-2 tokenizer folder) and EAPIG_TOK512 " ..
+    "(stories260K's tok512.bin)\n")
+  os.exit(2)
+end
 local MB = tonumber(arg[2] or "") or 1
 
 -- CPU seconds of the best of `reps` runs (the work is single-threaded, so this is wall time).
@@ -58,5 +66,5 @@ local function bench(label, path, opts)
     label, t_load * 1e3, t_enc * 1e3, #text / t_enc / 1e6, #ids, t_dec * 1e3))
 end
 
-bench("gpt2 (encoder.json+vocab.bpe)", SHARED .. "/models/gpt2-tokenizer")
-bench("stories260K tok512.bin", SHARED .. "/models/stories260K/tok512.bin")
+bench("gpt2 (encoder.json+vocab.bpe)", GPT2)
+bench("stories260K tok512.bin", TOK512)
