@@ -212,30 +212,38 @@ end
 -- dict methods: keys(), values(), items() (iterators, in EAP-IG's order), and count().
 local Nodes, Edges = {}, {}
 
-local NODES_METHODS = {
-  keys = function(self)
-    local it = self._graph:iter_nodes()
-    return function()
-      local name = it()
-      return name
-    end
-  end,
-  values = function(self)
-    local g, it = self._graph, self._graph:iter_nodes()
-    return function()
-      local name = it()
-      if name then return node_view(g, name) end
-    end
-  end,
-  items = function(self)
-    local g, it = self._graph, self._graph:iter_nodes()
-    return function()
-      local name = it()
-      if name then return name, node_view(g, name) end
-    end
-  end,
-  count = function(self) return self._graph.n_forward + 1 end,
-}
+-- EAP-IG's dict methods over one of the graph's name iterators: keys(), values(), items() in
+-- EAP-IG's order, and count(). view(g, ...) turns what the iterator yields into a view.
+local function dict_methods(iterate, view, count)
+  return {
+    keys = function(self)
+      local it = iterate(self._graph)
+      return function()
+        local name = it()
+        return name
+      end
+    end,
+    values = function(self)
+      local g, it = self._graph, iterate(self._graph)
+      return function()
+        local name, a, b, c, d = it()
+        if name then return view(g, name, a, b, c, d) end
+      end
+    end,
+    items = function(self)
+      local g, it = self._graph, iterate(self._graph)
+      return function()
+        local name, a, b, c, d = it()
+        if name then return name, view(g, name, a, b, c, d) end
+      end
+    end,
+    count = count,
+  }
+end
+
+local NODES_METHODS = dict_methods(function(g) return g:iter_nodes() end,
+  function(g, name) return node_view(g, name) end,
+  function(self) return self._graph.n_forward + 1 end)
 
 Nodes.__index = function(self, name)
   local m = NODES_METHODS[name]
@@ -246,30 +254,9 @@ Nodes.__call = function(self, g) return (g or self._graph):iter_nodes() end
 Nodes.__newindex = function() error("graph.nodes is a view: set a node's score or in_graph instead", 2) end
 Nodes.__tostring = function(self) return fmt("[eapig graph nodes: %d]", self._graph.n_forward + 1) end
 
-local EDGES_METHODS = {
-  keys = function(self)
-    local it = self._graph:iter_edges()
-    return function()
-      local name = it()
-      return name
-    end
-  end,
-  values = function(self)
-    local g, it = self._graph, self._graph:iter_edges()
-    return function()
-      local name, _, _, u, v = it()
-      if name then return edge_view(g, u, v) end
-    end
-  end,
-  items = function(self)
-    local g, it = self._graph, self._graph:iter_edges()
-    return function()
-      local name, _, _, u, v = it()
-      if name then return name, edge_view(g, u, v) end
-    end
-  end,
-  count = function(self) return self._graph:n_edges() end,
-}
+local EDGES_METHODS = dict_methods(function(g) return g:iter_edges() end,
+  function(g, _, _, _, u, v) return edge_view(g, u, v) end,
+  function(self) return self._graph:n_edges() end)
 
 Edges.__index = function(self, name)
   local m = EDGES_METHODS[name]
