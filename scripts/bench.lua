@@ -140,7 +140,7 @@ print(("10 circuit sizes: one sweep %.2f s, 10 evaluations %.2f s (%.1fx)"):form
 
 -- Loading: the same shape saved as an f32 safetensors checkpoint, loaded by a fresh process
 -- (its wall time and peak resident memory, as `eapig info` would pay them).
-local train = require("eapig.train")
+local train = require("eapig.apps.train")
 local testing = require("eapig.testing")
 local dir = testing.tmpdir()
 local raw = train.new_model({ family = "gpt2", layers = L, heads = H, d_model = D, d_mlp = F, vocab = V, n_ctx = 1024 })

@@ -26,7 +26,7 @@ if [ ! -f "$work/model/model.safetensors" ]; then
     package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;" .. package.path
     package.cpath = "./build/?.so;" .. package.cpath
     local testing = require("eapig.testing")
-    local train = require("eapig.train")
+    local train = require("eapig.apps.train")
     local work = os.getenv("BENCH_WORK")
     -- GPT-2 initialisation (std 0.02), saved as transformers saves GPT2LMHeadModel, float32
     local raw = train.new_model({ family = "gpt2", layers = 12, heads = 12, d_model = 768, d_mlp = 3072,

@@ -20,7 +20,7 @@ local core = require("eapig.core")
 local eapig = require("eapig")
 local memory = require("eapig.memory")
 local testing = require("eapig.testing")
-local now = require("eapig.train").now
+local now = require("eapig.apps.train").now
 local C = core.C
 
 local function usage(msg)

@@ -7,7 +7,7 @@
 local build = arg[1] or "./build"
 package.path = "./lua/?.lua;./lua/?/init.lua;" .. build .. "/?.lua;" .. package.path
 package.cpath = build .. "/?.so;" .. package.cpath
-local tokenizer = require("eapig.tokenizer")
+local tokenizer = require("eapig.formats.tokenizer")
 
 local GPT2 = os.getenv("EAPIG_GPT2_TOKENIZER")
 local TOK512 = os.getenv("EAPIG_TOK512")

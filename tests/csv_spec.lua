@@ -1,7 +1,7 @@
 -- CSV reading and writing (RFC 4180 as pandas reads it): quoted fields with commas, doubled quotes
 -- and line breaks, CRLF, byte-order marks and blank lines; errors that name the file, row and
 -- line; writing through a temporary file; round trips of arbitrary fields.
-local csv = require("eapig.csv")
+local csv = require("eapig.formats.csv")
 
 local tmpdir
 local function tmp_path(name) return tmpdir .. "/" .. name end
@@ -21,10 +21,10 @@ describe("csv", function()
   teardown(function() os.execute("rm -rf '" .. tmpdir .. "'") end)
 
   it("defines no globals", function()
-    package.loaded["eapig.csv"] = nil
+    package.loaded["eapig.formats.csv"] = nil
     local before = {}
     for k in pairs(_G) do before[k] = true end
-    require("eapig.csv")
+    require("eapig.formats.csv")
     for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
   end)
 

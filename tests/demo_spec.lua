@@ -6,7 +6,7 @@
 local files = require("support.files")
 
 describe("demo on the embedded induction model", function()
-  local demo = require("eapig.demo")
+  local demo = require("eapig.apps.demo")
   local r = demo.run({ quiet = true })
 
   it("finds a previous-token head in layer 0 and an induction head in layer 1", function()

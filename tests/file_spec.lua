@@ -1,9 +1,9 @@
 -- The core's file functions (core/file.c): bounds-checked reads, exact F16/BF16/I32 -> float32
 -- conversion, transposed reads, the RoPE row permutation; and the writer's float -> F16/BF16
--- rounding (lua/eapig/safetensors.lua), checked against every 16-bit pattern.
+-- rounding (lua/eapig/formats/safetensors.lua), checked against every 16-bit pattern.
 local ffi = require("ffi")
 local core = require("eapig.core")
-local safetensors = require("eapig.safetensors")
+local safetensors = require("eapig.formats.safetensors")
 local testing = require("eapig.testing")
 
 local C = core.C

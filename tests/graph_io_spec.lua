@@ -3,7 +3,7 @@
 local ffi = require("ffi")
 local cjson = require("cjson")
 local Graph = require("eapig.graph")
-local graph_io = require("eapig.graph_io")
+local graph_io = require("eapig.formats.graph_io")
 
 local FIXTURES = "../shared/fixtures"
 

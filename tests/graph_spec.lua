@@ -445,13 +445,13 @@ describe("Graph module hygiene", function()
   it("defines no globals", function()
     local before = {}
     for k in pairs(_G) do before[k] = true end
-    package.loaded["eapig.graph"], package.loaded["eapig.graph_io"] = nil, nil
+    package.loaded["eapig.graph"], package.loaded["eapig.formats.graph_io"] = nil, nil
     local G = require("eapig.graph")
     local g = G.new({ n_layers = 2, n_heads = 2, d_model = 4 }, { level = "neuron" })
     for i = 0, g.n_forward * g.n_backward - 1 do g.scores[i] = i % 7 end
     g:apply_topn(5); g:apply_threshold(0.0); g:apply_greedy(3); g:reset(false); g:prune()
     local _ = tostring(g) .. g:weighted_edge_count()
-    require("eapig.graph_io").dot_source(g)
+    require("eapig.formats.graph_io").dot_source(g)
     for k in pairs(_G) do assert.is_true(before[k], "new global: " .. tostring(k)) end
   end)
 end)

@@ -3,7 +3,7 @@
 -- forward_to_backward agree with EAP-IG's definitions, and to_image's drawing options reach the
 -- DOT source.
 local Graph = require("eapig.graph")
-local graph_io = require("eapig.graph_io")
+local graph_io = require("eapig.formats.graph_io")
 
 local function names(list)
   local out = {}

@@ -4,7 +4,7 @@
 local ffi = require("ffi")
 local cjson = require("cjson")
 local testing = require("eapig.testing")
-local safetensors = require("eapig.safetensors")
+local safetensors = require("eapig.formats.safetensors")
 local Graph = require("eapig.graph")
 local support = require("support.files")
 local read, write = support.read, support.write
@@ -95,7 +95,7 @@ describe("hostile inputs", function()
       r:close()
       local data = read(m .. "/model.safetensors")
       write(m .. "/model.safetensors", data:sub(1, at) .. "\255\255" .. data:sub(at + 3)) -- BF16 NaN, payload
-      local ok, err = pcall(require("eapig.load").load, m, { weights = "stored" })
+      local ok, err = pcall(require("eapig.formats.load").load, m, { weights = "stored" })
       assert.is_false(ok)
       assert.truthy(err:find("tensor 'h.0.mlp.c_fc.weight'", 1, true) and err:find("element 9", 1, true) and
         err:find("is NaN or infinite", 1, true), err)
@@ -253,7 +253,7 @@ describe("hostile inputs", function()
   end)
 
   describe("class 4: --out never replaces what is not a regular file", function()
-    local files = require("eapig.files")
+    local files = require("eapig.formats.files")
     local graph_path
     before_each(function()
       graph_path = dir .. "/scored.json"

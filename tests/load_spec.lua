@@ -1,11 +1,11 @@
--- Checkpoint loading (lua/eapig/load.lua, safetensors.lua, testing.lua): every family round-trips
+-- Checkpoint loading (lua/eapig/formats/load.lua, safetensors.lua, testing.lua): every family round-trips
 -- from a random checkpoint, F16/BF16 and sharded checkpoints load, the shared fixtures and
 -- stories260K load, and every kind of bad input is a Lua error naming the file and the field.
 local ffi = require("ffi")
 local cjson = require("cjson")
 local core = require("eapig.core")
-local load = require("eapig.load")
-local safetensors = require("eapig.safetensors")
+local load = require("eapig.formats.load")
+local safetensors = require("eapig.formats.safetensors")
 local testing = require("eapig.testing")
 
 local C = core.C

@@ -7,7 +7,7 @@
 local cjson = require("cjson")
 local ffi = require("ffi")
 local Graph = require("eapig.graph")
-local mib = require("eapig.mib")
+local mib = require("eapig.apps.mib")
 local testing = require("eapig.testing")
 local files = require("support.files")
 

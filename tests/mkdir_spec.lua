@@ -1,6 +1,6 @@
 -- files.mkdir_p (`eapig demo --out DIR` creates DIR): nested creation, an existing folder, and a
 -- file in the way, which is an error naming the caller and the path.
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 local testing = require("eapig.testing")
 
 describe("files.mkdir_p", function()

@@ -92,7 +92,7 @@ describe("mpirun -np 2", function()
     local out = dir .. ("/%s-%s-%d.safetensors"):format(method, level, ranks)
     local printed = eapig({ "attribute", "--model", model, "--data", data, "--batch-size", "2", "--method", method,
       "--level", level, "--out", out }, ranks)
-    return require("eapig.graph_io").from_safetensors(out), printed
+    return require("eapig.formats.graph_io").from_safetensors(out), printed
   end
 
   it("gives one process's scores on every method, to float32 rounding", function()

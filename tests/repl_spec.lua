@@ -2,8 +2,8 @@
 -- interactive prompt itself driven through a pseudo-terminal (`script` from util-linux), with
 -- lua-readline (editing, history, Tab completion) and with the plain fallback.
 local eapig = require("eapig")
-local help = require("eapig.help")
-local pretty = require("eapig.pretty")
+local help = require("eapig.apps.help")
+local pretty = require("eapig.apps.pretty")
 local testing = require("eapig.testing")
 local files = require("support.files")
 
@@ -34,7 +34,7 @@ describe("help", function()
   end)
 
   it("has an entry for every public function of the API modules", function()
-    local data, tokenizer = require("eapig.data"), require("eapig.tokenizer")
+    local data, tokenizer = require("eapig.data"), require("eapig.formats.tokenizer")
     local modules = { Graph = eapig.Graph, data = data, Dataset = data.Dataset, metrics = eapig.metrics,
       tasks = eapig.tasks, tokenizer = tokenizer, Tokenizer = tokenizer.Tokenizer, Model = require("eapig.model"),
       evaluate = require("eapig.evaluate"), attribute = require("eapig.attribute"), sweep = require("eapig.sweep"),

@@ -3,7 +3,7 @@
 -- agreement task of docs/writing-a-task.md, run as the page writes it, on such a tokenizer.
 local cjson = require("cjson")
 local tasks = require("eapig.tasks")
-local tokenizer = require("eapig.tokenizer")
+local tokenizer = require("eapig.formats.tokenizer")
 local testing = require("eapig.testing")
 local files = require("support.files")
 

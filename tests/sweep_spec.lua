@@ -3,7 +3,7 @@
 local tiny = require("support.tiny")
 local eapig = require("eapig")
 local sweep = require("eapig.sweep")
-local plot = require("eapig.plot")
+local plot = require("eapig.apps.plot")
 
 -- Minimal XML well-formedness: every tag closes in order, attributes are quoted.
 local function check_xml(text)

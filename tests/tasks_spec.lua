@@ -80,7 +80,7 @@ describe("tasks", function()
     local before = {}
     for k in pairs(_G) do before[k] = true end
     for _, m in ipairs({ "eapig.tasks", "eapig.tasks.greater_than", "eapig.tasks.ioi", "eapig.tasks.induction",
-      "eapig.csv" }) do
+      "eapig.formats.csv" }) do
       package.loaded[m] = nil
       require(m)
     end
@@ -367,7 +367,7 @@ describe("tasks", function()
       local dir = shared_or_pending("models/gpt2-tokenizer")
       if not dir then return end
       local gt = require("eapig.tasks.greater_than")
-      local tok = require("eapig.tokenizer").load(dir)
+      local tok = require("eapig.formats.tokenizer").load(dir)
       local years = gt.year_ids(tok)
       for y = 0, 99 do assert.equal(string.format("%02d", y), tok:token(years[y + 1])) end
       -- nouns of EAP-IG's greater_than_data.csv
@@ -392,7 +392,7 @@ describe("tasks", function()
       local dir = shared_or_pending("models/gpt2-tokenizer")
       if not dir then return end
       local ioi = require("eapig.tasks.ioi")
-      local tok = require("eapig.tokenizer").load(dir)
+      local tok = require("eapig.formats.tokenizer").load(dir)
       local names = ioi.names(tok)
       assert.truthy(#names >= 100, #names)
       local ds = ioi.generate(tok, { n = 40, seed = 2 })
@@ -410,7 +410,7 @@ describe("tasks", function()
       local path = shared_or_pending("models/stories260K/tok512.bin")
       if not path then return end
       local induction = require("eapig.tasks.induction")
-      local tok = require("eapig.tokenizer").load(path)
+      local tok = require("eapig.formats.tokenizer").load(path)
       local ds = induction.generate(tok, { n = 10, half = 3, seed = 1, pattern = "^ %a%a+$" })
       for _, row in ipairs(ds.rows) do
         assert.equal(1, row.clean[1]) -- llama2.c adds BOS

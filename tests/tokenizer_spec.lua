@@ -5,7 +5,7 @@
 -- when ../shared is present, llama.cpp's 47 GPT-2 vectors and stories260K's tok512.bin.
 local cjson = require("cjson")
 local ffi = require("ffi")
-local tokenizer = require("eapig.tokenizer")
+local tokenizer = require("eapig.formats.tokenizer")
 
 local SHARED = os.getenv("EAPIG_SHARED") or "../shared"
 local GPT2_DIR = SHARED .. "/models/gpt2-tokenizer"
@@ -254,11 +254,11 @@ describe("tokenizer", function()
   teardown(function() os.execute("rm -rf '" .. tmpdir .. "'") end)
 
   it("defines no globals", function()
-    package.loaded["eapig.tokenizer"] = nil
+    package.loaded["eapig.formats.tokenizer"] = nil
     package.loaded["eapig.cli.tokenize"] = nil
     local before = {}
     for k in pairs(_G) do before[k] = true end
-    require("eapig.tokenizer")
+    require("eapig.formats.tokenizer")
     require("eapig.cli.tokenize")
     for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
   end)

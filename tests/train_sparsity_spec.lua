@@ -3,7 +3,7 @@
 -- lambda * sum over heads of sqrt(||W_O[:, head]||) (checked by finite differences).
 local ffi = require("ffi")
 local core = require("eapig.core")
-local train = require("eapig.train")
+local train = require("eapig.apps.train")
 local C = core.C
 
 local function weights(model) return C.eapig_model_weights(model.handle) end

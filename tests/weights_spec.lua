@@ -181,7 +181,7 @@ describe("stored weights", function()
     local opts = ffi.new("eapig_adamw_opts", { lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, step = 1 })
     assert.are_not.equal(0, C.eapig_adamw_step(b.handle, g, g, g, opts))
     assert.matches("f32", ffi.string(C.eapig_last_error()))
-    assert.has_error(function() require("eapig.train").train(b, task, { steps = 1 }) end,
+    assert.has_error(function() require("eapig.apps.train").train(b, task, { steps = 1 }) end,
       "eapig.train: training needs f32 weights; this model keeps them as stored (load with weights = \"f32\")")
     -- unfinalized loads (training) default to f32
     assert.are.equal("f32", eapig.load(dir, { finalize = false }).weights)

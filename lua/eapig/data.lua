@@ -19,7 +19,7 @@ local type, error, pairs, ipairs, tostring, tonumber = type, error, pairs, ipair
 local setmetatable, getmetatable, pcall = setmetatable, getmetatable, pcall
 local format, concat, sort = string.format, table.concat, table.sort
 local floor, max, min, huge = math.floor, math.max, math.min, math.huge
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 
 local int32_array = ffi.typeof("int32_t[?]")
 
@@ -265,7 +265,7 @@ function data.load_csv(path, opts)
   opts = opts or {}
   check_opts(opts, "data.load_csv")
   if type(path) ~= "string" then error("data.load_csv: path must be a string", 2) end
-  local t = require("eapig.csv").read(path)
+  local t = require("eapig.formats.csv").read(path)
   local header, has = t.header, {}
   for _, name in ipairs(header) do has[name] = true end
   local function need(a, b)
@@ -576,7 +576,7 @@ function data.write_csv(ds, path, opts)
     end
     out[r] = rec
   end
-  local ok, err = pcall(require("eapig.csv").write, path, header, out, { crlf = opts.crlf })
+  local ok, err = pcall(require("eapig.formats.csv").write, path, header, out, { crlf = opts.crlf })
   if not ok then error("data.write_csv: " .. tostring(err):gsub("^csv%.write:? ?", ""), 2) end
 end
 

@@ -942,7 +942,7 @@ end
 -- ---- files (eapig.graph_io; loaded on first use, it requires this module) ----------------------
 
 local function io_module()
-  return require("eapig.graph_io")
+  return require("eapig.formats.graph_io")
 end
 
 function Graph:to_json(path) return io_module().to_json(self, path) end

@@ -15,10 +15,10 @@ local lazy = {
   metrics = function() return require("eapig.metrics") end,
   autodiff = function() return require("eapig.autodiff") end,
   testing = function() return require("eapig.testing") end,
-  tokenizer = function() return require("eapig.tokenizer") end,
+  tokenizer = function() return require("eapig.formats.tokenizer") end,
   tasks = function() return require("eapig.tasks") end,
-  help = function() return require("eapig.help").help end,
-  safetensors = function() return require("eapig.safetensors") end,
+  help = function() return require("eapig.apps.help").help end,
+  safetensors = function() return require("eapig.formats.safetensors") end,
 }
 
 -- Modules load on first use, so `require("eapig")` stays cheap in the REPL and the CLI.
@@ -36,7 +36,7 @@ eapig.version = "scm"
 
 -- Loads a Hugging Face folder or a llama2.c checkpoint.
 function eapig.load(path, opts)
-  local loaded = require("eapig.load").load(path, opts)
+  local loaded = require("eapig.formats.load").load(path, opts)
   return require("eapig.model").new(loaded.handle, loaded.info, loaded)
 end
 

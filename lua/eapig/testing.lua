@@ -6,7 +6,7 @@
 -- the layout against another.
 local bit = require("bit")
 local cjson = require("cjson")
-local safetensors = require("eapig.safetensors")
+local safetensors = require("eapig.formats.safetensors")
 
 local band, bxor, rshift, lshift, rol, tobit = bit.band, bit.bxor, bit.rshift, bit.lshift, bit.rol, bit.tobit
 local floor, sqrt, log, cos, sin, pi = math.floor, math.sqrt, math.log, math.cos, math.sin, math.pi

@@ -22,8 +22,8 @@ local cjson = require("cjson")
 local testing = require("eapig.testing")
 local Graph = require("eapig.graph")
 local data = require("eapig.data")
-local load = require("eapig.load")
-local tokenizer = require("eapig.tokenizer")
+local load = require("eapig.formats.load")
+local tokenizer = require("eapig.formats.tokenizer")
 
 local opts = { seconds = 10, seed = os.time(), verbose = false }
 do

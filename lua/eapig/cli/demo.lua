@@ -22,10 +22,10 @@ return function(argv)
   parser:flag("--quiet", "No progress bar.")
   local args = cli.parse(parser, argv, "demo")
   local out = args.out:gsub("(.)/$", "%1")
-  require("eapig.files").mkdir_p(out, "demo --out")
+  require("eapig.formats.files").mkdir_p(out, "demo --out")
   cli.check_writable(out .. "/circuit.json")
 
-  local demo = require("eapig.demo")
+  local demo = require("eapig.apps.demo")
   local r = demo.run({ model = args.model, rows = args.rows, quiet = args.quiet })
   local model, info = r.model, r.model:info()
   print(("eapig demo: %s (%s, %d layers, %d heads, d_model %d, vocab %d)"):format(r.path, info.family,

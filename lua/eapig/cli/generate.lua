@@ -28,7 +28,7 @@ end
 local function load_tokenizer(model)
   local where = model.source and model.source:match("%.gguf$") and model.source or model.folder
   if not where then return nil, "the model has no folder to look for a tokenizer in" end
-  local ok, tokenizer = pcall(require, "eapig.tokenizer")
+  local ok, tokenizer = pcall(require, "eapig.formats.tokenizer")
   if not ok then return nil, tokenizer end
   local loaded, tok = pcall(tokenizer.load, where)
   if loaded then return tok end

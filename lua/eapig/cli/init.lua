@@ -209,7 +209,7 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Files
 
-local readable = require("eapig.files").exists
+local readable = require("eapig.formats.files").exists
 
 function M.check_readable(path, what)
   if not readable(path) then M.fail("cannot read %s '%s'", what, path) end
@@ -218,7 +218,7 @@ end
 -- Checks early that --out can be written, so a long attribution does not fail at its very end
 -- (eapig.files says what an output path may be: a symlink, a FIFO or a device is never replaced).
 function M.check_writable(path)
-  require("eapig.files").check_writable(path, "--out")
+  require("eapig.formats.files").check_writable(path, "--out")
 end
 
 -- check_out_suffix(path, suffixes, what): --out must end in one of the suffixes eapig writes
@@ -260,7 +260,7 @@ end
 function M.phases(verbose)
   if not verbose then return function(_, fn) return fn() end end
   local memory = require("eapig.memory")
-  local now = require("eapig.train").now -- the one wall clock
+  local now = require("eapig.apps.train").now -- the one wall clock
   return function(name, fn)
     local reset = memory.reset_peak()
     local t0 = now()

@@ -4,7 +4,7 @@
 -- `eapig mib score --model PATH --data FILE --graph SCORES [--json]`: MIB's CPR and CMD of the
 -- scored graph on a dataset (eapig.sweep with MIB's fractions and both rankings).
 local cli = require("eapig.cli")
-local mib = require("eapig.mib")
+local mib = require("eapig.apps.mib")
 
 local USAGE = "usage: eapig mib export --graph SCORES --task TASK --model MODEL --out DIR [--circuits] [--signed]\n"
   .. "       eapig mib score --model PATH --data FILE --graph SCORES [--metric NAME] [--intervention KIND] [--json]"

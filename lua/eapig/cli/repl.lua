@@ -101,7 +101,7 @@ local function compile(src)
 end
 
 local function show(n, ...)
-  local pretty = require("eapig.pretty")
+  local pretty = require("eapig.apps.pretty")
   local parts, multiline = {}, false
   for i = 1, n do
     local v = select(i, ...)

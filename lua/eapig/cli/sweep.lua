@@ -57,7 +57,7 @@ return function(argv)
     intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet or not root,
   })
   if not root then return 0 end
-  local plot = require("eapig.plot")
+  local plot = require("eapig.apps.plot")
   local series = { { points = result.points, label = result.measure == "cpr" and "signed scores (CPR)"
     or "absolute scores (CMD)" } }
   if result.cpr_points then series[2] = { points = result.cpr_points, label = "signed scores (CPR)" } end

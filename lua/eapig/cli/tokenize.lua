@@ -4,7 +4,7 @@
 -- the line at fault.
 local cjson = require("cjson.safe")
 local cli = require("eapig.cli")
-local tokenizer = require("eapig.tokenizer")
+local tokenizer = require("eapig.formats.tokenizer")
 
 local function parse_args(argv)
   local parser = cli.parser("tokenize", "Encode text into token ids, or decode ids into text, with a model's tokenizer.",

@@ -6,7 +6,7 @@
 -- the settings and the held-out numbers). eapig.load, transformers and TransformerLens load it.
 -- Deterministic for a given seed and thread count (--threads).
 local cli = require("eapig.cli")
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 
 local fmt = string.format
 
@@ -79,7 +79,7 @@ return function(argv, streams)
   local args = cli.parse(parser, argv, "train")
 
   local eapig = require("eapig")
-  local train = require("eapig.train")
+  local train = require("eapig.apps.train")
   if args.threads then eapig.set_num_threads(args.threads) end
   if args.heads > args.d_model or args.d_model % args.heads ~= 0 then
     cli.fail("train: --d-model (%d) must be a multiple of --heads (%d)", args.d_model, args.heads)

@@ -195,7 +195,7 @@ end
 function Task:evaluate(model, opts)
   opts = opts or {}
   local rows, bsz = opts.rows or 512, opts.batch or 64
-  local rng = require("eapig.train").rng(opts.seed or 12345)
+  local rng = require("eapig.apps.train").rng(opts.seed or 12345)
   local P, V = self.seq_len, model.vocab
   local logits = core.floats(bsz * P * V)
   local losses = core.floats(bsz * P)
@@ -264,7 +264,7 @@ end
 -- random per row), incorrect ("absent" or "alt").
 function Task:dataset(opts)
   opts = opts or {}
-  local rng = require("eapig.train").rng(opts.seed or 1)
+  local rng = require("eapig.apps.train").rng(opts.seed or 1)
   local out = {}
   for r = 1, opts.rows or 100 do
     local n = opts.rep or (self.min_rep + rng.int(self.max_rep - self.min_rep + 1))

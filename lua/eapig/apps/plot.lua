@@ -112,7 +112,7 @@ end
 
 -- Writes text through a temporary file renamed into place (no partial output).
 function M.write(path, text)
-  return require("eapig.files").write_atomic(path, "plot", text)
+  return require("eapig.formats.files").write_atomic(path, "plot", text)
 end
 
 return M

@@ -1,6 +1,6 @@
 -- Tokenizers: reading tokenizer files and the Lua object over libeapig's BPE (core/tokenizer.c).
 --
---   local tokenizer = require("eapig.tokenizer")
+--   local tokenizer = require("eapig.formats.tokenizer")
 --   local tok = tokenizer.load("models/gpt2")          -- a folder or a file
 --   tok:encode("Hello world")                          --> {15496, 995}
 --   tok:encode("Hello", {bos = true})                  --> {50256, 15496}
@@ -41,7 +41,7 @@ local function fail(path, field, msg)
   error(("eapig.tokenizer: %s: %s: %s"):format(path, field, msg), 0)
 end
 
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 local function read_file(path) return files.read(path, "eapig.tokenizer") end
 local exists, is_dir = files.exists, files.is_dir
 
@@ -642,7 +642,7 @@ local GGUF_UNKNOWN, GGUF_CONTROL, GGUF_USER_DEFINED = 2, 3, 4
 -- The vocabulary in a GGUF file's tokenizer.ggml.* keys: model "llama" (SentencePiece style:
 -- pieces with scores, "▁" for the space, byte fallback) or "gpt2" (byte-level BPE with merges).
 local function load_gguf(path)
-  local g = require("eapig.gguf").open(path)
+  local g = require("eapig.formats.gguf").open(path)
   local ok, tok = pcall(function()
     local function key(name, kind)
       local v = g:get(name)

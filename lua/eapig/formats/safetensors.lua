@@ -265,7 +265,7 @@ local Sharded = {}
 Sharded.__index = Sharded
 
 local function read_json(path)
-  local text = require("eapig.files").read(path, "JSON file")
+  local text = require("eapig.formats.files").read(path, "JSON file")
   local nul = text:find("\0", 1, true)
   if nul then fail("%s: not valid JSON (a NUL byte at byte %d)", path, nul - 1) end
   local ok, value = pcall(cjson.decode, text)
@@ -473,7 +473,7 @@ function safetensors.write(path, tensors, metadata)
   -- Pad with spaces (allowed by the format) so the data section starts 8-byte aligned.
   header = header .. string.rep(" ", (8 - #header % 8) % 8)
 
-  require("eapig.files").write_atomic(path, "safetensors.write", function(write)
+  require("eapig.formats.files").write_atomic(path, "safetensors.write", function(write)
     write(le64(#header) .. header)
     for i, t in ipairs(tensors) do write_data(write, t, counts[i]) end
   end)

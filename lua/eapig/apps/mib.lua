@@ -5,7 +5,7 @@
 --   mib.export(graph, "ioi", "gpt2", "out")                     -- out/ioi_gpt2/importances.json
 --   mib.export(graph, "ioi", "gpt2", "out", {circuits = true})  -- out/ioi_gpt2/edges_0.1pct.json, ...
 --   mib.score(model, graph, data, "logit_diff")                  -- {cpr =, cmd =, points, cpr_points, ...}
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 local sweep = require("eapig.sweep")
 
 local fmt = string.format

@@ -26,9 +26,9 @@ local ffi = require("ffi")
 local bit = require("bit")
 local cjson = require("cjson")
 local core = require("eapig.core")
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 local Model = require("eapig.model")
-local safetensors = require("eapig.safetensors")
+local safetensors = require("eapig.formats.safetensors")
 local Progress = require("eapig.progress")
 
 local C = core.C

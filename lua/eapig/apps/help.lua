@@ -20,7 +20,7 @@ end
 
 -- The reference's path, or nil and the places looked at.
 function M.reference_path()
-  local here = package.searchpath("eapig.help", package.path)
+  local here = package.searchpath("eapig", package.path)
   local dir = here and here:match("^(.*)/[^/]*$") or "."
   local tried = { dir .. "/api.md", dir .. "/../../docs/api.md" }
   for _, p in ipairs(tried) do
@@ -148,7 +148,7 @@ local function function_names()
   local tasks = require("eapig.tasks")
   add_table(tasks, "tasks")
   for _, name in ipairs({ "greater_than", "ioi", "induction" }) do add_table(tasks.get(name), name) end
-  local tokenizer = require("eapig.tokenizer")
+  local tokenizer = require("eapig.formats.tokenizer")
   add_table(tokenizer, "tokenizer")
   add_table(tokenizer.Tokenizer, "Tokenizer")
   add_table(require("eapig.model"), "Model")
@@ -168,7 +168,7 @@ local function section_title_of(x)
   if is("eapig.graph") then return "Graph" end
   if is("eapig.data", "Dataset") or is("eapig.data") then return "Datasets" end
   if is("eapig.model") then return "Models" end
-  if is("eapig.tokenizer", "Tokenizer") or is("eapig.tokenizer") then return "Tokenizers" end
+  if is("eapig.formats.tokenizer", "Tokenizer") or is("eapig.formats.tokenizer") then return "Tokenizers" end
   if is("eapig.tasks") then return "Tasks" end
   if is("eapig.metrics") then return "Metrics" end
   if require("eapig.metrics").is_metric(x) then return "Metrics" end

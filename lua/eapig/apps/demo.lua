@@ -3,7 +3,7 @@
 -- of an induction head in layer 1, whose output feeds the logits. The heads are found from
 -- attention patterns alone (eapig.heads); EAP-IG-inputs then has to find the edges between them.
 local eapig = require("eapig")
-local heads = require("eapig.heads")
+local heads = require("eapig.apps.heads")
 local sweep = require("eapig.sweep")
 local induction = require("eapig.tasks.induction")
 
@@ -96,7 +96,7 @@ end
 -- colours; needs Graphviz). Returns true, or false and why circuit.svg was not drawn.
 function M.write_files(r, out)
   r.circuit:to_json(out .. "/circuit.json")
-  local plot = require("eapig.plot")
+  local plot = require("eapig.apps.plot")
   plot.write(out .. "/curve.svg", plot.svg(r.curve.points, { logx = true, hline = 1,
     title = "Faithfulness of the induction circuit against its size", xlabel = "fraction of edges in the circuit",
     ylabel = "faithfulness", label = "top-n edges by |EAP-IG score|", hline_label = "the whole model (1)" }))

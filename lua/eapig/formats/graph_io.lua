@@ -10,12 +10,12 @@ local core = require("eapig.core")
 local ffi, C = core.ffi, core.C
 local cjson = require("cjson.safe") -- returns nil, err on bad input: we name the file ourselves
 local Graph = require("eapig.graph")
-local safetensors = require("eapig.safetensors")
+local safetensors = require("eapig.formats.safetensors")
 
 local floor, huge = math.floor, math.huge
 local fmt, concat = string.format, table.concat
 
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 
 local M = {}
 

@@ -2,7 +2,7 @@
 -- a header row, comma-separated fields, records ending in LF or CRLF, fields in double quotes
 -- when they hold commas, quotes (doubled inside) or line breaks.
 --
---   local csv = require("eapig.csv")
+--   local csv = require("eapig.formats.csv")
 --   local t = csv.read("ioi.csv")        -- { header = {...}, rows = { {...}, ... }, lines = {...} }
 --   t.rows[1][2], csv.records(t)[1].clean
 --   csv.write("out.csv", { "clean", "label" }, { { "a, b", 3 }, { clean = "c", label = 4 } })
@@ -13,7 +13,7 @@
 -- Errors name the file, the row (data rows counted from 1, the header is row 0) and the line.
 local type, error, tostring, ipairs, pairs, pcall = type, error, tostring, ipairs, pairs, pcall
 local format, concat, find, sub, byte = string.format, table.concat, string.find, string.sub, string.byte
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 
 local csv = {}
 

@@ -1,5 +1,5 @@
 -- Checkpoint loading: Hugging Face folders (config.json + safetensors, single or sharded), GGUF
--- files (through lua/eapig/gguf.lua) and llama2.c .bin files, into one eapig_model in the core's
+-- files (through lua/eapig/formats/gguf.lua) and llama2.c .bin files, into one eapig_model in the core's
 -- layout (PyTorch Linear (out, in), half-split RoPE rows, every bias present).
 --
 -- Each family is a small table: how to read its config.json, and which tensor fills which
@@ -8,7 +8,7 @@
 local ffi = require("ffi")
 local cjson_null = require("cjson").null
 local core = require("eapig.core")
-local safetensors = require("eapig.safetensors")
+local safetensors = require("eapig.formats.safetensors")
 
 local C = core.C
 local floor = math.floor
@@ -606,7 +606,7 @@ local function finish(m, c, family, path, folder, opts, weights)
   return { handle = m, info = info, path = path, folder = folder }
 end
 
-local files = require("eapig.files")
+local files = require("eapig.formats.files")
 local file_exists = files.exists
 
 -- The tensors of a folder: the sharded index when there is one, else model.safetensors.
@@ -648,7 +648,7 @@ local function load_hf(folder, opts)
 end
 
 -- GGUF: the metadata as config.json fields and the tensors under their Hugging Face names
--- (lua/eapig/gguf.lua), so the family tables above describe GGUF models too. GGUF tensors
+-- (lua/eapig/formats/gguf.lua), so the family tables above describe GGUF models too. GGUF tensors
 -- (Q8_0 among them) are converted to f32 at load: weights = "stored" is refused.
 local function load_gguf(path, opts)
   local function mode_of(c)
@@ -659,7 +659,7 @@ local function load_gguf(path, opts)
     if mode == "stored" then return "f32", "GGUF tensors are converted to f32 at load" end
     return mode, "GGUF tensors are converted to f32 at load"
   end
-  local json, src = require("eapig.gguf").checkpoint(path)
+  local json, src = require("eapig.formats.gguf").checkpoint(path)
   local ok, loaded = pcall(load_family, json, path .. " (GGUF metadata)", function() return src end, path,
                            dirname(path), opts, mode_of)
   if not ok then
@@ -808,7 +808,7 @@ function load.load(path, opts)
   if kind == "missing" then fail("%s: cannot open: no such file or folder", path) end
   if kind == "dir" then fail("%s: a folder without config.json (not a Hugging Face checkpoint)", path) end
   if kind ~= "file" then fail("%s: not a regular file, so not a GGUF or llama2.c checkpoint", path) end
-  if require("eapig.gguf").is_gguf(path) then return load_gguf(path, opts) end
+  if require("eapig.formats.gguf").is_gguf(path) then return load_gguf(path, opts) end
   return load_llama2c(path, opts)
 end
 

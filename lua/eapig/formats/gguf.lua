@@ -1,7 +1,7 @@
 -- GGUF files (llama.cpp's checkpoint format): the reader over core/gguf.c, and how a GGUF
--- model maps onto the loader's families (lua/eapig/load.lua).
+-- model maps onto the loader's families (lua/eapig/formats/load.lua).
 --
---   local g = require("eapig.gguf").open("model.gguf")
+--   local g = require("eapig.formats.gguf").open("model.gguf")
 --   g:get("general.architecture")         --> "llama"       (a scalar key, or nil)
 --   g:array("tokenizer.ggml.tokens")      --> {"<unk>", ...} (an array key, as a Lua array)
 --   g:tensor("token_embd.weight")         --> {type = "F32", ne = {64, 512}, n_elements = 32768}
