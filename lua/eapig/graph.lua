@@ -715,6 +715,25 @@ local function keep_unscored(mask, n, out)
   end
 end
 
+-- The scores, their count, the membership array and the plural noun of a node- or neuron-level
+-- selection.
+local function unit_arrays(g, level)
+  if level == "node" then return g.node_scores, g.n_forward, g.nodes_in_graph, "nodes" end
+  return g.neuron_scores, g.n_forward * g.cfg.d_model, g.neurons_in_graph, "neurons"
+end
+
+-- From an empty circuit, a node or neuron selection brings in the chosen nodes (for neurons: every
+-- node with a chosen neuron) and their real outgoing edges.
+local function edges_from_units(g, level)
+  if level == "neuron" then
+    local any, nig = neuron_any(g), g.nodes_in_graph
+    for u = 0, g.n_forward - 1 do
+      if any[u] ~= 0 then nig[u] = 1 end
+    end
+  end
+  edges_from_nodes(g)
+end
+
 local SELECT_DEFAULTS = { absolute = true, level = "edge", reset = true, prune = true }
 
 -- Selecting by scores the graph does not have is a mistake (the circuit would be arbitrary): say
@@ -758,32 +777,16 @@ function Graph:apply_topn(n, ...)
     if o.reset then self:reset(true) end
     mark_top(self.scores, self.real, NF * NB, n, o.absolute, self.in_graph, self._n_real)
     if o.reset then nodes_from_edges(self) end
-  elseif o.level == "node" then
-    local mask, scored = scored_mask(self.node_scores, NF)
-    if n > scored then
-      fail("%s: n (%d) is larger than the number of scored nodes (%d)", where, n, scored)
-    end
-    if o.reset then self:reset(true) end
-    mark_top(self.node_scores, mask, NF, n, o.absolute, self.nodes_in_graph, scored)
-    keep_unscored(mask, NF, self.nodes_in_graph)
-    if o.reset then edges_from_nodes(self) end
   else
-    need_neurons(self, where .. " (level 'neuron')")
-    local total = NF * self.cfg.d_model
-    local mask, scored = scored_mask(self.neuron_scores, total)
+    local values, total, out, noun = unit_arrays(self, o.level)
+    local mask, scored = scored_mask(values, total)
     if n > scored then
-      fail("%s: n (%d) is larger than the number of scored neurons (%d)", where, n, scored)
+      fail("%s: n (%d) is larger than the number of scored %s (%d)", where, n, noun, scored)
     end
     if o.reset then self:reset(true) end
-    mark_top(self.neuron_scores, mask, total, n, o.absolute, self.neurons_in_graph, scored)
-    keep_unscored(mask, total, self.neurons_in_graph)
-    if o.reset then
-      local any = neuron_any(self)
-      for u = 0, NF - 1 do
-        if any[u] ~= 0 then self.nodes_in_graph[u] = 1 end
-      end
-      edges_from_nodes(self)
-    end
+    mark_top(values, mask, total, n, o.absolute, out, scored)
+    keep_unscored(mask, total, out)
+    if o.reset then edges_from_units(self, o.level) end
   end
   if o.prune then self:prune() end
   self.selected = true
@@ -823,23 +826,12 @@ function Graph:apply_threshold(t, ...)
     ffi.fill(self.in_graph, NF * NB, 0) -- non-real edges are never in
     mark_threshold(self.scores, self.real, NF * NB, t, o.absolute, self.in_graph)
     if o.reset then nodes_from_edges(self) end
-  elseif o.level == "node" then
-    local mask = scored_mask(self.node_scores, NF)
-    mark_threshold(self.node_scores, mask, NF, t, o.absolute, self.nodes_in_graph)
-    keep_unscored(mask, NF, self.nodes_in_graph)
-    if o.reset then edges_from_nodes(self) end
   else
-    local total = NF * self.cfg.d_model
-    local mask = scored_mask(self.neuron_scores, total)
-    mark_threshold(self.neuron_scores, mask, total, t, o.absolute, self.neurons_in_graph)
-    keep_unscored(mask, total, self.neurons_in_graph)
-    if o.reset then
-      local any = neuron_any(self)
-      for u = 0, NF - 1 do
-        if any[u] ~= 0 then self.nodes_in_graph[u] = 1 end
-      end
-      edges_from_nodes(self)
-    end
+    local values, total, out = unit_arrays(self, o.level)
+    local mask = scored_mask(values, total)
+    mark_threshold(values, mask, total, t, o.absolute, out)
+    keep_unscored(mask, total, out)
+    if o.reset then edges_from_units(self, o.level) end
   end
   if o.prune then self:prune() end
   self.selected = true
