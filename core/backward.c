@@ -396,7 +396,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     size_t need = eapig_backward_floats(c, r.B, r.P, rows, r.steps, scores, nodes, o->score_memory,
                                         o->weight_grads != NULL);
     size_t kvd = (size_t)c->n_kv_heads * Dh;
-    if (eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, need, sizeof(float), "gradients") != EAPIG_OK)
+    if (eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, need, sizeof(float), "eapig_backward", "gradients") != EAPIG_OK)
         return EAPIG_ERR_NOMEM;
     float *p = ws->bwd;
     r.s.g = carve(&p, nd), r.s.g_mid = carve(&p, nd), r.s.dxn = carve(&p, nd);
@@ -450,7 +450,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     for (size_t li = L; li-- > 0;) {
         int l = (int)li;
         const layer_state *st = &ws->layers[l];
-        status = eapig_layer_view(m, ws, l, &r.lw);
+        status = eapig_layer_view(m, ws, l, &r.lw, "eapig_backward");
         if (status != EAPIG_OK) return status;
         int32_t first_head = 1 + l * (c->n_heads + 1), mlp_node = first_head + c->n_heads;
         float *G_att = direct ? gather_layer(&r, li) : r.s.G, *G_m = G_att + 3 * H * nd;

@@ -24,41 +24,9 @@
 #include "ops.h"
 #include "run.h"
 
-eapig_workspace *eapig_workspace_new(void) {
-    eapig_workspace *ws = calloc(1, sizeof *ws);
-    if (!ws) eapig_set_error(EAPIG_ERR_NOMEM, "eapig_workspace_new: out of memory");
-    return ws;
-}
-
-void eapig_workspace_free(eapig_workspace *ws) {
-    if (!ws) return;
-    free(ws->fwd);
-    free(ws->bwd);
-    free(ws->flags);
-    free(ws->layers);
-    free(ws->lengths);
-    free(ws->logit_pos);
-    free(ws->tokens);
-    free(ws->wbuf);
-    free(ws);
-}
-
-/* Grows *buf to hold n elements of size elem; keeps it when already big enough. */
+/* A workspace buffer grown for eapig_forward (core/workspace.c). */
 static int grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what) {
-    if (n <= *cap) return EAPIG_OK;
-    size_t bytes;
-    if (!eapig_mul_ok(n, elem, &bytes))
-        return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_forward: %s size overflows", what);
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_forward: out of memory for %s (%zu bytes)", what, bytes);
-    free(*buf);
-    *buf = p;
-    *cap = n;
-    return EAPIG_OK;
-}
-
-int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what) {
-    return grow(buf, cap, n, elem, what);
+    return eapig_workspace_grow(buf, cap, n, elem, "eapig_forward", what);
 }
 
 typedef struct {
@@ -627,7 +595,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     for (size_t l = first_layer; l < L; l++) {
         layer_state *st = &ws->layers[keep ? l : 0];
         uint8_t *own = ws->flags + l * J;
-        int status = eapig_layer_view(m, ws, (int)l, &r.lw);
+        int status = eapig_layer_view(m, ws, (int)l, &r.lw, "eapig_forward");
         if (status != EAPIG_OK) return status;
         memcpy(r.s.x_in, r.s.resid, N * D * sizeof(float));
         record_resid(&r, 2 * l, r.s.x_in);

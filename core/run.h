@@ -63,12 +63,14 @@ struct eapig_workspace {
 size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t rows, size_t steps, int scores,
                              int nodes, int64_t score_memory, int weight_grads);
 
-/* Grows *buf (freeing the old contents) to hold n elements of elem bytes. */
-int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *what);
+/* Grows *buf (freeing the old contents) to hold n elements of elem bytes; keeps it when already
+ * big enough (core/workspace.c). An error names fn, the entry point that asked, and what. */
+int eapig_workspace_grow(void **buf, size_t *cap, size_t n, size_t elem, const char *fn, const char *what);
 
 /* The f32 weights of layer l for the kernels: the model's own layer (f32 mode), or its stored
- * matrices converted into ws (valid until the next call on ws). */
-int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eapig_layer_weights **out);
+ * matrices converted into ws (valid until the next call on ws). Errors name fn. */
+int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eapig_layer_weights **out,
+                     const char *fn);
 /* out (N,D) = embedding rows of tokens (N). */
 int eapig_embed_rows(const eapig_model *m, float *out, const int32_t *tokens, size_t N);
 /* logits (R,V) = y (R,D) @ W_U^T, and dy (R,D) = dlogits (R,V) @ W_U: by vocabulary chunks when

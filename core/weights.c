@@ -239,14 +239,15 @@ int eapig_stored_convert(const eapig_model *m, int l, int which, float *dst) {
     return EAPIG_OK;
 }
 
-int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eapig_layer_weights **out) {
+int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eapig_layer_weights **out,
+                     const char *fn) {
     if (!m->stored) {
         *out = &m->layers[l];
         return EAPIG_OK;
     }
     const eapig_config *c = &m->cfg;
     size_t need = (size_t)eapig_weights_view_bytes(c) / sizeof(float);
-    int status = eapig_workspace_grow((void **)&ws->wbuf, &ws->wbuf_cap, need, sizeof(float), "converted weights");
+    int status = eapig_workspace_grow((void **)&ws->wbuf, &ws->wbuf_cap, need, sizeof(float), fn, "converted weights");
     if (status != EAPIG_OK) return status;
     eapig_layer_weights *v = &ws->view;
     *v = m->layers[l];
@@ -256,6 +257,7 @@ int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eap
         if (!has_mat(c, which)) continue;
         size_t rows, cols;
         mat_shape(c, which, &rows, &cols);
+        if (!m->mats[mat_index(l, which)].data) return eapig_model_check_bound(m, fn);
         status = eapig_stored_convert(m, l, which, p);
         if (status != EAPIG_OK) return status;
         *slot[which - EAPIG_MAT_WQ] = p;
@@ -281,14 +283,16 @@ int eapig_embed_rows(const eapig_model *m, float *out, const int32_t *tokens, si
     return EAPIG_OK;
 }
 
-/* Converts unembedding rows [v0, v0 + n) into the workspace's chunk (after the layer's part). */
-static int unembed_chunk_f32(const eapig_model *m, eapig_workspace *ws, size_t v0, size_t n, const float **out) {
+/* Converts unembedding rows [v0, v0 + n) into the workspace's chunk (after the layer's part);
+ * errors name fn. */
+static int unembed_chunk_f32(const eapig_model *m, eapig_workspace *ws, size_t v0, size_t n, const float **out,
+                             const char *fn) {
     size_t need = (size_t)eapig_weights_view_bytes(&m->cfg) / sizeof(float);
-    int status = eapig_workspace_grow((void **)&ws->wbuf, &ws->wbuf_cap, need, sizeof(float), "converted weights");
+    int status = eapig_workspace_grow((void **)&ws->wbuf, &ws->wbuf_cap, need, sizeof(float), fn, "converted weights");
     if (status != EAPIG_OK) return status;
     float *chunk = ws->wbuf + need - unembed_chunk(&m->cfg) * (size_t)m->cfg.d_model;
     const stored_matrix *s = &m->mats[EAPIG_MAT_UNEMBED];
-    if (!s->data) return eapig_model_check_bound(m, "eapig");
+    if (!s->data) return eapig_model_check_bound(m, fn);
     status = convert_rows(s, v0, n, chunk);
     if (status != EAPIG_OK) return status;
     release_rows(s, v0, n);
@@ -306,7 +310,7 @@ int eapig_unembed_forward(const eapig_model *m, eapig_workspace *ws, float *logi
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t n = V - v0 < chunk ? V - v0 : chunk;
         const float *w = NULL;
-        int status = unembed_chunk_f32(m, ws, v0, n, &w);
+        int status = unembed_chunk_f32(m, ws, v0, n, &w, "eapig_forward");
         if (status != EAPIG_OK) return status;
         linear_forward(logits + v0, y, w, NULL, R, n, D, V);
     }
@@ -323,7 +327,7 @@ int eapig_unembed_backward(const eapig_model *m, eapig_workspace *ws, float *dy,
     for (size_t v0 = 0; v0 < V; v0 += chunk) {
         size_t n = V - v0 < chunk ? V - v0 : chunk;
         const float *w = NULL;
-        int status = unembed_chunk_f32(m, ws, v0, n, &w);
+        int status = unembed_chunk_f32(m, ws, v0, n, &w, "eapig_backward");
         if (status != EAPIG_OK) return status;
         linear_backward_input(dy, dlogits + v0, w, R, n, D, V, v0 > 0);
     }
