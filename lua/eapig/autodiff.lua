@@ -198,14 +198,25 @@ local function binary(op, a, b)
   return v
 end
 
-function Vec.add(a, b)
-  local v = binary("add", a, b)
-  local out, x, y, sa, sb = v.val, v.a.val, v.b.val, v.sa, v.sb
-  for i = 0, v.n - 1 do out[i] = x[i * sa] + y[i * sb] end
-  return v
+-- Forward of each elementwise binary op: Vec.add, Vec.sub, Vec.mul, Vec.div (and the operators).
+local BINARY = {
+  add = function(x, y) return x + y end,
+  sub = function(x, y) return x - y end,
+  mul = function(x, y) return x * y end,
+  div = function(x, y) return x / y end,
+}
+for op, f in pairs(BINARY) do
+  Vec[op] = function(a, b)
+    local v = binary(op, a, b)
+    local out, x, y, sa, sb = v.val, v.a.val, v.b.val, v.sa, v.sb
+    for i = 0, v.n - 1 do out[i] = f(x[i * sa], y[i * sb]) end
+    return v
+  end
+  Vec["__" .. op] = Vec[op]
 end
 
-backward_of.add = function(v)
+-- Backward of add (sign_b = 1) and sub (sign_b = -1): g goes to a as it is, to b times sign_b.
+local function pass_gradient(v, sign_b)
   local g, sa, sb = v.grad, v.sa, v.sb
   if v.a.needs_grad then
     local ga = v.a.grad
@@ -213,35 +224,12 @@ backward_of.add = function(v)
   end
   if v.b.needs_grad then
     local gb = v.b.grad
-    for i = 0, v.n - 1 do gb[i * sb] = gb[i * sb] + g[i] end
+    for i = 0, v.n - 1 do gb[i * sb] = gb[i * sb] + sign_b * g[i] end
   end
 end
 
-function Vec.sub(a, b)
-  local v = binary("sub", a, b)
-  local out, x, y, sa, sb = v.val, v.a.val, v.b.val, v.sa, v.sb
-  for i = 0, v.n - 1 do out[i] = x[i * sa] - y[i * sb] end
-  return v
-end
-
-backward_of.sub = function(v)
-  local g, sa, sb = v.grad, v.sa, v.sb
-  if v.a.needs_grad then
-    local ga = v.a.grad
-    for i = 0, v.n - 1 do ga[i * sa] = ga[i * sa] + g[i] end
-  end
-  if v.b.needs_grad then
-    local gb = v.b.grad
-    for i = 0, v.n - 1 do gb[i * sb] = gb[i * sb] - g[i] end
-  end
-end
-
-function Vec.mul(a, b)
-  local v = binary("mul", a, b)
-  local out, x, y, sa, sb = v.val, v.a.val, v.b.val, v.sa, v.sb
-  for i = 0, v.n - 1 do out[i] = x[i * sa] * y[i * sb] end
-  return v
-end
+backward_of.add = function(v) pass_gradient(v, 1) end
+backward_of.sub = function(v) pass_gradient(v, -1) end
 
 backward_of.mul = function(v)
   local g, x, y, sa, sb = v.grad, v.a.val, v.b.val, v.sa, v.sb
@@ -253,13 +241,6 @@ backward_of.mul = function(v)
     local gb = v.b.grad
     for i = 0, v.n - 1 do gb[i * sb] = gb[i * sb] + g[i] * x[i * sa] end
   end
-end
-
-function Vec.div(a, b)
-  local v = binary("div", a, b)
-  local out, x, y, sa, sb = v.val, v.a.val, v.b.val, v.sa, v.sb
-  for i = 0, v.n - 1 do out[i] = x[i * sa] / y[i * sb] end
-  return v
 end
 
 backward_of.div = function(v)
@@ -274,11 +255,6 @@ backward_of.div = function(v)
     for i = 0, v.n - 1 do gb[i * sb] = gb[i * sb] - g[i] * out[i] / y[i * sb] end
   end
 end
-
-Vec.__add = Vec.add
-Vec.__sub = Vec.sub
-Vec.__mul = Vec.mul
-Vec.__div = Vec.div
 
 ---------------------------------------------------------------------------------------------------
 -- Elementwise unary ops
