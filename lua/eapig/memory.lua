@@ -13,8 +13,10 @@ local memory = {}
 local GiB = 2 ^ 30
 memory.GiB = GiB
 
-local function meminfo_bytes(key)
-  local f = io.open("/proc/meminfo", "rb")
+-- A "Key:   N kB" line of a /proc file (meminfo, self/status) in bytes, or nil where the file or
+-- the key is missing.
+local function proc_kb_bytes(path, key)
+  local f = io.open(path, "rb")
   if not f then return nil end
   local text = f:read("*a")
   f:close()
@@ -24,7 +26,7 @@ end
 
 -- The machine's memory (MemTotal), or nil where /proc/meminfo is missing.
 function memory.machine_bytes()
-  return meminfo_bytes("MemTotal")
+  return proc_kb_bytes("/proc/meminfo", "MemTotal")
 end
 
 -- The default budget: the machine's memory minus a margin for the system (10%, at least 1 GiB).
@@ -196,17 +198,8 @@ end
 ---------------------------------------------------------------------------------------------
 -- Measured: the resident set of this process (Linux /proc/self/status)
 
-local function status_bytes(key)
-  local f = io.open("/proc/self/status", "rb")
-  if not f then return nil end
-  local text = f:read("*a")
-  f:close()
-  local kb = text:match(key .. ":%s*(%d+) kB")
-  return kb and tonumber(kb) * 1024 or nil
-end
-
-function memory.rss() return status_bytes("VmRSS") end
-function memory.peak_rss() return status_bytes("VmHWM") end
+function memory.rss() return proc_kb_bytes("/proc/self/status", "VmRSS") end
+function memory.peak_rss() return proc_kb_bytes("/proc/self/status", "VmHWM") end
 
 -- Resets the peak resident set to the current one (Linux >= 4.0), so the next peak_rss() is the
 -- peak of what follows. Returns false where that is not possible.
