@@ -21,6 +21,15 @@ local M = {}
 
 local NodeView, EdgeView = {}, {}
 
+-- A view's __index: the field's getter from the table applied to the view, nil for other keys.
+local function fields_index(fields)
+  return function(view, k)
+    local f = fields[k]
+    if f then return f(view) end
+    return nil
+  end
+end
+
 -- ---- nodes ----------------------------------------------------------------------------------------
 
 local function node_view(g, name)
@@ -136,11 +145,7 @@ local NODE_FIELDS = {
 
 function NodeView.get(n, k) return NODE_FIELDS[k](n) end
 
-NodeView.__index = function(n, k)
-  local f = NODE_FIELDS[k]
-  if f then return f(n) end
-  return nil
-end
+NodeView.__index = fields_index(NODE_FIELDS)
 
 NodeView.__newindex = function(n, k, value)
   local g, u = n.graph, n.index
@@ -181,11 +186,7 @@ local EDGE_FIELDS = {
   matrix_index = function(e) return { e.u, e.v } end,
 }
 
-EdgeView.__index = function(e, k)
-  local f = EDGE_FIELDS[k]
-  if f then return f(e) end
-  return nil
-end
+EdgeView.__index = fields_index(EDGE_FIELDS)
 
 EdgeView.__newindex = function(e, k, value)
   local g = e.graph
