@@ -10,7 +10,6 @@ local cli = require("eapig.cli")
 -- EAP-IG's names, from the attribution module itself, for --help and for failing before any
 -- loading; eapig.attribute checks them again (and knows which combinations it can run).
 local METHODS = require("eapig.attribute").METHODS
-local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
 
 local EPILOG = [[
 Data: JSONL rows {"clean": [ids], "corrupted": [ids], "correct": id|[ids], "incorrect": id|[ids]}.
@@ -21,20 +20,18 @@ Example:
 
 return function(argv)
   local parser = cli.parser("attribute", "Score the edges of a model's graph on a dataset.", EPILOG)
-  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
-  cli.weights_options(parser)
-  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
+  cli.model_options(parser)
+  cli.data_option(parser)
   parser:option("--method", "Attribution method: " .. table.concat(METHODS, ", ") .. ".", "EAP-IG-inputs")
     :argname("NAME"):convert(cli.one_of("method", METHODS))
   parser:option("--ig-steps", "Integrated-gradient steps (EAP-IG methods).", "5"):argname("N")
     :convert(cli.integer("--ig-steps", 1, 10000))
   parser:option("--metric", "Metric to attribute (logit_diff, prob_diff, kl_div, ...).", "logit_diff"):argname("NAME")
-  parser:option("--intervention", "What replaces an edge's clean value: " .. table.concat(INTERVENTIONS, ", ") .. ".",
-    "patching"):argname("KIND"):convert(cli.one_of("intervention", INTERVENTIONS))
-  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
+  cli.intervention_options(parser, "What replaces an edge's clean value: " .. table.concat(cli.INTERVENTIONS, ", ")
+    .. ".")
   parser:option("--level", "Score edges, nodes or neurons: edge, node, neuron.", "edge")
     :argname("LEVEL"):convert(cli.one_of("level", { "edge", "node", "neuron" }))
-  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
+  cli.batch_size_option(parser)
   parser:option("--aggregation", "Reduce scores over d_model: sum, mean.", "sum")
     :argname("HOW"):convert(cli.one_of("aggregation", { "sum", "mean" }))
   parser:flag("--quiet", "No progress bar and no summary line.")
@@ -45,9 +42,7 @@ return function(argv)
 
   local eapig = require("eapig")
   local metric = eapig.metrics.get(args.metric) -- unknown names fail here, listing the known ones
-  if args.intervention:find("^mean") and not args.intervention_data then
-    cli.fail("attribute: --intervention %s needs --intervention-data FILE (the rows to average over)", args.intervention)
-  end
+  cli.check_intervention_data(args, "attribute")
   cli.check_readable(args.data, "--data")
   if args.intervention_data then cli.check_readable(args.intervention_data, "--intervention-data") end
   cli.check_out_suffix(args.out, { "json", "safetensors" }, "scored graphs")
@@ -59,9 +54,7 @@ return function(argv)
   local data, intervention_data, graph
   phase("load data", function()
     data = cli.load_data(args.data, model, "--data", metric)
-    if args.intervention_data then
-      intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data")
-    end
+    intervention_data = cli.load_intervention_data(args, model)
     graph = eapig.Graph.from_model(model, { level = args.level })
   end)
   phase("attribute", function()

@@ -5,43 +5,35 @@
 -- it, and the circuit's size (after pruning, as evaluation prunes first).
 local cli = require("eapig.cli")
 
-local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
 local JSON_KEYS = { "clean", "corrupted", "empty", "circuit", "faithfulness", "n_edges", "n_nodes" }
 
 return function(argv)
   local parser = cli.parser("evaluate", "Baselines, circuit value and faithfulness of a circuit.",
     "Values are means over the rows of the metric (the same metric the circuit was found with).")
-  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
-  cli.weights_options(parser)
-  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
+  cli.model_options(parser)
+  cli.data_option(parser)
   parser:option("--graph", "Circuit (.json, or .safetensors) from eapig circuit."):argname("CIRCUIT"):count(1)
   parser:option("--metric", "Metric (logit_diff, prob_diff, kl_div, accuracy, ...).", "logit_diff"):argname("NAME")
-  parser:option("--intervention", "What edges outside the circuit read: " .. table.concat(INTERVENTIONS, ", ") .. ".",
-    "patching"):argname("KIND"):convert(cli.one_of("intervention", INTERVENTIONS))
-  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
-  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
+  cli.intervention_options(parser, "What edges outside the circuit read: " .. table.concat(cli.INTERVENTIONS, ", ")
+    .. ".")
+  cli.batch_size_option(parser)
   parser:flag("--json", "Print one JSON object: " .. table.concat(JSON_KEYS, ", ") .. ".")
   parser:flag("--quiet", "No progress bar.")
   local args = cli.parse(parser, argv, "evaluate")
 
   local eapig = require("eapig")
   local metric = eapig.metrics.get(args.metric)
-  if args.intervention:find("^mean") and not args.intervention_data then
-    cli.fail("evaluate: --intervention %s needs --intervention-data FILE (the rows to average over)", args.intervention)
-  end
+  cli.check_intervention_data(args, "evaluate")
   cli.check_readable(args.data, "--data")
 
-  local graph = cli.load_graph(args.graph)
-  local model = cli.load_model(args.model, args)
-  graph:check_matches(model:info()) -- before the data: a wrong graph is the likelier mistake
+  local graph, model = cli.load_graph_and_model(args)
   if graph:count_included_edges() == 0 then
     cli.fail("evaluate: the graph '%s' has no edges in its circuit: select one first " ..
       "(eapig circuit --graph %s --topn N --out CIRCUIT.json)", args.graph, args.graph)
   end
   graph.selected = true -- a circuit file is a selection: one that pruning empties is the empty circuit
   local data = cli.load_data(args.data, model, "--data", metric)
-  local intervention_data
-  if args.intervention_data then intervention_data = cli.load_data(args.intervention_data, model, "--intervention-data") end
+  local intervention_data = cli.load_intervention_data(args, model)
 
   local evaluate = require("eapig.evaluate")
   local mean = evaluate.mean

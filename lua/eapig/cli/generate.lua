@@ -39,8 +39,7 @@ return function(argv)
   local parser = cli.parser("generate", "Greedy decoding from token ids or a text prompt.",
     "Prints the prompt and generated ids space-separated, then the decoded text if a tokenizer\n" ..
     "loads from the model's folder.")
-  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
-  cli.weights_options(parser)
+  cli.model_options(parser)
   local ids_opt = parser:option("--ids", "Prompt token ids: repeat the option or separate with commas.")
     :argname("IDS"):count("*")
   local prompt_opt = parser:option("--prompt", "Prompt text, encoded with the model's tokenizer."):argname("TEXT")

@@ -236,6 +236,39 @@ function M.is_safetensors(path)
   return path:lower():match("%.safetensors$") ~= nil
 end
 
+-- --model, then --weights and --memory, for every command that loads a model (no_memory: the
+-- command defines its own --memory).
+function M.model_options(parser, no_memory)
+  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
+  M.weights_options(parser, no_memory)
+end
+
+-- --data, for the commands that run a model on a dataset.
+function M.data_option(parser)
+  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
+end
+
+function M.batch_size_option(parser)
+  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(M.integer("--batch-size", 1, M.MAX_BATCH))
+end
+
+-- What an edge outside the circuit (or an attributed edge) reads instead of its clean value.
+M.INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
+
+-- --intervention (help: what the command does with it) and --intervention-data.
+function M.intervention_options(parser, help)
+  parser:option("--intervention", help, "patching"):argname("KIND"):convert(M.one_of("intervention", M.INTERVENTIONS))
+  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
+end
+
+-- A mean intervention needs rows to average over: fails (naming the command) before any loading.
+function M.check_intervention_data(args, command)
+  if args.intervention:find("^mean") and not args.intervention_data then
+    M.fail("%s: --intervention %s needs --intervention-data FILE (the rows to average over)", command,
+      args.intervention)
+  end
+end
+
 -- --weights and --memory, for every command that loads a model (no_memory: the command defines
 -- its own --memory).
 function M.weights_options(parser, no_memory)
@@ -343,6 +376,21 @@ function M.load_graph(path)
   local Graph = require("eapig").Graph
   if M.is_safetensors(path) then return Graph.from_safetensors(path) end
   return Graph.from_json(path)
+end
+
+-- --graph and --model, checked against each other before any data loads (a wrong graph is the
+-- likelier mistake).
+function M.load_graph_and_model(args)
+  local graph = M.load_graph(args.graph)
+  local model = M.load_model(args.model, args)
+  graph:check_matches(model:info())
+  return graph, model
+end
+
+-- The --intervention-data rows, or nil without the option.
+function M.load_intervention_data(args, model)
+  if not args.intervention_data then return nil end
+  return M.load_data(args.intervention_data, model, "--intervention-data")
 end
 
 function M.write_graph(graph, path)

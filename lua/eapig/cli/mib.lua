@@ -8,7 +8,6 @@ local mib = require("eapig.apps.mib")
 
 local USAGE = "usage: eapig mib export --graph SCORES --task TASK --model MODEL --out DIR [--circuits] [--signed]\n"
   .. "       eapig mib score --model PATH --data FILE --graph SCORES [--metric NAME] [--intervention KIND] [--json]"
-local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
 
 local EXPORT_EPILOG = ([[
 Tasks: %s. Models: gpt2, qwen2.5, gemma2, llama3 (the graph must have that model's layers, heads
@@ -47,26 +46,19 @@ circuit under the same intervention. CPR: trapezoid area under f, edges ranked b
 
 local function score(argv)
   local parser = cli.parser("mib score", "MIB's CPR and CMD of a scored graph on a dataset.", SCORE_EPILOG)
-  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
-  cli.weights_options(parser)
-  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
+  cli.model_options(parser)
+  cli.data_option(parser)
   parser:option("--graph", "Scored graph (.json or .safetensors) from eapig attribute."):argname("SCORES"):count(1)
   parser:option("--metric", "Metric.", "logit_diff"):argname("NAME")
-  parser:option("--intervention", "What edges outside the circuit read.", "patching"):argname("KIND")
-    :convert(cli.one_of("intervention", INTERVENTIONS))
-  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
-  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
+  cli.intervention_options(parser, "What edges outside the circuit read.")
+  cli.batch_size_option(parser)
   parser:flag("--json", "Print the result as one JSON object.")
   parser:flag("--quiet", "No progress lines.")
   local args = cli.parse(parser, argv, "mib score")
-  if args.intervention:find("^mean") and not args.intervention_data then
-    cli.fail("mib score: --intervention %s needs --intervention-data FILE", args.intervention)
-  end
-  local graph = cli.load_graph(args.graph)
-  local model = cli.load_model(args.model, args)
-  graph:check_matches(model:info())
+  cli.check_intervention_data(args, "mib score")
+  local graph, model = cli.load_graph_and_model(args)
   local data = cli.load_data(args.data, model, "--data", args.metric)
-  local idata = args.intervention_data and cli.load_data(args.intervention_data, model, "--intervention-data")
+  local idata = cli.load_intervention_data(args, model)
   local root = require("eapig.parallel").is_root() -- under mpirun, rank 0 prints
   local r = mib.score(model, graph, data, args.metric, { intervention = args.intervention,
     intervention_data = idata, batch_size = args.batch_size, quiet = args.quiet or args.json or not root })

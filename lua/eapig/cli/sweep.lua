@@ -5,8 +5,6 @@
 -- ranked by signed score); --measure picks one or both (eapig.sweep).
 local cli = require("eapig.cli")
 
-local INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
-
 local function fractions(text)
   local out = {}
   for item in text:gmatch("[^,%s]+") do
@@ -23,16 +21,13 @@ end
 return function(argv)
   local parser = cli.parser("sweep", "Faithfulness against circuit size, drawn as an SVG curve.",
     "Sizes are fractions of the real edges (0.01) or percentages (1%), comma-separated.")
-  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
-  cli.weights_options(parser)
-  parser:option("--data", "Dataset: JSONL rows of token ids, or EAP-IG's CSV (text)."):argname("FILE"):count(1)
+  cli.model_options(parser)
+  cli.data_option(parser)
   parser:option("--graph", "Scored graph (.json or .safetensors) from eapig attribute."):argname("SCORED"):count(1)
   parser:option("--sizes", "Edge fractions (default MIB's 0.1%..100%)."):argname("LIST"):convert(fractions)
   parser:option("--metric", "Metric.", "logit_diff"):argname("NAME")
-  parser:option("--intervention", "What edges outside the circuit read.", "patching"):argname("KIND")
-    :convert(cli.one_of("intervention", INTERVENTIONS))
-  parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
-  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(cli.integer("--batch-size", 1, cli.MAX_BATCH))
+  cli.intervention_options(parser, "What edges outside the circuit read.")
+  cli.batch_size_option(parser)
   parser:option("--measure", "cmd (edges ranked by |score|), cpr (by signed score) or both (two curves).", "cmd")
     :argname("WHICH"):convert(cli.one_of("measure", { "cmd", "cpr", "both" }))
   parser:flag("--signed", "Same as --measure cpr.")
@@ -41,16 +36,12 @@ return function(argv)
   local args = cli.parse(parser, argv, "sweep")
   cli.check_out_suffix(args.out, { "svg" }, "the curve")
   cli.check_writable(args.out)
-  if args.intervention:find("^mean") and not args.intervention_data then
-    cli.fail("sweep: --intervention %s needs --intervention-data FILE", args.intervention)
-  end
+  cli.check_intervention_data(args, "sweep")
 
   local eapig = require("eapig")
-  local graph = cli.load_graph(args.graph)
-  local model = cli.load_model(args.model, args)
-  graph:check_matches(model:info())
+  local graph, model = cli.load_graph_and_model(args)
   local data = cli.load_data(args.data, model, "--data", args.metric)
-  local idata = args.intervention_data and cli.load_data(args.intervention_data, model, "--intervention-data")
+  local idata = cli.load_intervention_data(args, model)
   local root = require("eapig.parallel").is_root() -- under mpirun, rank 0 prints and writes
   local result = require("eapig.sweep").run(model, graph, data, args.metric, {
     fractions = args.sizes, measure = args.signed and "cpr" or args.measure, intervention = args.intervention,
