@@ -62,10 +62,8 @@ end
 
 return function(argv)
   local parser = cli.parser("info", "Print a model's shape and the size of its graph.")
-  parser:option("--model", "Hugging Face folder, GGUF file or llama2.c .bin checkpoint."):argname("PATH"):count(1)
-  cli.weights_options(parser)
+  cli.model_options(parser, true)
   parser:flag("--json", "Print model:info() as one JSON object.")
-  cli.weights_options(parser, true)
   parser:option("--memory", "Print the memory a run needs per phase; GIB is the budget (default: the "
     .. "machine's memory minus a margin)."):argname("GIB"):args("?")
   parser:option("--batch-size", "Rows per batch, for --memory.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
