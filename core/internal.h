@@ -38,6 +38,44 @@ typedef struct stored_matrix {
     int centre_rows;      /* subtract each row's mean (wte on LayerNorm models) */
 } stored_matrix;
 
+/* ---- the weight tensors of a model (core/model_params.c) ---- */
+/* What a tensor is, for initialisation and weight decay (core/train.c). */
+enum {
+    EAPIG_TENSOR_MATRIX,  /* a projection read from the residual stream */
+    EAPIG_TENSOR_WRITER,  /* a projection that writes into it (wo, w_out): GPT-2 scales its init */
+    EAPIG_TENSOR_WTE,     /* token embedding */
+    EAPIG_TENSOR_WPE,     /* learned positions */
+    EAPIG_TENSOR_UNEMBED, /* unembedding */
+    EAPIG_TENSOR_GAIN,    /* norm weight */
+    EAPIG_TENSOR_BIAS     /* bias (and norm bias) */
+};
+/* A tensor's dimensions, by name: 1, d_model, d_mlp, vocab, n_ctx, n_heads*d_head, n_kv_heads*d_head. */
+enum { EAPIG_DIM_1, EAPIG_DIM_D, EAPIG_DIM_F, EAPIG_DIM_V, EAPIG_DIM_CTX, EAPIG_DIM_QD, EAPIG_DIM_KVD };
+/* When a tensor exists: always, learned positions, gated MLPs, post-norm blocks, q/k norms. */
+enum { EAPIG_IF_ALWAYS, EAPIG_IF_LEARNED_POS, EAPIG_IF_GATED, EAPIG_IF_POST_NORM, EAPIG_IF_QK_NORM };
+
+typedef struct eapig_tensor_desc {
+    const char *name;  /* the field's name */
+    int per_layer;     /* 0: a field of eapig_weights, 1: of eapig_layer_weights */
+    size_t offset;     /* offsetof the field (a float *) in its struct */
+    int rows, cols;    /* EAPIG_DIM_*: the (rows, cols) shape, cols 1 for vectors */
+    int kind;          /* EAPIG_TENSOR_* */
+    int matrix;        /* EAPIG_MAT_* of a big matrix (stored mode keeps it in its file), or -1 */
+    int present;       /* EAPIG_IF_* */
+} eapig_tensor_desc;
+
+/* Every tensor, in arena order: the globals, then one layer's (repeated for each layer). */
+extern const eapig_tensor_desc eapig_tensors[];
+extern const size_t eapig_n_tensors;
+/* Whether the tensor exists in a model of c. */
+int eapig_tensor_present(const eapig_config *c, const eapig_tensor_desc *t);
+/* Its (rows, cols) in a model of c. */
+void eapig_tensor_shape(const eapig_config *c, const eapig_tensor_desc *t, size_t *rows, size_t *cols);
+/* The pointer field of the tensor: in w for a global, in lw for a per-layer one. */
+float **eapig_tensor_slot(eapig_weights *w, eapig_layer_weights *lw, const eapig_tensor_desc *t);
+/* The tensor of big matrix which (EAPIG_MAT_*), or NULL. */
+const eapig_tensor_desc *eapig_matrix_desc(int which);
+
 /* Matrices per layer in stored_matrix order after the two global ones (wte, unembedding). */
 enum { EAPIG_LAYER_MATS = EAPIG_MAT_W_OUT - EAPIG_MAT_WQ + 1 };
 

@@ -79,33 +79,22 @@ static float *carve(carver *cv, size_t n) {
 /* A big matrix: carved in f32 mode, left NULL (read from its file) in stored mode. */
 static float *carve_matrix(carver *cv, size_t n, int stored) { return stored ? NULL : carve(cv, n); }
 
+/* Points every tensor of the table (core/model_params.c) at its slice of the arena, in table
+ * order: the globals, then each layer's; absent tensors are NULL. */
 static void point_weights(eapig_model *m, carver *cv) {
     const eapig_config *c = &m->cfg;
-    size_t D = c->d_model, F = c->d_mlp, V = c->vocab, Cx = c->n_ctx;
-    size_t qd = (size_t)c->n_heads * c->d_head, kvd = (size_t)c->n_kv_heads * c->d_head;
-    int st = m->stored, gated = eapig_act_gated(c->act);
-    m->w.wte = carve_matrix(cv, V * D, st);
-    m->w.wpe = c->pos == EAPIG_POS_LEARNED ? carve(cv, Cx * D) : NULL;
-    m->w.lnf_w = carve(cv, D);
-    m->w.lnf_b = carve(cv, D);
-    m->w.w_unembed = carve_matrix(cv, V * D, st);
-    for (int l = 0; l < c->n_layers; l++) {
-        eapig_layer_weights *lw = &m->layers[l];
-        lw->ln1_w = carve(cv, D), lw->ln1_b = carve(cv, D);
-        lw->wq = carve_matrix(cv, qd * D, st), lw->bq = carve(cv, qd);
-        lw->wk = carve_matrix(cv, kvd * D, st), lw->bk = carve(cv, kvd);
-        lw->wv = carve_matrix(cv, kvd * D, st), lw->bv = carve(cv, kvd);
-        lw->wo = carve_matrix(cv, D * qd, st), lw->bo = carve(cv, D);
-        lw->ln2_w = carve(cv, D), lw->ln2_b = carve(cv, D);
-        lw->w_in = carve_matrix(cv, F * D, st), lw->b_in = carve(cv, F);
-        lw->w_gate = gated ? carve_matrix(cv, F * D, st) : NULL;
-        lw->w_out = carve_matrix(cv, D * F, st), lw->b_out = carve(cv, D);
-        int post = c->block_norms != EAPIG_BLOCK_PRE_NORM;
-        lw->attn_post_w = post ? carve(cv, D) : NULL;
-        lw->mlp_post_w = post ? carve(cv, D) : NULL;
-        lw->q_norm_w = c->qk_norm ? carve(cv, qd) : NULL;
-        lw->k_norm_w = c->qk_norm ? carve(cv, kvd) : NULL;
-    }
+    for (int l = -1; l < c->n_layers; l++)
+        for (size_t i = 0; i < eapig_n_tensors; i++) {
+            const eapig_tensor_desc *t = &eapig_tensors[i];
+            if (t->per_layer != (l >= 0)) continue;
+            float **slot = eapig_tensor_slot(&m->w, l >= 0 ? &m->layers[l] : NULL, t);
+            size_t rows, cols;
+            eapig_tensor_shape(c, t, &rows, &cols);
+            if (!eapig_tensor_present(c, t))
+                *slot = NULL;
+            else
+                *slot = t->matrix >= 0 ? carve_matrix(cv, rows * cols, m->stored) : carve(cv, rows * cols);
+        }
 }
 
 /* The rotary inverse frequencies, in float32 as Hugging Face computes them (the default ones

@@ -62,65 +62,29 @@ void embedding_backward(float *dwte, float *dwpe, const float *dout, const int32
     }
 }
 
-/* ---- the tensors of a model, by kind ------------------------------------------------------ */
-
-enum {
-    T_MATRIX,  /* a projection read from the residual stream */
-    T_WRITER,  /* a projection that writes into it (wo, w_out): GPT-2 scales its init */
-    T_WTE,     /* token embedding */
-    T_WPE,     /* learned positions */
-    T_UNEMBED, /* unembedding */
-    T_GAIN,    /* norm weight */
-    T_BIAS     /* bias (and norm bias) */
-};
+/* ---- the tensors of a model (the table in core/model_params.c) ------------------------------ */
 
 typedef struct {
     size_t off, n; /* floats from the arena's start, count */
-    int kind;
+    int kind;      /* EAPIG_TENSOR_* */
 } tensor_ref;
 
 /* Fills out (when not NULL) with every tensor of m in arena order; returns the count. */
 static size_t list_tensors(const eapig_model *m, tensor_ref *out) {
     const eapig_config *c = &m->cfg;
+    eapig_weights *w = (eapig_weights *)&m->w; /* only read through the slots */
     size_t k = 0;
-#define ADD(ptr, count, kd)                                                                              \
-    do {                                                                                                 \
-        if ((ptr) && out) out[k] = (tensor_ref){(size_t)((ptr) - m->arena), (size_t)(count), (kd)}; \
-        if (ptr) k++;                                                                                    \
-    } while (0)
-    size_t D = c->d_model, F = c->d_mlp, V = c->vocab, Cx = c->n_ctx;
-    size_t qd = (size_t)c->n_heads * c->d_head, kvd = (size_t)c->n_kv_heads * c->d_head;
-    const eapig_weights *w = &m->w;
-    ADD(w->wte, V * D, T_WTE);
-    ADD(w->wpe, Cx * D, T_WPE);
-    ADD(w->lnf_w, D, T_GAIN);
-    ADD(w->lnf_b, D, T_BIAS);
-    ADD(w->w_unembed, V * D, T_UNEMBED);
-    for (int l = 0; l < c->n_layers; l++) {
-        const eapig_layer_weights *lw = &m->layers[l];
-        ADD(lw->ln1_w, D, T_GAIN);
-        ADD(lw->ln1_b, D, T_BIAS);
-        ADD(lw->wq, qd * D, T_MATRIX);
-        ADD(lw->bq, qd, T_BIAS);
-        ADD(lw->wk, kvd * D, T_MATRIX);
-        ADD(lw->bk, kvd, T_BIAS);
-        ADD(lw->wv, kvd * D, T_MATRIX);
-        ADD(lw->bv, kvd, T_BIAS);
-        ADD(lw->wo, D * qd, T_WRITER);
-        ADD(lw->bo, D, T_BIAS);
-        ADD(lw->ln2_w, D, T_GAIN);
-        ADD(lw->ln2_b, D, T_BIAS);
-        ADD(lw->w_in, F * D, T_MATRIX);
-        ADD(lw->b_in, F, T_BIAS);
-        ADD(lw->w_gate, F * D, T_MATRIX);
-        ADD(lw->w_out, D * F, T_WRITER);
-        ADD(lw->b_out, D, T_BIAS);
-        ADD(lw->attn_post_w, D, T_GAIN);
-        ADD(lw->mlp_post_w, D, T_GAIN);
-        ADD(lw->q_norm_w, qd, T_GAIN);
-        ADD(lw->k_norm_w, kvd, T_GAIN);
-    }
-#undef ADD
+    for (int l = -1; l < c->n_layers; l++)
+        for (size_t i = 0; i < eapig_n_tensors; i++) {
+            const eapig_tensor_desc *t = &eapig_tensors[i];
+            if (t->per_layer != (l >= 0)) continue;
+            const float *p = *eapig_tensor_slot(w, l >= 0 ? &m->layers[l] : NULL, t);
+            if (!p) continue;
+            size_t rows, cols;
+            eapig_tensor_shape(c, t, &rows, &cols);
+            if (out) out[k] = (tensor_ref){(size_t)(p - m->arena), rows * cols, t->kind};
+            k++;
+        }
     return k;
 }
 
@@ -193,12 +157,12 @@ int eapig_model_init(eapig_model *m, uint64_t seed, float std, int32_t tied) {
     for (size_t i = 0; i < count; i++) {
         float *p = m->arena + t[i].off;
         size_t n = t[i].n;
-        if (t[i].kind == T_GAIN || t[i].kind == T_BIAS) {
-            float v = t[i].kind == T_GAIN ? 1.0f : 0.0f;
+        if (t[i].kind == EAPIG_TENSOR_GAIN || t[i].kind == EAPIG_TENSOR_BIAS) {
+            float v = t[i].kind == EAPIG_TENSOR_GAIN ? 1.0f : 0.0f;
             for (size_t e = 0; e < n; e++) p[e] = v;
             continue;
         }
-        double s = t[i].kind == T_WRITER ? writer_std : std;
+        double s = t[i].kind == EAPIG_TENSOR_WRITER ? writer_std : std;
         /* Box-Muller, both outputs used; each tensor starts a fresh pair (an odd count drops one). */
         for (size_t e = 0; e < n; e += 2) {
             double r = sqrt(-2.0 * log(uniform01(&state))), a = 2.0 * M_PI * uniform01(&state);
@@ -285,12 +249,12 @@ int eapig_adamw_step(eapig_model *m, const eapig_model *grads, eapig_model *m1, 
     const float *tied_g = o->tied ? grads->w.w_unembed : NULL; /* added to wte's gradient */
     for (size_t i = 0; i < count; i++) {
         int kind = t[i].kind;
-        if (o->tied && kind == T_UNEMBED) continue; /* updated through wte */
+        if (o->tied && kind == EAPIG_TENSOR_UNEMBED) continue; /* updated through wte */
         size_t off = t[i].off, n = t[i].n;
         float *w = m->arena + off, *mo = m1->arena + off, *v = m2->arena + off;
         const float *g = grads->arena + off;
-        const float *g2 = kind == T_WTE ? tied_g : NULL;
-        int decay = kind != T_GAIN && kind != T_BIAS;
+        const float *g2 = kind == EAPIG_TENSOR_WTE ? tied_g : NULL;
+        int decay = kind != EAPIG_TENSOR_GAIN && kind != EAPIG_TENSOR_BIAS;
         float shrink = decay ? (float)(1.0 - (double)o->lr * o->weight_decay) : 1.0f;
         for (size_t e = 0; e < n; e++) {
             float ge = (g2 ? g[e] + g2[e] : g[e]) * gs;

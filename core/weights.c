@@ -20,7 +20,8 @@
 #include "ops.h"
 #include "run.h"
 
-static const char *const MAT_NAMES[] = {"wte", "w_unembed", "wq", "wk", "wv", "wo", "w_in", "w_gate", "w_out"};
+/* The name of matrix which (EAPIG_MAT_*), from the tensor table. */
+static const char *mat_name(int which) { return eapig_matrix_desc(which)->name; }
 
 /* Unembedding rows converted at a time: about 1 M floats (4 MB), whatever D is: small enough
  * to stay in cache-friendly sizes, large enough that each chunk is one efficient GEMM. */
@@ -36,24 +37,10 @@ static size_t mat_index(int l, int which) {
 
 /* The f32 shape of a matrix. */
 static void mat_shape(const eapig_config *c, int which, size_t *rows, size_t *cols) {
-    size_t D = c->d_model, F = c->d_mlp, V = c->vocab;
-    size_t qd = (size_t)c->n_heads * c->d_head, kvd = (size_t)c->n_kv_heads * c->d_head;
-    switch (which) {
-    case EAPIG_MAT_WTE:
-    case EAPIG_MAT_UNEMBED: *rows = V, *cols = D; return;
-    case EAPIG_MAT_WQ: *rows = qd, *cols = D; return;
-    case EAPIG_MAT_WK:
-    case EAPIG_MAT_WV: *rows = kvd, *cols = D; return;
-    case EAPIG_MAT_WO: *rows = D, *cols = qd; return;
-    case EAPIG_MAT_W_IN:
-    case EAPIG_MAT_W_GATE: *rows = F, *cols = D; return;
-    default: *rows = D, *cols = F; return;
-    }
+    eapig_tensor_shape(c, eapig_matrix_desc(which), rows, cols);
 }
 
-static int has_mat(const eapig_config *c, int which) {
-    return which != EAPIG_MAT_W_GATE || eapig_act_gated(c->act);
-}
+static int has_mat(const eapig_config *c, int which) { return eapig_tensor_present(c, eapig_matrix_desc(which)); }
 
 int32_t eapig_model_is_stored(const eapig_model *m) { return m && m->stored; }
 
@@ -90,7 +77,7 @@ int eapig_model_bind(eapig_model *m, int32_t layer, int32_t which, eapig_file *f
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_bind: matrix %d does not exist in this model", which);
     if (which >= EAPIG_MAT_WQ && (layer < 0 || layer >= c->n_layers))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_bind: layer %d is outside 0..%d", layer, c->n_layers - 1);
-    const char *name = MAT_NAMES[which], *path = eapig_file_path(f);
+    const char *name = mat_name(which), *path = eapig_file_path(f);
     if (dtype != EAPIG_DTYPE_F32 && dtype != EAPIG_DTYPE_F16 && dtype != EAPIG_DTYPE_BF16)
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_bind: %s: %s: dtype %d is not F32, F16 or BF16", path,
                                name, dtype);
@@ -167,9 +154,9 @@ int eapig_model_check_bound(const eapig_model *m, const char *fn) {
         for (int which = l < 0 ? EAPIG_MAT_WTE : EAPIG_MAT_WQ; which <= (l < 0 ? EAPIG_MAT_UNEMBED : EAPIG_MAT_W_OUT);
              which++)
             if (has_mat(c, which) && !m->mats[mat_index(l, which)].data)
-                return l < 0 ? eapig_set_error(EAPIG_ERR_STATE, "%s: matrix %s is not bound", fn, MAT_NAMES[which])
+                return l < 0 ? eapig_set_error(EAPIG_ERR_STATE, "%s: matrix %s is not bound", fn, mat_name(which))
                              : eapig_set_error(EAPIG_ERR_STATE, "%s: matrix %s of layer %d is not bound", fn,
-                                               MAT_NAMES[which], l);
+                                               mat_name(which), l);
     return EAPIG_OK;
 }
 
@@ -251,7 +238,6 @@ int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eap
     if (status != EAPIG_OK) return status;
     eapig_layer_weights *v = &ws->view;
     *v = m->layers[l];
-    float **slot[] = {&v->wq, &v->wk, &v->wv, &v->wo, &v->w_in, &v->w_gate, &v->w_out};
     float *p = ws->wbuf;
     for (int which = EAPIG_MAT_WQ; which <= EAPIG_MAT_W_OUT; which++) {
         if (!has_mat(c, which)) continue;
@@ -260,7 +246,7 @@ int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eap
         if (!m->mats[mat_index(l, which)].data) return eapig_model_check_bound(m, fn);
         status = eapig_stored_convert(m, l, which, p);
         if (status != EAPIG_OK) return status;
-        *slot[which - EAPIG_MAT_WQ] = p;
+        *eapig_tensor_slot(NULL, v, eapig_matrix_desc(which)) = p;
         p += rows * cols;
     }
     *out = v;
