@@ -125,11 +125,9 @@ end
 --   start / stop (1100 / 1800: the years sampled from), balanced (true: YY cycles 02..98 as in
 --   EAP-IG, so every label is equally common; false: years uniformly).
 function M.generate(tok, opts)
-  opts = opts or {}
   local who = WHO .. ".generate"
-  tasks.check_tokenizer(tok, who)
-  local n = tasks.count_opt(opts, "n", 100, who)
-  local rng = tasks.rng(tasks.seed_opt(opts, who))
+  local n, rng
+  opts, n, rng = tasks.generate_start(tok, opts, who)
   local year_ids = M.year_ids(tok)
   -- labels 02..98, as EAP-IG samples them: "01" is the corruption, so the clean year lies above
   -- it, and its century's "XX01" must split as well
@@ -184,10 +182,9 @@ end
 -- every row. opts as data.load_csv (bos, drop_mismatched, ...).
 function M.load_csv(path, tok, opts)
   tasks.check_tokenizer(tok, WHO .. ".load_csv")
-  local o = { tokenizer = tok, labels = { "label" }, vocab = tok.vocab_size }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  o.fields = o.fields or { year_ids = M.year_ids(tok) }
-  return data.load_csv(path, o)
+  return tasks.load_csv(path, tok, opts, { labels = { "label" } }, function(o)
+    o.fields = o.fields or { year_ids = M.year_ids(tok) }
+  end)
 end
 
 return M

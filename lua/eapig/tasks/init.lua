@@ -135,13 +135,14 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Helpers the task modules share
 
--- A positive-integer option with a default, or an error naming the task and the option.
-function tasks.count_opt(opts, key, default, who, lo)
+-- A positive-integer option with a default, or an error naming the task and the option (raised
+-- at the caller's caller, or level levels up).
+function tasks.count_opt(opts, key, default, who, lo, level)
   local v = opts[key]
   if v == nil then v = default end
   lo = lo or 1
   if type(v) ~= "number" or v ~= floor(v) or v < lo then
-    error(format("%s: opts.%s must be an integer >= %d, got %s", who, key, lo, tostring(v)), 3)
+    error(format("%s: opts.%s must be an integer >= %d, got %s", who, key, lo, tostring(v)), level or 3)
   end
   return v
 end
@@ -152,14 +153,35 @@ function tasks.seed_opt(opts, who)
 end
 
 -- A tokenizer check: the object generate needs (encode, and the id / token lookups).
-function tasks.check_tokenizer(tok, who, need)
+function tasks.check_tokenizer(tok, who, need, level)
+  level = level or 3
   if type(tok) ~= "table" or type(tok.encode) ~= "function" then
     error(format("%s: needs a tokenizer (eapig.tokenizer.load(path)) as its first argument, got %s", who,
-      type(tok)), 3)
+      type(tok)), level)
   end
   for _, m in ipairs(need or {}) do
-    if type(tok[m]) ~= "function" then error(format("%s: the tokenizer has no :%s method", who, m), 3) end
+    if type(tok[m]) ~= "function" then error(format("%s: the tokenizer has no :%s method", who, m), level) end
   end
+end
+
+-- The start of a task's generate(tok, opts): opts (or {}), the tokenizer checked, opts.n (default
+-- 100) and a generator seeded from opts.seed (default 0). Errors point at generate's caller.
+function tasks.generate_start(tok, opts, who)
+  opts = opts or {}
+  tasks.check_tokenizer(tok, who, nil, 4)
+  local n = tasks.count_opt(opts, "n", 100, who, 1, 4)
+  return opts, n, tasks.rng(tasks.count_opt(opts, "seed", 0, who, 0, 4))
+end
+
+-- A task's load_csv(path, tok, opts) once the tokenizer is checked: data.load_csv with the
+-- tokenizer and vocabulary, defaults (a table) and then opts over them; fill(o) may add what
+-- depends on the merged options.
+function tasks.load_csv(path, tok, opts, defaults, fill)
+  local o = { tokenizer = tok, vocab = tok.vocab_size }
+  for k, v in pairs(defaults or {}) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  if fill then fill(o) end
+  return require("eapig.data").load_csv(path, o)
 end
 
 -- The id of text that must be one token (a name, a noun, " is"), or nil. Text with a leading

@@ -23,7 +23,7 @@
 local data = require("eapig.data")
 local tasks = require("eapig.tasks")
 
-local error, pairs, ipairs, tostring = error, pairs, ipairs, tostring
+local error, ipairs, tostring = error, ipairs, tostring
 local format = string.format
 
 local M = {
@@ -87,11 +87,9 @@ end
 --   templates (lists replacing the built-in ones), order ("ABB", "BAB" or nil for both, drawn
 --   at random).
 function M.generate(tok, opts)
-  opts = opts or {}
   local who = WHO .. ".generate"
-  tasks.check_tokenizer(tok, who)
-  local n = tasks.count_opt(opts, "n", 100, who)
-  local rng = tasks.rng(tasks.seed_opt(opts, who))
+  local n, rng
+  opts, n, rng = tasks.generate_start(tok, opts, who)
   local corruption = opts.corruption or "abc"
   if not CORRUPTIONS[corruption] then
     error(format("%s: opts.corruption must be 'abc', 'flip' or 'all', got %s", who, tostring(corruption)), 2)
@@ -141,9 +139,7 @@ function M.write_csv(ds, path, opts) return data.write_csv(ds, path, opts) end
 -- Reads an ioi CSV (EAP-IG's, or write_csv's). opts as data.load_csv.
 function M.load_csv(path, tok, opts)
   tasks.check_tokenizer(tok, WHO .. ".load_csv")
-  local o = { tokenizer = tok, vocab = tok.vocab_size }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  return data.load_csv(path, o)
+  return tasks.load_csv(path, tok, opts)
 end
 
 return M
