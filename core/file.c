@@ -171,6 +171,14 @@ size_t eapig_dtype_size(int32_t dtype) {
     }
 }
 
+#ifdef MADV_POPULATE_READ
+static void populate(const uint8_t *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)p / page * page, hi = ((uintptr_t)p + n + page - 1) / page * page;
+    madvise((void *)lo, hi - lo, MADV_POPULATE_READ);
+}
+#endif
+
 int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t dtype, float *dst,
                       int64_t rows, int64_t cols, int32_t transpose) {
     if (!f) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: file is NULL");
@@ -197,6 +205,11 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
     if (!dst) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: %s: dst is NULL", f->path);
     const uint8_t *src = f->data + begin;
     size_t R = (size_t)rows, Cn = (size_t)cols;
+#ifdef MADV_POPULATE_READ
+    /* One call maps the whole range (from the page cache) instead of a fault per few pages;
+     * advice only: an older kernel refuses it and the reads below fault the pages in as usual. */
+    populate(src, bytes);
+#endif
     if (!transpose) {
         if (dtype == EAPIG_DTYPE_F32) {
             memcpy(dst, src, bytes);
@@ -210,12 +223,20 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
         for (size_t c0 = 0; c0 < Cn; c0 += TILE)
             for (size_t r0 = 0; r0 < R; r0 += TILE) {
                 size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < R ? r0 + TILE : R;
+                if (dtype == EAPIG_DTYPE_F32) { /* the common case without the per-element dtype switch */
+                    for (size_t c = c0; c < c1; c++)
+                        for (size_t r = r0; r < r1; r++) memcpy(dst + r * Cn + c, src + (c * R + r) * 4, 4);
+                    continue;
+                }
                 for (size_t c = c0; c < c1; c++)
                     for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
             }
     }
     /* A NaN or infinite weight poisons every activation after it, and a NaN with a payload is
      * not even safe to hand to LuaJIT: refuse the tensor here, naming the stored element. */
+    /* The process is done with these file pages (a later read maps them again from the page
+     * cache), so a load holds the f32 copy and one tensor of the file, not the whole file. */
+    eapig_file_release(src, bytes);
     int64_t bad = eapig_floats_first_nonfinite(dst, (int64_t)count);
     if (bad >= 0) {
         size_t stored = (size_t)bad;

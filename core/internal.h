@@ -109,6 +109,12 @@ void eapig_convert(float *dst, const uint8_t *src, size_t n, int32_t dtype);
  * page cache and come back on the next read). */
 void eapig_file_release(const uint8_t *p, size_t n);
 
+/* ---- big buffers (core/buffer.c) ---- */
+/* n zeroed floats, 64-byte aligned; large ones are their own huge-page mapping. NULL when out of
+ * memory (no error set: the caller names itself). Free with eapig_big_floats_free. */
+float *eapig_big_floats(size_t n);
+void eapig_big_floats_free(float *p);
+
 /* ---- weights (core/model.c, core/weights.c) ---- */
 /* Subtracts from every column of the (rows, cols) row-major w its mean over the rows. */
 void eapig_centre_columns(float *w, size_t rows, size_t cols);

@@ -156,7 +156,7 @@ static eapig_model *model_new(const eapig_config *cfg, int stored, const char *f
     carver count = {NULL, 0};
     point_weights(m, &count);
     m->arena_floats = count.used;
-    m->arena = calloc(count.used, sizeof(float));
+    m->arena = eapig_big_floats(count.used);
     if (!m->arena) goto nomem;
     carver cv = {m->arena, 0};
     point_weights(m, &cv);
@@ -191,7 +191,7 @@ int64_t eapig_weights_stored_bytes(const eapig_config *cfg) {
 void eapig_model_free(eapig_model *m) {
     if (!m) return;
     eapig_model_free_stored(m);
-    free(m->arena);
+    eapig_big_floats_free(m->arena);
     free(m->layers);
     free(m->rope_freq);
     free(m);
