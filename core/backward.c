@@ -71,10 +71,10 @@ static float *carve(float **p, size_t n) {
 }
 
 /* First score column of layer l (layer L: the logits column) and how many it has. */
-static size_t layer_col(const bwd_run *r, size_t l) { return l * r->J; }
+static size_t layer_col(const bwd_run *r, size_t l) { return eapig_first_dest(r->H, l); }
 static size_t layer_ncols(const bwd_run *r, size_t l) { return l == r->L ? 1 : r->J; }
 /* Sources upstream of layer l's attention (of the logits for l = L). */
-static size_t layer_n_up(const bwd_run *r, size_t l) { return 1 + l * (r->H + 1); }
+static size_t layer_n_up(const bwd_run *r, size_t l) { return eapig_first_node(r->H, l); }
 
 /* Sums the batched integrated-gradient steps of n_blocks gradient blocks (each (N,D), step-major
  * rows) into n_blocks (Nd,D) blocks at dst. */
@@ -361,8 +361,8 @@ static size_t gather_columns(size_t ndr, int64_t score_memory, size_t NF, size_t
 size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t rows, size_t steps, int scores,
                              int nodes, int64_t score_memory, int weight_grads) {
     size_t N = B * P, D = (size_t)c->d_model, H = (size_t)c->n_heads, Dh = (size_t)c->d_head, F = (size_t)c->d_mlp;
-    size_t J = 3 * H + 1, nd = N * D, ndr = nd / steps, kvd = (size_t)c->n_kv_heads * Dh;
-    size_t NF = 1 + (size_t)c->n_layers * (H + 1), NB = (size_t)c->n_layers * J + 1;
+    size_t J = eapig_layer_dests(H), nd = N * D, ndr = nd / steps, kvd = (size_t)c->n_kv_heads * Dh;
+    size_t NF = eapig_n_sources(H, (size_t)c->n_layers), NB = eapig_n_dests(H, (size_t)c->n_layers);
     /* With one step and scores, the destination gradients are written straight into the gather. */
     int direct = scores && steps == 1;
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
@@ -384,7 +384,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.Bd = o->diff_B ? (size_t)o->diff_B : r.B;
     r.steps = r.B / r.Bd;
     r.NB = (size_t)eapig_model_n_backward(m), r.NF = (size_t)eapig_model_n_forward(m);
-    r.H = (size_t)c->n_heads, r.L = (size_t)c->n_layers, r.J = 3 * r.H + 1;
+    r.H = (size_t)c->n_heads, r.L = (size_t)c->n_layers, r.J = eapig_layer_dests(r.H);
     size_t N = r.N, D = r.D, H = r.H, Dh = c->d_head, F = c->d_mlp, J = r.J, L = r.L;
     size_t V = c->vocab, rows = ws->logit_pos ? r.B : N, nd = N * D;
     size_t ndr = nd / r.steps;
@@ -452,7 +452,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         const layer_state *st = &ws->layers[l];
         status = eapig_layer_view(m, ws, l, &r.lw, "eapig_backward");
         if (status != EAPIG_OK) return status;
-        int32_t first_head = 1 + l * (c->n_heads + 1), mlp_node = first_head + c->n_heads;
+        int32_t first_head = (int32_t)eapig_first_node(H, (size_t)l), mlp_node = (int32_t)eapig_mlp_node(H, (size_t)l);
         float *G_att = direct ? gather_layer(&r, li) : r.s.G, *G_m = G_att + 3 * H * nd;
         /* r.s.g is the gradient after the layer; the MLP's output meets it there. */
         accumulate_nodes(&r, r.s.g, mlp_node, 1);

@@ -70,7 +70,7 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
                       size_t B, size_t P, size_t rows, int patching, int for_weights, float **final_hat,
                       float **final_rstd, float **final_capped) {
     size_t N = B * P, D = cfg->d_model, H = cfg->n_heads, Dh = cfg->d_head, F = cfg->d_mlp;
-    size_t J = 3 * H + 1, NF = 1 + (size_t)cfg->n_layers * (H + 1);
+    size_t J = eapig_layer_dests(H), NF = eapig_n_sources(H, (size_t)cfg->n_layers);
     int gated = eapig_act_gated(cfg->act), post = cfg->block_norms != EAPIG_BLOCK_PRE_NORM, qk = cfg->qk_norm;
     for (int l = 0; l < n_slots; l++) {
         layer_state *st = &layers[l];
@@ -126,16 +126,11 @@ static void capture_node(float *cap, const float *out, size_t n, int32_t sign) {
         for (size_t i = 0; i < n; i++) cap[i] = out[i] - cap[i];
 }
 
-/* Whether source u is a head (u >= 1 and not the last node of its layer). */
-static int is_head(const eapig_config *c, int32_t u) {
-    return u > 0 && (u - 1) % (c->n_heads + 1) < c->n_heads;
-}
-
 /* A source node's output is known: capture it and, when patching, keep R_u - current_u (in
  * post-norm models a head's output itself instead: head_patch_terms reads it). */
 static void record_node(fwd_run *r, int32_t u, const float *out) {
     size_t nd = r->N * r->D, off = (size_t)u * nd;
-    if (r->s.cur && is_head(&r->m->cfg, u)) {
+    if (r->s.cur && eapig_node_is_head((size_t)r->m->cfg.n_heads, (size_t)u)) {
         memcpy(r->s.cur + off, out, nd * sizeof(float));
         memset(r->s.diff + off, 0, nd * sizeof(float));
         if (r->o->capture) capture_node(r->o->capture + off, out, nd, r->o->capture_diff);
@@ -168,8 +163,8 @@ static void head_patch_terms(fwd_run *r, size_t n_up, size_t v, float *delta) {
     const eapig_config *c = &r->m->cfg;
     size_t N = r->N, D = r->D, H = c->n_heads, nd = N * D, nb = (size_t)eapig_model_n_backward(r->m);
     const float *W = r->o->patch_w, *scale = r->o->patch_scale;
-    for (size_t i = 0; 1 + i * (H + 1) + H <= n_up; i++) {
-        size_t h0 = 1 + i * (H + 1);
+    for (size_t i = 0; eapig_mlp_node(H, i) <= n_up; i++) {
+        size_t h0 = eapig_first_node(H, i);
         int any = 0;
         for (size_t h = 0; h < H; h++) any |= W[(h0 + h) * nb + v] != 0.0f;
         if (!any) continue;
@@ -320,7 +315,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
     const eapig_config *c = &m->cfg;
     const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, nd = N * D;
-    size_t n_up = 1 + (size_t)l * (H + 1);
+    size_t n_up = eapig_first_node(H, (size_t)l);
     int32_t first_head = (int32_t)n_up;
     int overridden = r->o->override_group == 1 + 2 * l;
 
@@ -333,7 +328,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             record_node(r, first_head + (int32_t)h, out);
         }
     } else {
-        patch_deltas(r, n_up, (size_t)l * (3 * H + 1), 3 * H, own);
+        patch_deltas(r, n_up, eapig_first_dest(H, (size_t)l), 3 * H, own);
         pre_norm(r, r->s.y, st->attn_hat, st->attn_rstd, x, lw->ln1_w, lw->ln1_b);
         /* Heads with their own inputs reuse s.y, so keep the shared normalised input aside. */
         memcpy(r->s.node, r->s.y, nd * sizeof(float));
@@ -372,17 +367,17 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
     const eapig_model *m = r->m;
     const eapig_config *c = &m->cfg;
     const eapig_layer_weights *lw = r->lw;
-    size_t N = r->N, D = r->D, H = c->n_heads, F = c->d_mlp, nd = N * D, J = 3 * H + 1;
-    int32_t node = 1 + l * (c->n_heads + 1) + c->n_heads;
+    size_t N = r->N, D = r->D, H = c->n_heads, F = c->d_mlp, nd = N * D, J = eapig_layer_dests(H);
+    int32_t node = (int32_t)eapig_mlp_node(H, (size_t)l);
     const float *out;
 
     if (r->o->override_group == 2 + 2 * l) {
         own[J - 1] = 0;
         out = r->o->override_value;
     } else {
-        size_t n_up = 1 + (size_t)l * (H + 1) + (c->parallel_attn_mlp ? 0 : H);
+        size_t n_up = eapig_mlp_upstream(H, (size_t)l, c->parallel_attn_mlp);
         const float *y;
-        if (patch_deltas(r, n_up, (size_t)l * J + 3 * H, 1, own + J - 1)) {
+        if (patch_deltas(r, n_up, eapig_mlp_dest(H, (size_t)l), 1, own + J - 1)) {
             /* the delta went to row 0 of s.delta; the attention's rows are no longer needed */
             y = own_input(r, x, r->s.delta, st->own_hat + (J - 1) * nd, st->own_rstd + (J - 1) * N, lw->ln2_w,
                           lw->ln2_b);
@@ -430,7 +425,7 @@ int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_
         /* the attribution backward: edge scores with the default gather, no node scores */
         floats += eapig_backward_floats(c, (size_t)B, (size_t)P, rows, steps, 1, 0, 0, weights);
     }
-    size_t bytes = floats * sizeof(float) + (size_t)c->n_layers * (3 * (size_t)c->n_heads + 1);
+    size_t bytes = floats * sizeof(float) + (size_t)c->n_layers * eapig_layer_dests((size_t)c->n_heads);
     if (m->stored) bytes += (size_t)eapig_weights_view_bytes(c);
     return (int64_t)bytes;
 }
@@ -446,7 +441,7 @@ static void scale_embeddings(float *x, size_t n, float scale) {
 static void resume_contrib(fwd_run *r, int i) {
     const eapig_config *c = &r->m->cfg;
     const eapig_layer_weights *lw = &r->m->layers[i];
-    size_t N = r->N, D = r->D, H = c->n_heads, nd = N * D, h0 = 1 + (size_t)i * (H + 1);
+    size_t N = r->N, D = r->D, H = c->n_heads, nd = N * D, h0 = eapig_first_node(H, (size_t)i);
     float *a = r->s.apost;
     for (size_t n = 0; n < N; n++) memcpy(a + n * D, lw->bo, D * sizeof(float));
     for (size_t h = 0; h < H; h++) {
@@ -505,7 +500,7 @@ static int check_inputs(const eapig_model *m, const eapig_batch *bt, const eapig
                                    o->start_layer);
         if (o->patch_w) {
             size_t nb = (size_t)eapig_model_n_backward(m), nf = (size_t)eapig_model_n_forward(m);
-            size_t first_col = (size_t)o->start_layer * (3 * (size_t)c->n_heads + 1);
+            size_t first_col = eapig_first_dest((size_t)c->n_heads, (size_t)o->start_layer);
             for (size_t u = 0; u < nf; u++)
                 for (size_t v = 0; v < first_col; v++)
                     if (o->patch_w[u * nb + v] != 0.0f)
@@ -529,7 +524,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     if (st_check != EAPIG_OK) return st_check;
     const eapig_config *c = &m->cfg;
     size_t B = (size_t)bt->B, P = (size_t)bt->P, N = B * P, D = c->d_model, L = (size_t)c->n_layers;
-    size_t H = c->n_heads, J = 3 * H + 1;
+    size_t H = c->n_heads, J = eapig_layer_dests(H);
     size_t rows = o->logit_pos ? B : N;
     int for_weights = o->keep_for_weights != 0;
     int keep = o->keep_for_backward != 0 || for_weights, patching = o->patch_w != NULL;
@@ -572,7 +567,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     if (first_layer > 0) {
         /* Resume: the prefix's residual and node outputs come from the earlier run. */
         memcpy(r.s.resid, o->start_resid, N * D * sizeof(float));
-        size_t n_up = 1 + first_layer * (H + 1);
+        size_t n_up = eapig_first_node(H, first_layer);
         for (size_t u = 0; u < n_up; u++) record_node(&r, (int32_t)u, o->start_capture + u * N * D);
         if (r.s.contrib)
             for (size_t i = 0; i < first_layer; i++) resume_contrib(&r, (int)i);

@@ -17,6 +17,34 @@ static inline int eapig_act_gated(int32_t act) {
 /* The sliding window of layer l (keys i - j < window visible), or 0 for global attention. */
 int eapig_layer_window(const eapig_config *c, int l);
 
+/* ---- the residual graph's indices (DESIGN "The one idea"); lua/eapig/layout.lua is the twin ----
+ * Sources: input 0, then per layer l its H heads 1 + l(H+1) + h and its MLP 1 + l(H+1) + H:
+ * NF = 1 + L(H+1). Destinations: per layer l the J = 3H+1 slots from l*J (q of head h at +h,
+ * k at +H+h, v at +2H+h, the MLP input at +3H), then the logits: NB = L*J + 1. */
+/* Sources before layer l (input and every earlier layer's nodes): also a{l}.h0's index. */
+static inline size_t eapig_first_node(size_t H, size_t l) { return 1 + l * (H + 1); }
+/* The node of layer l's MLP. */
+static inline size_t eapig_mlp_node(size_t H, size_t l) { return eapig_first_node(H, l) + H; }
+/* Sources upstream of layer l's MLP input (its own heads too, unless attention and MLP are parallel). */
+static inline size_t eapig_mlp_upstream(size_t H, size_t l, int parallel) {
+    return eapig_first_node(H, l) + (parallel ? 0 : H);
+}
+/* Destinations per layer, J = 3H+1. */
+static inline size_t eapig_layer_dests(size_t H) { return 3 * H + 1; }
+/* The first destination of layer l (head 0's q input); l = L gives the logits. */
+static inline size_t eapig_first_dest(size_t H, size_t l) { return l * eapig_layer_dests(H); }
+/* Layer l's MLP input. */
+static inline size_t eapig_mlp_dest(size_t H, size_t l) { return eapig_first_dest(H, l) + 3 * H; }
+/* NF and NB of a model of L layers of H heads. */
+static inline size_t eapig_n_sources(size_t H, size_t L) { return eapig_first_node(H, L); }
+static inline size_t eapig_n_dests(size_t H, size_t L) { return eapig_first_dest(H, L) + 1; }
+/* Whether source u is a head, and its layer (-1 for input). */
+static inline int eapig_node_is_head(size_t H, size_t u) { return u > 0 && (u - 1) % (H + 1) < H; }
+static inline int eapig_node_layer(size_t H, size_t u) { return u == 0 ? -1 : (int)((u - 1) / (H + 1)); }
+/* The layer of destination v (L for the logits), and whether it is an MLP input. */
+static inline int eapig_dest_layer(size_t H, size_t v) { return (int)(v / eapig_layer_dests(H)); }
+static inline int eapig_dest_is_mlp(size_t H, size_t v) { return v % eapig_layer_dests(H) == 3 * H; }
+
 /* Checked size arithmetic: returns 0 and sets an error on overflow. */
 static inline int eapig_mul_ok(size_t a, size_t b, size_t *out) {
     return !__builtin_mul_overflow(a, b, out);

@@ -297,42 +297,22 @@ int eapig_layer_window(const eapig_config *c, int l) {
 }
 
 int32_t eapig_model_n_forward(const eapig_model *m) {
-    return 1 + m->cfg.n_layers * (m->cfg.n_heads + 1);
+    return (int32_t)eapig_n_sources((size_t)m->cfg.n_heads, (size_t)m->cfg.n_layers);
 }
 
 int32_t eapig_model_n_backward(const eapig_model *m) {
-    return m->cfg.n_layers * (3 * m->cfg.n_heads + 1) + 1;
-}
-
-/* Layer of a source node (-1 for input) and whether it is a head. */
-static int forward_layer(const eapig_config *c, int32_t u, int *is_head) {
-    if (u == 0) {
-        *is_head = 0;
-        return -1;
-    }
-    int l = (u - 1) / (c->n_heads + 1);
-    *is_head = (u - 1) % (c->n_heads + 1) < c->n_heads;
-    return l;
-}
-
-/* Layer of a destination (L for logits) and whether it is an MLP input. */
-static int backward_layer(const eapig_config *c, int32_t v, int *is_mlp) {
-    int per = 3 * c->n_heads + 1;
-    int l = v / per;
-    *is_mlp = l < c->n_layers && v % per == 3 * c->n_heads;
-    return l;
+    return (int32_t)eapig_n_dests((size_t)m->cfg.n_heads, (size_t)m->cfg.n_layers);
 }
 
 int eapig_model_edge_mask(const eapig_model *m, uint8_t *mask) {
     if (!m || !mask) return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_edge_mask: NULL argument");
     const eapig_config *c = &m->cfg;
     int32_t nf = eapig_model_n_forward(m), nb = eapig_model_n_backward(m);
+    size_t H = (size_t)c->n_heads;
     for (int32_t u = 0; u < nf; u++) {
-        int u_head;
-        int lu = forward_layer(c, u, &u_head);
+        int u_head = eapig_node_is_head(H, (size_t)u), lu = eapig_node_layer(H, (size_t)u);
         for (int32_t v = 0; v < nb; v++) {
-            int v_mlp;
-            int lv = backward_layer(c, v, &v_mlp);
+            int lv = eapig_dest_layer(H, (size_t)v), v_mlp = lv < c->n_layers && eapig_dest_is_mlp(H, (size_t)v);
             int real = lu < lv || (lu == lv && u_head && v_mlp && !c->parallel_attn_mlp);
             mask[(size_t)u * nb + v] = (uint8_t)real;
         }
@@ -344,10 +324,10 @@ int64_t eapig_model_n_edges(const eapig_model *m) {
     const eapig_config *c = &m->cfg;
     int64_t H = c->n_heads, L = c->n_layers, total = 0;
     for (int64_t l = 0; l < L; l++) {
-        int64_t upstream = 1 + l * (H + 1);
-        total += upstream * 3 * H;                                  /* q, k, v of layer l */
-        total += upstream + (c->parallel_attn_mlp ? 0 : H);         /* MLP of layer l */
+        int64_t upstream = (int64_t)eapig_first_node((size_t)H, (size_t)l);
+        total += upstream * 3 * H; /* q, k, v of layer l */
+        total += (int64_t)eapig_mlp_upstream((size_t)H, (size_t)l, c->parallel_attn_mlp); /* MLP of layer l */
     }
-    total += 1 + L * (H + 1); /* logits */
+    total += (int64_t)eapig_n_sources((size_t)H, (size_t)L); /* logits */
     return total;
 }
