@@ -16,10 +16,7 @@ local threads = tonumber(arg[1] or "") or C.eapig_get_num_threads()
 local scaling = arg[2] == "scaling" or arg[1] == "scaling"
 C.eapig_set_num_threads(threads)
 
-local function now()
-  local t = io.popen("date +%s.%N"):read("*l")
-  return tonumber(t)
-end
+local now = require("eapig.progress").now
 
 -- Best of `reps` wall-clock times of fn.
 local function time(fn, reps)
@@ -93,16 +90,20 @@ line("  of which score accumulation", score_flops, math.max(t_fbs - t_fb, 1e-9))
 -- End to end: EAP-IG-inputs (5 steps) over 32 examples of 16 tokens, batch 8, through the Lua API.
 local eapig = require("eapig")
 local rng = tiny.rng(5)
-local rows = {}
-for i = 1, 32 do
-  local clean, corrupted = {}, {}
-  for p = 1, P do
-    clean[p] = rng.int(V)
-    corrupted[p] = p > P / 2 and rng.int(V) or clean[p]
+-- n random rows of p tokens whose second half the corrupted row re-draws.
+local function random_data(n_rows, p)
+  local rows = {}
+  for i = 1, n_rows do
+    local clean, corrupted = {}, {}
+    for q = 1, p do
+      clean[q] = rng.int(V)
+      corrupted[q] = q > p / 2 and rng.int(V) or clean[q]
+    end
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(V), incorrect = rng.int(V) }
   end
-  rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(V), incorrect = rng.int(V) }
+  return eapig.data.from_rows(rows, { vocab = V })
 end
-local data = eapig.data.from_rows(rows, { vocab = V })
+local data = random_data(32, P)
 local graph = eapig.Graph.from_model(m)
 local steps = 5
 local t_e2e = time(function()
@@ -111,7 +112,7 @@ local t_e2e = time(function()
 end, 1)
 -- Per batch: clean and corrupted forwards, m - 1 step forwards, m backwards, and two score GEMMs
 -- (the k = 0 step and the summed steps).
-local batches = #rows / B
+local batches = #data / B
 local e2e_flops = batches * ((steps + 1) * fwd_flops + steps * bwd_flops + 2 * score_flops)
 line(("EAP-IG-inputs, %d steps, 32 x %d tokens"):format(steps, P), e2e_flops, t_e2e)
 print(("  %.2f s end to end"):format(t_e2e))
@@ -154,8 +155,7 @@ package.cpath = "./build/?.so;" .. package.cpath
 local t0 = io.popen("date +%%s.%%N"):read("*l")
 require("eapig").load(%q)
 local t1 = io.popen("date +%%s.%%N"):read("*l")
-local hwm = io.open("/proc/self/status"):read("*a"):match("VmHWM:%%s*(%%d+)")
-print(tonumber(t1) - tonumber(t0), tonumber(hwm) / 1024)
+print(tonumber(t1) - tonumber(t0), (require("eapig.memory").peak_rss() or 0 / 0) / 2 ^ 20)
 ]]):format(dir))
 probe_file:close()
 local probe = io.popen("luajit " .. probe_path)
@@ -163,11 +163,8 @@ local load_s, load_mb = probe:read("*n", "*n")
 probe:close()
 testing.rmtree(dir)
 print(("load, GPT-2-small f32 safetensors: %.2f s, peak RSS %.0f MB"):format(load_s or 0 / 0, load_mb or 0 / 0))
-local status = io.open("/proc/self/status")
-if status then
-  print(("this benchmark's peak RSS: %.0f MB"):format(tonumber(status:read("*a"):match("VmHWM:%s*(%d+)")) / 1024))
-  status:close()
-end
+local peak = require("eapig.memory").peak_rss()
+if peak then print(("this benchmark's peak RSS: %.0f MB"):format(peak / 2 ^ 20)) end
 
 if scaling then
   -- One batch of EAP-IG-inputs (B rows of P tokens, `steps` steps) through the Lua API.
@@ -179,16 +176,7 @@ if scaling then
     for _, b in ipairs({ 1, 8, 32 }) do
       for _, p in ipairs({ 16, 64 }) do
         for _, k in ipairs({ 5, 20 }) do
-          local srows = {}
-          for i = 1, b do
-            local clean, corrupted = {}, {}
-            for q = 1, p do
-              clean[q] = rng.int(V)
-              corrupted[q] = q > p / 2 and rng.int(V) or clean[q]
-            end
-            srows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(V), incorrect = rng.int(V) }
-          end
-          local sdata = eapig.data.from_rows(srows, { vocab = V })
+          local sdata = random_data(b, p)
           local t = time(function()
             eapig.attribute(m, graph, sdata, "logit_diff", { method = "EAP-IG-inputs", ig_steps = k, batch_size = b,
               quiet = true })

@@ -5,6 +5,7 @@
 package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;" .. package.path
 package.cpath = "./build/?.so;" .. package.cpath
 local Graph = require("eapig.graph")
+local memory = require("eapig.memory")
 
 local function seconds(f)
   local t0 = os.clock()
@@ -12,22 +13,12 @@ local function seconds(f)
   return os.clock() - t0
 end
 
--- Resident memory in MiB from /proc/self/status: the current size and the peak since the last
--- reset_peak() (writing 5 to clear_refs resets the peak, Linux 4.0 and later).
-local function rss(field)
-  local fh = io.open("/proc/self/status", "rb")
-  if not fh then return 0 / 0 end
-  local text = fh:read("*a")
-  fh:close()
-  return (tonumber(text:match(field .. ":%s*(%d+)")) or 0 / 0) / 1024
-end
-local function reset_peak()
-  local fh = io.open("/proc/self/clear_refs", "wb")
-  if fh then
-    fh:write("5")
-    fh:close()
-  end
-end
+-- Resident memory in MiB (NaN where /proc/self/status is missing): the current size, and the
+-- peak since the last memory.reset_peak().
+local function mib(bytes) return (bytes or 0 / 0) / 2 ^ 20 end
+local function rss() return mib(memory.rss()) end
+local function peak() return mib(memory.peak_rss()) end
+local reset_peak = memory.reset_peak
 
 local g
 local build = seconds(function()
@@ -62,23 +53,23 @@ end
 -- Files: JSON (EAP-IG's layout) and the compact safetensors form, in a temporary folder.
 local dir = os.tmpname()
 os.remove(dir)
-os.execute("mkdir -p '" .. dir .. "'")
+require("eapig.formats.files").mkdir_p(dir, "bench_graph")
 g:apply_topn(1000)
 collectgarbage()
-print(string.format("resident before the files: %.0f MiB (the graph's buffers and the Lua state)", rss("VmRSS")))
+print(string.format("resident before the files: %.0f MiB (the graph's buffers and the Lua state)", rss()))
 for _, form in ipairs({ { "json", "to_json", "from_json" }, { "safetensors", "to_safetensors", "from_safetensors" } }) do
   local path = dir .. "/graph." .. form[1]
   collectgarbage()
-  local base = rss("VmRSS")
+  local base = rss()
   reset_peak()
   local w = seconds(function() g[form[2]](g, path) end)
-  local w_peak = rss("VmHWM") - base
+  local w_peak = peak() - base
   local size = io.open(path, "rb"):seek("end")
   collectgarbage()
-  base = rss("VmRSS")
+  base = rss()
   reset_peak()
   local r = seconds(function() Graph[form[3]](path) end) -- the new graph is dropped at once
-  local r_peak = rss("VmHWM") - base
+  local r_peak = peak() - base
   print(string.format("%s: write %.2f s (peak +%.0f MiB), read %.2f s (peak +%.0f MiB, the new graph included), %.1f MB",
     form[1], w, w_peak, r, r_peak, size / 1e6))
 end
@@ -90,10 +81,10 @@ do
   for i = 0, count - 1 do n.neuron_scores[i] = math.random() - 0.5 end
   local path = dir .. "/neurons.json"
   collectgarbage()
-  local base = rss("VmRSS")
+  local base = rss()
   reset_peak()
   local w = seconds(function() n:to_json(path) end)
-  local w_peak = rss("VmHWM") - base
+  local w_peak = peak() - base
   local size = io.open(path, "rb"):seek("end")
   local r = seconds(function() Graph.from_json(path) end)
   print(string.format("json, neuron level (%d neurons): write %.2f s (peak +%.0f MiB), read %.2f s, %.1f MB", count,

@@ -21,12 +21,7 @@ local function write(path, s)
   return path
 end
 local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function now()
-  local p = io.popen("date +%s.%N")
-  local t = tonumber(p:read("*l"))
-  p:close()
-  return t
-end
+local now = require("eapig.progress").now
 
 local function int32(v) return ffi.string(ffi.new("int32_t[1]", v), 4) end
 local function record(score, piece) return ffi.string(ffi.new("float[1]", score), 4) .. int32(#piece) .. piece end

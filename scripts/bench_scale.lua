@@ -20,7 +20,7 @@ local core = require("eapig.core")
 local eapig = require("eapig")
 local memory = require("eapig.memory")
 local testing = require("eapig.testing")
-local now = require("eapig.apps.train").now
+local now = require("eapig.progress").now
 local C = core.C
 
 local function usage(msg)
@@ -121,7 +121,7 @@ if temporary then dir = testing.tmpdir() end
 if existing_layers(dir) == L then
   log("reusing the checkpoint in %s", dir)
 else
-  if not temporary then os.execute("mkdir -p '" .. dir .. "'") end
+  if not temporary then require("eapig.formats.files").mkdir_p(dir, "--dir") end
   SHAPE.dir, SHAPE.shards = dir, math.max(1, math.ceil(L / 8))
   phase("write", function() testing.random_model(SHAPE) end)
 end
