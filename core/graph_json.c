@@ -570,6 +570,17 @@ typedef struct scan {
 /* The members of one object value; for each key calls member(). Runs within the window. */
 typedef int (*member_fn)(cursor *c, void *ctx, const char *key, size_t key_len);
 
+/* After an object's member or entry, at a non-space byte: past a ',' sets *more = 1 (another one
+   follows), past the closing '}' sets *more = 0; anything else is a syntax error expecting what. */
+static int member_separator(cursor *c, const char *what, int *more) {
+    if (*c->p == ',' || *c->p == '}') {
+        *more = *c->p == ',';
+        c->p++;
+        return EAPIG_OK;
+    }
+    return syntax(c, what);
+}
+
 static int read_object(cursor *c, member_fn member, void *ctx) {
     int rc;
     if ((rc = expect(c, '{', "'{'"))) return rc;
@@ -582,15 +593,14 @@ static int read_object(cursor *c, member_fn member, void *ctx) {
     for (;;) {
         char key[64];
         size_t n;
-        int cut;
+        int cut, more = 0;
         if ((rc = read_string(c, key, sizeof key, &n, &cut)) || (rc = expect(c, ':', "':'"))) return rc;
         if (cut) n = sizeof key; /* no known key is this long: treat as unknown */
         if ((rc = member(c, ctx, key, n))) return rc;
         skip_ws(c);
         if (c->p >= c->end) return at_end(c, "',' or '}'");
-        if (*c->p == ',') { c->p++; continue; }
-        if (*c->p == '}') { c->p++; return EAPIG_OK; }
-        return syntax(c, "',' or '}'");
+        if ((rc = member_separator(c, "',' or '}'", &more))) return rc;
+        if (!more) return EAPIG_OK;
     }
 }
 
@@ -792,7 +802,7 @@ enum {
 enum { SEC_NONE, SEC_NODES, SEC_EDGES };
 
 static int scan_file(reader *r, scan *s) {
-    int state = TOP_OPEN, section = SEC_NONE, rc = EAPIG_OK;
+    int state = TOP_OPEN, section = SEC_NONE, rc = EAPIG_OK, more = 0;
     for (;;) {
         cursor c = { r, r->buf + r->pos, r->buf + r->len };
         /* all the header pass needs: the cfg, and the level (neuron needs no more nodes read) */
@@ -874,16 +884,13 @@ static int scan_file(reader *r, scan *s) {
             if (!rc) state = SECTION_NEXT;
             break;
         case SECTION_NEXT:
-            if (*c.p == ',') {
-                c.p++;
+            rc = member_separator(&c, "',' or '}' between entries", &more);
+            if (rc) break;
+            if (more) {
                 state = SECTION_ENTRY;
-            } else if (*c.p == '}') {
-                c.p++;
-                goto section_done;
-            } else {
-                rc = syntax(&c, "',' or '}' between entries");
+                break;
             }
-            break;
+            goto section_done;
         section_done:
             if (section == SEC_NODES) s->seen_nodes = 1;
             else s->seen_edges = 1;
@@ -895,15 +902,8 @@ static int scan_file(reader *r, scan *s) {
             if (!rc) state = TOP_NEXT;
             break;
         case TOP_NEXT:
-            if (*c.p == ',') {
-                c.p++;
-                state = TOP_KEY;
-            } else if (*c.p == '}') {
-                c.p++;
-                state = TOP_DONE;
-            } else {
-                rc = syntax(&c, "',' or '}'");
-            }
+            rc = member_separator(&c, "',' or '}'", &more);
+            if (!rc) state = more ? TOP_KEY : TOP_DONE;
             break;
         case TOP_DONE:
             return syntax(&c, "the end of the file after the top-level object");
