@@ -2,6 +2,7 @@
 -- against direct formulas, and the error messages a metric author will see.
 local ffi = require("ffi")
 local ad = require("eapig.autodiff")
+local files = require("support.files")
 
 local H = 1e-5   -- central-difference step; truncation error ~H^2, rounding ~1e-16/H
 local TOL = 1e-7 -- max |analytic - numeric| / max(1, |analytic|)
@@ -38,13 +39,7 @@ local X = { 0.3, -1.2, 2.5, 0.7, -0.4 }
 local POS = { 0.5, 1.7, 2.2, 0.9, 3.1 } -- for log, pow and division
 
 describe("autodiff", function()
-  it("defines no globals", function()
-    package.loaded["eapig.autodiff"] = nil
-    local before = {}
-    for k in pairs(_G) do before[k] = true end
-    require("eapig.autodiff")
-    for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
-  end)
+  it("defines no globals", function() files.assert_no_globals("eapig.autodiff") end)
 
   describe("gradients match central differences", function()
     local cases = {

@@ -2,6 +2,7 @@
 -- and line breaks, CRLF, byte-order marks and blank lines; errors that name the file, row and
 -- line; writing through a temporary file; round trips of arbitrary fields.
 local csv = require("eapig.formats.csv")
+local files = require("support.files")
 
 local tmpdir
 local function tmp_path(name) return tmpdir .. "/" .. name end
@@ -13,20 +14,10 @@ local function parse_error(text)
 end
 
 describe("csv", function()
-  setup(function()
-    tmpdir = os.tmpname()
-    os.remove(tmpdir)
-    assert(os.execute("mkdir -p '" .. tmpdir .. "'") == 0)
-  end)
-  teardown(function() os.execute("rm -rf '" .. tmpdir .. "'") end)
+  setup(function() tmpdir = files.tmpdir() end)
+  teardown(function() files.rmtree(tmpdir) end)
 
-  it("defines no globals", function()
-    package.loaded["eapig.formats.csv"] = nil
-    local before = {}
-    for k in pairs(_G) do before[k] = true end
-    require("eapig.formats.csv")
-    for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
-  end)
+  it("defines no globals", function() files.assert_no_globals("eapig.formats.csv") end)
 
   describe("parse", function()
     it("reads a header and rows", function()
@@ -144,7 +135,7 @@ describe("csv", function()
       local f = assert(io.open(path, "rb"))
       assert.equal('clean,n\n"a, b",1\n', f:read("*a"))
       f:close()
-      assert.are.same({}, require("support.files").temps_beside(path))
+      assert.are.same({}, files.temps_beside(path))
       local ok, err = pcall(csv.write, tmp_path("no/such/dir.csv"), { "a" }, { { 1 } })
       assert.False(ok)
       assert.truthy(err:find("no/such/dir.csv", 1, true), err)
@@ -152,7 +143,7 @@ describe("csv", function()
       assert.False(ok)
       assert.truthy(err:find("bad.csv", 1, true) and err:find("row 1", 1, true), err)
       assert.is_nil(io.open(tmp_path("bad.csv"), "rb"))
-      assert.are.same({}, require("support.files").temps_beside(tmp_path("bad.csv")))
+      assert.are.same({}, files.temps_beside(tmp_path("bad.csv")))
     end)
   end)
 end)

@@ -2,19 +2,14 @@
 -- shuffling, writing back. Files are written to a temporary directory; the fixtures' data.jsonl is read when
 -- ../shared/fixtures is present.
 local data = require("eapig.data")
+local files = require("support.files")
 
 local FIXTURES = os.getenv("EAPIG_FIXTURES") or "../shared/fixtures"
 
 local tmpdir
 local function tmp_path(name) return tmpdir .. "/" .. name end
 
-local function write_file(name, text)
-  local path = tmp_path(name)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
+local function write_file(name, text) return files.write(tmp_path(name), text) end
 
 local function load_error(name, text, opts)
   local ok, err = pcall(data.load_jsonl, write_file(name, text), opts)
@@ -30,20 +25,10 @@ local GOOD = table.concat({
 }, "\n") .. "\n"
 
 describe("data", function()
-  setup(function()
-    tmpdir = os.tmpname()
-    os.remove(tmpdir)
-    assert(os.execute("mkdir -p '" .. tmpdir .. "'") == 0)
-  end)
-  teardown(function() os.execute("rm -rf '" .. tmpdir .. "'") end)
+  setup(function() tmpdir = files.tmpdir() end)
+  teardown(function() files.rmtree(tmpdir) end)
 
-  it("defines no globals", function()
-    package.loaded["eapig.data"] = nil
-    local before = {}
-    for k in pairs(_G) do before[k] = true end
-    require("eapig.data")
-    for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
-  end)
+  it("defines no globals", function() files.assert_no_globals("eapig.data") end)
 
   describe("load_jsonl", function()
     it("normalises labels to lists and keeps extra fields", function()
@@ -237,7 +222,7 @@ describe("data", function()
       local ds = data.load_jsonl(tmp_path("good.jsonl"))
       local out = tmp_path("out.jsonl")
       data.write_jsonl(ds, out)
-      assert.are.same({}, require("support.files").temps_beside(out))
+      assert.are.same({}, files.temps_beside(out))
       local back = data.load_jsonl(out)
       assert.same(ds.rows, back.rows)
       local first = io.open(out):read("*l")
@@ -253,7 +238,7 @@ describe("data", function()
       assert.False(ok)
       assert.truthy(err:find("row 1"), err)
       assert.is_nil(io.open(out))
-      assert.are.same({}, require("support.files").temps_beside(out))
+      assert.are.same({}, files.temps_beside(out))
     end)
   end)
 
@@ -382,7 +367,7 @@ describe("data", function()
       local ds = data.from_rows(rows, { tokenizer = tok })
       local path = tmp_path("rt.csv")
       data.write_csv(ds, path)
-      assert.are.same({}, require("support.files").temps_beside(path))
+      assert.are.same({}, files.temps_beside(path))
       local header = io.open(path):read("*l")
       assert.equal("clean,corrupted,correct_idx,incorrect_idx,correct,incorrect,label,note,year_ids", header)
       local back = data.load_csv(path, { tokenizer = tok })
@@ -425,7 +410,7 @@ describe("data", function()
       assert.False(ok)
       assert.truthy(err:find("row 1: field 'f' is a thread", 1, true), err)
       assert.is_nil(io.open(tmp_path("co.csv")))
-      assert.are.same({}, require("support.files").temps_beside(tmp_path("co.csv")))
+      assert.are.same({}, files.temps_beside(tmp_path("co.csv")))
     end)
   end)
 

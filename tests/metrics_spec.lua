@@ -2,6 +2,7 @@
 -- against central finite differences in double, the registry, and run's error messages.
 local ffi = require("ffi")
 local metrics = require("eapig.metrics")
+local files = require("support.files")
 
 local FIXTURES = os.getenv("EAPIG_FIXTURES") or "../shared/fixtures"
 
@@ -93,13 +94,7 @@ local user_clean = metrics.define {
 }
 
 describe("metrics", function()
-  it("defines no globals", function()
-    package.loaded["eapig.metrics"] = nil
-    local before = {}
-    for k in pairs(_G) do before[k] = true end
-    require("eapig.metrics")
-    for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
-  end)
+  it("defines no globals", function() files.assert_no_globals("eapig.metrics") end)
 
   describe("gradients match central differences", function()
     it("logit_diff", function() assert_fd("logit_diff", ROWS) end)

@@ -14,25 +14,8 @@ local STORIES_DIR = SHARED .. "/models/stories260K"
 
 local tmpdir
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local files = require("support.files")
+local exists, read, write = files.exists, files.read, files.write
 
 local function mkdir(name)
   local dir = tmpdir .. "/" .. name
@@ -246,22 +229,10 @@ end
 -- ---- specs ------------------------------------------------------------------------------------------
 
 describe("tokenizer", function()
-  setup(function()
-    tmpdir = os.tmpname()
-    os.remove(tmpdir)
-    assert(os.execute("mkdir -p '" .. tmpdir .. "'") == 0)
-  end)
-  teardown(function() os.execute("rm -rf '" .. tmpdir .. "'") end)
+  setup(function() tmpdir = files.tmpdir() end)
+  teardown(function() files.rmtree(tmpdir) end)
 
-  it("defines no globals", function()
-    package.loaded["eapig.formats.tokenizer"] = nil
-    package.loaded["eapig.cli.tokenize"] = nil
-    local before = {}
-    for k in pairs(_G) do before[k] = true end
-    require("eapig.formats.tokenizer")
-    require("eapig.cli.tokenize")
-    for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
-  end)
+  it("defines no globals", function() files.assert_no_globals("eapig.formats.tokenizer", "eapig.cli.tokenize") end)
 
   describe("byte-level tokenizer.json (Llama-3 pattern)", function()
     local tok

@@ -15,10 +15,38 @@ function M.read(path)
   return text
 end
 
+-- Writes text to path (replacing it) and returns path.
 function M.write(path, text)
   local fh = assert(io.open(path, "wb"))
   fh:write(text)
   fh:close()
+  return path
+end
+
+-- A new empty scratch folder (mktemp -d); remove it with rmtree.
+function M.tmpdir()
+  local p = assert(io.popen("mktemp -d"))
+  local dir = p:read("*l")
+  p:close()
+  assert(dir and dir:match("^/."), "mktemp -d made no folder")
+  return dir
+end
+
+-- Removes a folder and everything in it (an absolute path below /, as tmpdir makes).
+function M.rmtree(dir)
+  assert(type(dir) == "string" and dir:match("^/[^/]+/."), "rmtree: refusing " .. tostring(dir))
+  os.execute("rm -rf '" .. dir:gsub("'", "'\\''") .. "'")
+end
+
+-- Requires the named modules afresh (dropped from package.loaded first) and asserts that loading
+-- them defines no global.
+function M.assert_no_globals(...)
+  local names = { ... }
+  for _, name in ipairs(names) do package.loaded[name] = nil end
+  local before = {}
+  for k in pairs(_G) do before[k] = true end
+  for _, name in ipairs(names) do require(name) end
+  for k in pairs(_G) do assert(before[k], "new global: " .. tostring(k)) end
 end
 
 -- The temporary files eapig.files left beside path (".<name>.eapig-tmp-<pid>-<n>"): none should

@@ -10,4 +10,12 @@ function M.dir()
   return "../shared"
 end
 
+-- The reference fixtures (../shared/fixtures with its manifest.json), or nil when absent.
+function M.fixtures()
+  local f = io.open("../shared/fixtures/manifest.json", "rb")
+  if not f then return nil end
+  f:close()
+  return "../shared/fixtures"
+end
+
 return M
