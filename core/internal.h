@@ -17,7 +17,7 @@ static inline int eapig_act_gated(int32_t act) {
 /* The sliding window of layer l (keys i - j < window visible), or 0 for global attention. */
 int eapig_layer_window(const eapig_config *c, int l);
 
-/* ---- the residual graph's indices (DESIGN "The one idea"); lua/eapig/layout.lua is the twin ----
+/* ---- the residual graph's indices (DESIGN "The one idea"); lua/eapig/indices.lua is the twin ----
  * Sources: input 0, then per layer l its H heads 1 + l(H+1) + h and its MLP 1 + l(H+1) + H:
  * NF = 1 + L(H+1). Destinations: per layer l the J = 3H+1 slots from l*J (q of head h at +h,
  * k at +H+h, v at +2H+h, the MLP input at +3H), then the logits: NB = L*J + 1. */

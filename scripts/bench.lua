@@ -9,6 +9,7 @@
 package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;./tests/?.lua;" .. package.path
 package.cpath = "./build/?.so;" .. package.cpath
 local core = require("eapig.core")
+local indices = require("eapig.indices")
 local tiny = require("support.tiny")
 local C = core.C
 
@@ -59,7 +60,7 @@ local fwd_flops = N * per_token + attn + unembed
 local bwd_flops = fwd_flops + attn -- dX only: the same products once more (+ attention's extra one)
 local score_flops = 0
 for l = 0, L - 1 do
-  local up = 1 + l * (H + 1)
+  local up = indices.first_node(H, l)
   score_flops = score_flops + 2 * N * D * (up * 3 * H + up + H)
 end
 score_flops = score_flops + 2 * N * D * NF

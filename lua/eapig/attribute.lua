@@ -6,6 +6,7 @@
 -- Every method is a loop in Lua over batches around two engine calls: a patched or overridden
 -- forward, and the backward that streams destination gradients into the score matrix.
 local core = require("eapig.core")
+local indices = require("eapig.indices")
 local metrics = require("eapig.metrics")
 local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
@@ -135,7 +136,7 @@ local function eap_ig_activations(ctx, b)
     if group == 0 then u0, count = 0, 1
     else
       local l = math.floor((group - 1) / 2)
-      if group % 2 == 1 then u0, count = 1 + l * (H + 1), H else u0, count = 1 + l * (H + 1) + H, 1 end
+      if group % 2 == 1 then u0, count = indices.first_node(H, l), H else u0, count = indices.mlp_node(H, l), 1 end
     end
     batched_steps(ctx, b, clean, clean_logits, diff, group, steps, function(first, n_steps)
       -- override layout: (node in group, step-major rows, P, D)
@@ -180,10 +181,10 @@ local function degrees(graph)
   local NF, NB, H = graph.n_forward, graph.n_backward, graph.cfg.n_heads
   local out_deg, in_deg = {}, {}
   local function dest_node(v) -- heads' q, k and v slots share one node
-    local per = 3 * H + 1
-    local l, j = math.floor(v / per), v % per
+    local l = indices.dest_layer(H, v)
+    local j = v - indices.first_dest(H, l)
     if v == NB - 1 then return "logits" end
-    if j == 3 * H then return "m" .. l end
+    if v == indices.mlp_dest(H, l) then return "m" .. l end
     return ("a%d.h%d"):format(l, j % H)
   end
   for u = 0, NF - 1 do
@@ -212,14 +213,14 @@ end
 
 -- The first layer whose destinations W patches (L when only the logits): the run can resume there.
 local function first_patched_layer(model, W)
-  local NF, NB, per = model.n_forward, model.n_backward, 3 * model.n_heads + 1
+  local NF, NB = model.n_forward, model.n_backward
   local first = NB - 1
   for u = 0, NF - 1 do
     for v = 0, first - 1 do
       if W[u * NB + v] ~= 0 then first = v break end
     end
   end
-  return math.floor(first / per)
+  return indices.dest_layer(model.n_heads, first)
 end
 
 -- exact: for each real edge (or node), the loss with only it patched minus the full-graph loss,
@@ -261,7 +262,7 @@ local function exact(ctx, b)
             ffi.fill(W, 4 * NF * NB)
           else
             W[idx] = 1
-            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss(math.floor(v / (3 * model.n_heads + 1)))
+            ctx.sums.edges[idx] = ctx.sums.edges[idx] + loss(indices.dest_layer(model.n_heads, v))
             W[idx] = 0
           end
           ctx.progress:step()
@@ -295,11 +296,10 @@ local function information_flow_routes(ctx, b)
     end
   end
   for l = 0, L - 1 do
-    local n_up = 1 + l * (H + 1)
     local cols = {}
-    for j = 0, 3 * H - 1 do cols[#cols + 1] = l * (3 * H + 1) + j end
-    add(2 * l, n_up, cols)
-    add(2 * l + 1, n_up + (model.parallel_attn_mlp and 0 or H), { l * (3 * H + 1) + 3 * H })
+    for j = 0, 3 * H - 1 do cols[#cols + 1] = indices.first_dest(H, l) + j end
+    add(2 * l, indices.first_node(H, l), cols)
+    add(2 * l + 1, indices.mlp_upstream(H, l, model.parallel_attn_mlp), { indices.mlp_dest(H, l) })
   end
   add(2 * L, model.n_forward, { NB - 1 })
   return 1

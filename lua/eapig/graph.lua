@@ -18,6 +18,7 @@
 --   graphs only (nil otherwise: 17 MB on a Llama-3-8B-sized graph).
 local ffi = require("ffi")
 local bit = require("bit")
+local indices = require("eapig.indices")
 
 local floats = ffi.typeof("float[?]")
 local doubles = ffi.typeof("double[?]")
@@ -120,8 +121,7 @@ end
 
 -- n_forward and n_backward of a cfg's graph (its n_layers and n_heads, unchecked).
 function Graph.size_of(cfg)
-  local L, H = cfg.n_layers, cfg.n_heads
-  return 1 + L * (H + 1), L * (3 * H + 1) + 1
+  return indices.sizes(cfg.n_layers, cfg.n_heads)
 end
 
 -- Keeps the cfg's scalar entries (they go into the graph JSON as EAP-IG keeps its cfg) and turns
@@ -174,25 +174,24 @@ local function build_layout(g)
   src_layer[0] = -1
 
   for l = 0, L - 1 do
-    local base, sb = 1 + l * (H + 1), l * (3 * H + 1)
     for h = 0, H - 1 do
-      local u, name = base + h, "a" .. l .. ".h" .. h
+      local u, name = indices.head_node(H, l, h), "a" .. l .. ".h" .. h
       fnames[u], findex[name] = name, u
       src_layer[u], src_head[u] = l, 1
-      slot_first[u], slot_count[u] = sb + h, 3
+      slot_first[u], slot_count[u] = indices.qkv_dest(H, l, 0, h), 3
       for c = 0, 2 do
-        local v = sb + c * H + h
+        local v = indices.qkv_dest(H, l, c, h)
         local slot = name .. "<" .. QKV[c] .. ">"
         bnames[v], bindex[slot] = slot, v
         dst_layer[v], dst_owner[v] = l, u
       end
     end
-    local m, mname = base + H, "m" .. l
+    local m, mname, mv = indices.mlp_node(H, l), "m" .. l, indices.mlp_dest(H, l)
     fnames[m], findex[mname] = mname, m
     src_layer[m] = l
-    slot_first[m], slot_count[m] = sb + 3 * H, 1
-    bnames[sb + 3 * H], bindex[mname] = mname, sb + 3 * H
-    dst_layer[sb + 3 * H], dst_mlp[sb + 3 * H], dst_owner[sb + 3 * H] = l, 1, m
+    slot_first[m], slot_count[m] = mv, 1
+    bnames[mv], bindex[mname] = mname, mv
+    dst_layer[mv], dst_mlp[mv], dst_owner[mv] = l, 1, m
   end
   bnames[NB - 1], bindex.logits = "logits", NB - 1
   dst_layer[NB - 1], dst_owner[NB - 1] = L, NF
@@ -351,18 +350,17 @@ local function edge_order(g)
   end
   local upstream = 1 -- the sources 0..upstream-1 already write to the residual stream
   for l = 0, L - 1 do
-    local base, sb = 1 + l * (H + 1), l * (3 * H + 1)
-    local mlp_slot = sb + 3 * H
+    local mlp_slot = indices.mlp_dest(H, l)
     for u = 0, upstream - 1 do
       for h = 0, H - 1 do
-        for c = 0, 2 do add(u, sb + c * H + h) end
+        for c = 0, 2 do add(u, indices.qkv_dest(H, l, c, h)) end
       end
       if g.cfg.parallel_attn_mlp then add(u, mlp_slot) end
     end
     if not g.cfg.parallel_attn_mlp then
-      for u = 0, base + H - 1 do add(u, mlp_slot) end
+      for u = 0, indices.mlp_node(H, l) - 1 do add(u, mlp_slot) end
     end
-    upstream = base + H + 1
+    upstream = indices.first_node(H, l + 1)
   end
   for u = 0, NF - 1 do add(u, NB - 1) end
   assert(k == g._n_real, "edge order does not cover the real edges")

@@ -13,6 +13,7 @@
 --
 -- Indices are eapig's: 0-based like the buffers (EAP-IG's tensors are 0-based too).
 local ffi = require("ffi")
+local indices = require("eapig.indices")
 
 local fmt = string.format
 local NAN = 0 / 0
@@ -297,9 +298,8 @@ function M.prev_index(g, node)
   if u == 0 then return 0 end
   if u == g.n_forward then return g.n_forward end
   local H, l = g.cfg.n_heads, g._src_layer[u]
-  local first = 1 + l * (H + 1)
-  if g._src_head[u] == 1 or g.cfg.parallel_attn_mlp then return first end
-  return first + H
+  if g._src_head[u] == 1 then return indices.first_node(H, l) end
+  return indices.mlp_upstream(H, l, g.cfg.parallel_attn_mlp)
 end
 
 return M

@@ -3,6 +3,7 @@
 -- before) and the induction score (on a random segment repeated twice, attention from each token
 -- of the second copy to the token after its earlier occurrence).
 local core = require("eapig.core")
+local indices = require("eapig.indices")
 
 local M = {}
 
@@ -53,8 +54,8 @@ function M.scores(model, opts)
       end
       prev[l][h] = sp / (B * (P - 1))
       induction[l][h] = si / (B * (T - 1))
-      -- node u = 1 + l(H+1) + h; centred over positions (a constant offset carries nothing)
-      local out, n = cap + (1 + l * (H + 1) + h) * B * P * D, B * P
+      -- node a{l}.h{h}, centred over positions (a constant offset carries nothing)
+      local out, n = cap + indices.head_node(H, l, h) * B * P * D, B * P
       local ss = 0
       for d = 0, D - 1 do
         local m, q = 0, 0
