@@ -121,6 +121,28 @@ static void rope_frequencies(const eapig_config *c, float *inv_freq) {
     }
 }
 
+/* llama.cpp's rope_freqs.weight: frequency i divided by factors[i], over the config's own. */
+int eapig_model_set_rope_factors(eapig_model *m, const float *factors, int32_t n) {
+    if (!m || !factors)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_set_rope_factors: model or factors is NULL");
+    if (m->cfg.pos != EAPIG_POS_ROPE || !m->rope_freq)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_set_rope_factors: the model has no RoPE");
+    int32_t half = m->cfg.rotary_dim / 2;
+    if (n != half)
+        return eapig_set_error(EAPIG_ERR_ARG,
+                               "eapig_model_set_rope_factors: %d factors, the model has %d rotary frequencies "
+                               "(rotary_dim %d / 2)",
+                               n, half, m->cfg.rotary_dim);
+    for (int32_t i = 0; i < n; i++)
+        if (!isfinite(factors[i]) || !(factors[i] > 0.0f))
+            return eapig_set_error(EAPIG_ERR_ARG,
+                                   "eapig_model_set_rope_factors: factor %d is %g; factors must be finite and > 0",
+                                   i, (double)factors[i]);
+    rope_frequencies(&m->cfg, m->rope_freq);
+    for (int32_t i = 0; i < n; i++) m->rope_freq[i] /= factors[i];
+    return EAPIG_OK;
+}
+
 /* Floats of the arena of a model of cfg, f32 or stored. */
 static size_t arena_floats(const eapig_config *cfg, int stored) {
     eapig_model tmp = {.cfg = *cfg, .stored = stored};

@@ -1,7 +1,9 @@
 -- GGUF: the reader (every value type, alignment, tensor types F32, F16, BF16 and Q8_0 with the
 -- Q8_0 error bound), models converted here the way llama.cpp's converter does it (llama with
--- permuted q/k, qwen2, gpt2 with transposed Conv1D) loading to the same weights and logits as
--- their Hugging Face folders, the tokenizer a GGUF stores, and bad files. With ../shared:
+-- permuted q/k, qwen2, gpt2 with transposed Conv1D, gemma and gemma2 with their norms + 1,
+-- olmo2, Llama-3.1 rope scaling as rope_freqs.weight) loading to the same weights and logits as
+-- their Hugging Face folders, the tokenizer a GGUF stores, and bad files (float metadata out of
+-- float32's range, bad rope_freqs.weight among them). With ../shared:
 -- stories260K.gguf holds stories260K.bin's weights and tokenizer, and the GPT-2 vocabulary GGUF
 -- tokenizes llama.cpp's 47 test strings as expected.
 local ffi = require("ffi")
@@ -151,11 +153,62 @@ local GPT2_NAMES = {
   ["mlp.c_proj.bias"] = "ffn_down.bias",
 }
 
+-- Gemma's converter drops lm_head (llama.cpp ties gemma); Gemma-2 and OLMo-2 name their norms
+-- after where they sit (tensor_mapping.py): post_attention_layernorm is the attention's post-norm.
+local function names_with(base, over)
+  local t = {}
+  for k, v in pairs(base) do t[k] = v end
+  for k, v in pairs(over) do t[k] = v end
+  return t
+end
+local GEMMA_NAMES = names_with(LLAMA_NAMES, { ["lm_head.weight"] = false })
+local GEMMA2_NAMES = names_with(GEMMA_NAMES, {
+  ["post_attention_layernorm.weight"] = "post_attention_norm.weight",
+  ["pre_feedforward_layernorm.weight"] = "ffn_norm.weight",
+  ["post_feedforward_layernorm.weight"] = "post_ffw_norm.weight",
+})
+local OLMO2_NAMES = names_with(LLAMA_NAMES, {
+  ["self_attn.q_norm.weight"] = "attn_q_norm.weight", ["self_attn.k_norm.weight"] = "attn_k_norm.weight",
+  ["post_attention_layernorm.weight"] = "post_attention_norm.weight",
+  ["post_feedforward_layernorm.weight"] = "post_ffw_norm.weight",
+})
+local NAMES = { llama = LLAMA_NAMES, qwen2 = LLAMA_NAMES, gpt2 = GPT2_NAMES, gemma = GEMMA_NAMES,
+                gemma2 = GEMMA2_NAMES, olmo2 = OLMO2_NAMES }
+
+-- The GGUF name of a Hugging Face tensor, or false for one the converter drops.
 local function gguf_name(names, name)
-  if names[name] then return names[name] end
+  if names[name] ~= nil then return names[name] end
   local l, rest = name:match(names.layer)
   assert(rest and names[rest], "no GGUF name for " .. name)
   return "blk." .. l .. "." .. names[rest]
+end
+
+-- float32 rounding, to follow the converter's torch.float32 arithmetic step by step
+local f32_box = ffi.new("float[1]")
+local function f32(x)
+  f32_box[0] = x
+  return f32_box[0]
+end
+
+-- LlamaModel.generate_extra_tensors: Llama-3.1's rope_scaling as one factor per rotary
+-- frequency (the frequency is divided by it), computed in float32 as the converter does.
+local function llama3_rope_factors(cfg, dim)
+  local rs = cfg.rope_scaling
+  local base, factor = cfg.rope_theta or 10000, rs.factor
+  local low, high, ctx = rs.low_freq_factor, rs.high_freq_factor, rs.original_max_position_embeddings
+  local low_wavelen, high_wavelen = ctx / low, ctx / high
+  local out = {}
+  for i = 0, dim / 2 - 1 do
+    local freq = f32(1 / f32(base ^ f32(2 * i / dim)))
+    local wavelen = f32(2 * math.pi / freq)
+    if wavelen < high_wavelen then out[#out + 1] = 1
+    elseif wavelen > low_wavelen then out[#out + 1] = factor
+    else
+      local smooth = f32(f32(f32(ctx / wavelen) - low) / (high - low))
+      out[#out + 1] = f32(1 / f32(f32(f32(1 - smooth) / factor) + smooth))
+    end
+  end
+  return out
 end
 
 -- llama.cpp's LlamaModel.permute: half-split rows (i, i + Dh/2) -> interleaved (2i, 2i + 1).
@@ -185,12 +238,14 @@ local ENCODE = {
   Q8_0 = function(xs) return (writer.q8_0(xs)) end,
 }
 
--- Writes the random Hugging Face model in `folder` as a GGUF file; matrices get `ttype`,
--- vectors stay F32 (as llama.cpp keeps norms in F32).
-local function convert(folder, out, ttype)
+-- Writes the random Hugging Face model in `folder` as a GGUF file the way convert_hf_to_gguf.py
+-- does for its architecture (metadata keys, tensor names, llama's q/k permutation, gemma's
+-- norms + 1, llama3 rope_scaling as rope_freqs.weight); matrices get `ttype`, vectors stay F32
+-- (as llama.cpp keeps norms in F32). edit(kv, tensors), when given, changes the file's contents.
+local function convert(folder, out, ttype, edit)
   local cfg = cjson.decode(files.read(folder .. "/config.json"))
   local arch = cfg.model_type
-  local names = arch == "gpt2" and GPT2_NAMES or LLAMA_NAMES
+  local names = NAMES[arch]
   local kv = { { "general.architecture", "string", arch } }
   local function meta(key, kind, v) kv[#kv + 1] = { arch .. "." .. key, kind, v } end
   local d_head
@@ -210,8 +265,23 @@ local function convert(folder, out, ttype)
     meta("attention.head_count", "uint32", cfg.num_attention_heads)
     meta("attention.head_count_kv", "uint32", cfg.num_key_value_heads or cfg.num_attention_heads)
     meta("attention.layer_norm_rms_epsilon", "float32", cfg.rms_norm_eps)
-    meta("rope.freq_base", "float32", cfg.rope_theta or 10000)
-    meta("rope.dimension_count", "uint32", d_head)
+    if arch == "gemma" or arch == "gemma2" then
+      -- GemmaModel / Gemma2Model write no rope base and no rope dimension count
+      meta("attention.key_length", "uint32", d_head)
+      meta("attention.value_length", "uint32", d_head)
+      if arch == "gemma2" then
+        meta("attn_logit_softcapping", "float32", cfg.attn_logit_softcapping)
+        meta("final_logit_softcapping", "float32", cfg.final_logit_softcapping)
+        meta("attention.sliding_window", "uint32", cfg.sliding_window)
+      end
+    else
+      meta("rope.freq_base", "float32", cfg.rope_theta or 10000)
+      if cfg.head_dim then
+        meta("attention.key_length", "uint32", d_head)
+        meta("attention.value_length", "uint32", d_head)
+      end
+      if arch ~= "olmo2" then meta("rope.dimension_count", "uint32", d_head) end
+    end
   end
   local st = safetensors.open(folder .. "/model.safetensors")
   local tensors = {}
@@ -229,11 +299,25 @@ local function convert(folder, out, ttype)
     if arch == "llama" and (name:match("q_proj") or name:match("k_proj")) then
       xs = interleave(xs, rows, cols, d_head)
     end
+    -- GemmaModel.modify_tensors: every norm weight gets its scale's 1 added
+    if (arch == "gemma" or arch == "gemma2") and name:match("norm%.weight$") then
+      for i = 1, #xs do xs[i] = xs[i] + 1 end
+    end
     local ty = #shape == 2 and ttype or "F32"
-    tensors[#tensors + 1] = { name = gguf_name(names, name), type = T[ty], ne = #shape == 2 and { cols, rows } or { rows },
-                              data = ENCODE[ty](xs) }
+    local gname = gguf_name(names, name)
+    if gname then
+      tensors[#tensors + 1] = { name = gname, type = T[ty], ne = #shape == 2 and { cols, rows } or { rows },
+                                data = ENCODE[ty](xs) }
+    end
   end
   st:close()
+  local rs = cfg.rope_scaling
+  if arch == "llama" and rs and (rs.rope_type or rs.type) == "llama3" then
+    local factors = llama3_rope_factors(cfg, d_head)
+    tensors[#tensors + 1] = { name = "rope_freqs.weight", type = T.F32, ne = { #factors },
+                              data = writer.f32_bytes(factors) }
+  end
+  if edit then edit(kv, tensors) end
   return writer.write(out, { kv = kv, tensors = tensors })
 end
 
@@ -278,6 +362,98 @@ describe("GGUF models", function()
       assert.same(logits_of(eapig.load(folder), IDS), logits_of(eapig.load(file), IDS))
     end)
   end
+
+  -- The engine's configuration fields a loader sets (every one must agree between the two loads).
+  local CONFIG_FIELDS = { "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx", "norm",
+    "act", "pos", "rotary_dim", "parallel_attn_mlp", "norm_eps", "rope_theta", "rope_type", "rope_factor",
+    "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_ctx", "embed_scale", "block_norms", "qk_norm",
+    "attn_scale", "attn_softcap", "final_softcap", "sliding_window", "sliding_period" }
+  local function config_values(model)
+    local cfg, out = C.eapig_model_config(model.handle), {}
+    for i, k in ipairs(CONFIG_FIELDS) do out[i] = k .. " = " .. tostring(tonumber(cfg[k])) end
+    return out
+  end
+
+  -- Largest |a - b| over the largest |a|.
+  local function relative_difference(a, b)
+    local worst, scale = 0, 0
+    for i, v in ipairs(a) do
+      worst, scale = math.max(worst, math.abs(v - b[i])), math.max(scale, math.abs(v))
+    end
+    return worst / scale
+  end
+
+  -- Gemma, Gemma-2 and OLMo-2 written as llama.cpp's converter writes them: the GGUF loads to the
+  -- Hugging Face folder's weights bit for bit (so gemma's + 1 is undone exactly once) and its
+  -- configuration (Gemma's implied embedding scale, activation and rope base; Gemma-2's query
+  -- scale derived from the block count, soft-caps and window).
+  local LONG_IDS = { 3, 17, 42, 5, 9, 30, 61, 8, 12, 40, 2, 33 }
+  for _, case in ipairs({
+    { label = "gemma (MQA, head_dim 12 != d_model / heads)", family = "gemma", kv_heads = 1, d_head = 12 },
+    { label = "gemma2 (GQA, head_dim 16, window 3, soft-caps 2 and 1.5)", family = "gemma2", kv_heads = 2,
+      d_head = 16, sliding_window = 3, attn_softcap = 2, final_softcap = 1.5 },
+    { label = "gemma2 with 46 blocks (the 27B rule: queries scaled by (d_model / heads)^-1/2)", family = "gemma2",
+      layers = 46, d_head = 16, query_pre_attn_scalar = 8, sliding_window = 4, attn_softcap = 3, final_softcap = 2 },
+    { label = "olmo2 (GQA)", family = "olmo2", kv_heads = 2 },
+    { label = "olmo2 (tied: the file has no output.weight)", family = "olmo2", tied = true },
+  }) do
+    it(case.label .. ": an F32 GGUF holds the Hugging Face folder's weights and gives its logits", function()
+      local opts = { seed = 13, dir = dir_of((case.label:gsub("%W", "_"))) }
+      for k, v in pairs(case) do if k ~= "label" then opts[k] = v end end
+      local folder = testing.random_model(opts)
+      local file = convert(folder, folder .. ".gguf", "F32")
+      local hf = eapig.load(folder, { finalize = false })
+      local gg = eapig.load(file, { finalize = false })
+      assert.equal(case.family, gg.family)
+      assert.same(config_values(hf), config_values(gg))
+      local a, na = arena(hf)
+      local b, nb = arena(gg)
+      assert.equal(na, nb)
+      for i = 0, na - 1 do
+        if a[i] ~= b[i] then error(("weight %d differs: %.9g vs %.9g"):format(i, a[i], b[i])) end
+      end
+      local ref, got = logits_of(eapig.load(folder), LONG_IDS), logits_of(eapig.load(file), LONG_IDS)
+      local rel = relative_difference(ref, got)
+      assert.True(rel <= 1e-5, ("largest logit difference / largest logit = %g"):format(rel))
+      print(("\n  %s: largest logit difference / largest logit = %.2e"):format(case.label, rel))
+    end)
+  end
+
+  it("gemma2: a query scale the file cannot state (query_pre_attn_scalar != head size) shows in the logits", function()
+    -- llama.cpp derives the scale from the block count; a model that breaks its rule converts to
+    -- a GGUF that computes something else (the check above is not vacuous).
+    local folder = testing.random_model({ family = "gemma2", d_head = 16, query_pre_attn_scalar = 8, seed = 13,
+                                          dir = dir_of("gemma2_scalar") })
+    local file = convert(folder, folder .. ".gguf", "F32")
+    local rel = relative_difference(logits_of(eapig.load(folder), LONG_IDS), logits_of(eapig.load(file), LONG_IDS))
+    assert.True(rel > 1e-3, "relative difference " .. rel)
+  end)
+
+  it("llama with Llama-3.1 rope scaling: rope_freqs.weight gives the folder's logits", function()
+    -- d_head 16: wavelengths 6.3, 19.9, 62.8, 199, ... against original context 128 (kept below
+    -- 32, blended to 128, slowed 8x beyond): every branch of the scaling is used.
+    local scaling = { rope_type = "llama3", factor = 8, low_freq_factor = 1, high_freq_factor = 4,
+                      original_max_position_embeddings = 128 }
+    local folder = testing.random_model({ family = "llama", d_model = 64, heads = 4, kv_heads = 2, seed = 21,
+                                          rope_scaling = scaling, dir = dir_of("llama3_rope") })
+    local file = convert(folder, folder .. ".gguf", "F32")
+    local g = gguf.open(file)
+    assert.same({ 8 }, g:tensor("rope_freqs.weight").ne)
+    g:close()
+    local ids = {}
+    for i = 1, 64 do ids[i] = (i * 37) % 64 end
+    local ref = logits_of(eapig.load(folder), ids)
+    local rel = relative_difference(ref, logits_of(eapig.load(file), ids))
+    assert.True(rel <= 1e-5, ("largest logit difference / largest logit = %g"):format(rel))
+    print(("\n  llama3 rope_freqs.weight: largest logit difference / largest logit = %.2e"):format(rel))
+    -- The factors matter over 64 positions: the same file without them computes something else.
+    local bare = convert(folder, folder .. "-bare.gguf", "F32", function(_, tensors)
+      tensors[#tensors] = nil -- rope_freqs.weight, written last
+    end)
+    local without = relative_difference(ref, logits_of(eapig.load(bare), ids))
+    assert.True(without > 1e-2, "without the factors the logits differ by only " .. without)
+    print(("  without rope_freqs.weight: %.2e"):format(without))
+  end)
 
   it("llama in F16, BF16 and Q8_0: logits close to the F32 model's", function()
     local folder = testing.random_model({ family = "llama", kv_heads = 2, d_model = 64, seed = 3,
@@ -417,6 +593,70 @@ describe("bad GGUF files", function()
   it("a missing metadata key names it", function()
     local p = bad("nokey.gguf", tiny_model({ kv = { { "general.architecture", "string", "llama" } } }))
     has(err_of(eapig.load, p), "metadata key 'llama.attention.head_count' is missing")
+  end)
+
+  it("rope_freqs.weight of the wrong length, with a bad factor, or on an architecture without it", function()
+    local embd = { name = "token_embd.weight", type = T.F32, ne = { 32, 16 }, data = string.rep("\0", 32 * 16 * 4) }
+    local function with_freqs(factors, arch)
+      local kv = {}
+      for _, e in ipairs({ { "block_count", "uint32", 1 }, { "embedding_length", "uint32", 32 },
+                           { "feed_forward_length", "uint32", 64 }, { "attention.head_count", "uint32", 4 },
+                           { "attention.layer_norm_rms_epsilon", "float32", 1e-5 } }) do
+        kv[#kv + 1] = { arch .. "." .. e[1], e[2], e[3] }
+      end
+      table.insert(kv, 1, { "general.architecture", "string", arch })
+      return tiny_model({ kv = kv, tensors = { embd, { name = "rope_freqs.weight", type = T.F32, ne = { #factors },
+                                                       data = writer.f32_bytes(factors) } } })
+    end
+    -- head size 32 / 4 = 8: four frequencies
+    local p = bad("freqs5.gguf", with_freqs({ 1, 1, 2, 4, 8 }, "llama"))
+    local msg = err_of(eapig.load, p)
+    has(msg, p)
+    has(msg, "tensor 'rope_freqs.weight' has ne [5], expected [4]")
+    -- zero or negative: refused by eapig_model_set_rope_factors; NaN or infinite already by the read
+    for _, case in ipairs({ { 0, "factor 2 is 0; factors must be finite and > 0" },
+                            { -1, "factor 2 is -1; factors must be finite and > 0" },
+                            { 0 / 0, "element 2 (byte 2440) is NaN" }, { math.huge, "element 2 (byte 2440) is" } }) do
+      p = bad("freqs_bad.gguf", with_freqs({ 1, 1, case[1], 8 }, "llama"))
+      msg = err_of(eapig.load, p)
+      has(msg, p .. ": ")
+      has(msg, "tensor 'rope_freqs.weight'")
+      has(msg, case[2])
+    end
+    p = bad("freqs_gemma.gguf", with_freqs({ 1, 1, 2, 8 }, "gemma"))
+    has(err_of(eapig.load, p), "tensor 'rope_freqs.weight': llama.cpp reads per-frequency RoPE factors only for llama")
+  end)
+
+  it("a float metadata value float32 cannot hold, or not positive and finite, names the key", function()
+    local function with_key(arch, key, kind, value)
+      local kv = { { "general.architecture", "string", arch } }
+      for _, e in ipairs({ { "block_count", "uint32", 1 }, { "embedding_length", "uint32", 32 },
+                           { "feed_forward_length", "uint32", 64 }, { "attention.head_count", "uint32", 4 },
+                           { "attention.layer_norm_rms_epsilon", "float32", 1e-5 },
+                           { "attention.layer_norm_epsilon", "float32", 1e-5 }, { "context_length", "uint32", 16 } }) do
+        if e[1] ~= key then kv[#kv + 1] = { arch .. "." .. e[1], e[2], e[3] } end
+      end
+      kv[#kv + 1] = { arch .. "." .. key, kind, value }
+      return tiny_model({ kv = kv })
+    end
+    for _, case in ipairs({
+      { "llama", "attention.layer_norm_rms_epsilon", "float64", 1e-50, "(1e-50) underflows float32" },
+      { "llama", "attention.layer_norm_rms_epsilon", "float32", 1e-40, "underflows float32" }, -- a subnormal
+      { "llama", "attention.layer_norm_rms_epsilon", "float32", 0 / 0, "must be a positive finite number" },
+      { "llama", "rope.freq_base", "float64", 1e300, "(1e+300) overflows float32" },
+      { "llama", "rope.freq_base", "float32", math.huge, "must be a positive finite number (got inf)" },
+      { "qwen2", "rope.freq_base", "float32", -10000, "must be a positive finite number (got -10000)" },
+      { "gpt2", "attention.layer_norm_epsilon", "float64", 1e-300, "underflows float32" },
+      { "gemma2", "attn_logit_softcapping", "float64", 1e39, "overflows float32" },
+      { "gemma2", "final_logit_softcapping", "float32", 0, "must be a positive finite number (got 0)" },
+      { "olmo2", "attention.layer_norm_rms_epsilon", "float32", -math.huge, "must be a positive finite number" },
+    }) do
+      local arch, key = case[1], case[1] .. "." .. case[2]
+      local p = bad("float_" .. arch .. ".gguf", with_key(arch, case[2], case[3], case[4]))
+      local msg = err_of(eapig.load, p)
+      has(msg, p .. ": metadata key '" .. key .. "'")
+      has(msg, case[5])
+    end
   end)
 
   it("bad headers: magic, version, counts, strings, duplicates, alignment, overlaps", function()

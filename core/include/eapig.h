@@ -176,6 +176,12 @@ EAPIG_API int eapig_remove_stale_temps(const char *dir, const char *prefix, int3
 /* Reorders the rows of a (n_heads*d_head, d_in) projection from the interleaved RoPE layout
  * (pairs 2i, 2i+1) into the half-split layout (i, i + d_head/2), in place. */
 EAPIG_API int eapig_rope_permute_rows(float *w, int32_t n_heads, int32_t d_head, int32_t d_in);
+/* Per-frequency RoPE factors, as llama.cpp stores Llama-3.1's rope scaling in a GGUF file
+ * (rope_freqs.weight): frequency i becomes inv_freq[i] / factors[i] (ggml_rope_ext divides theta
+ * by freq_factors[i]), where inv_freq are the frequencies cfg gives (rope_type included).
+ * n = rotary_dim / 2; every factor finite and positive. Setting them again replaces the previous
+ * ones (they do not compound). A RoPE model only; call before running it. */
+EAPIG_API int eapig_model_set_rope_factors(eapig_model *m, const float *factors, int32_t n);
 
 /* ---- weights kept as stored (core/weights.c) ------------------------------------------ */
 /* A model made with eapig_model_new_stored has f32 norms, biases and learned positions, but its

@@ -45,6 +45,16 @@ function core.check_ptr(ptr, context)
   return ptr
 end
 
+-- Why a positive number cannot be kept as a normal float32, or nil when it can: a config value
+-- the core stores as a float would become infinite, or lose its precision to a subnormal or 0.
+-- Config readers (config.json fields, GGUF metadata keys) raise it naming the field.
+local FLOAT32_MAX, FLOAT32_MIN_NORMAL = 3.4028234663852886e38, 1.1754943508222875e-38
+function core.float32_problem(v)
+  if v > FLOAT32_MAX then return string.format("overflows float32 (largest %.8g)", FLOAT32_MAX) end
+  if v < FLOAT32_MIN_NORMAL then return string.format("underflows float32 (smallest normal %.8g)", FLOAT32_MIN_NORMAL) end
+  return nil
+end
+
 -- Float buffers owned by Lua (zeroed by ffi.new).
 local float_array = ffi.typeof("float[?]")
 local int32_array = ffi.typeof("int32_t[?]")

@@ -9,13 +9,17 @@
 -- A GGUF model is loaded by presenting it as a Hugging Face checkpoint: its metadata becomes the
 -- config.json fields its family's table reads, and its tensors answer to the Hugging Face names
 -- (token_embd.weight is model.embed_tokens.weight), so each family is described once, in load.lua.
--- Two things differ from the Hugging Face files, and the mapping undoes them: llama.cpp stores
--- llama's q and k rows in the interleaved RoPE order (pairs 2i, 2i+1; llama2.c's order too),
--- and it stores GPT-2's Conv1D matrices already transposed to (out, in).
+-- What differs from the Hugging Face files, and the mapping undoes it: llama.cpp stores llama's
+-- q and k rows in the interleaved RoPE order (pairs 2i, 2i+1; llama2.c's order too), GPT-2's
+-- Conv1D matrices already transposed to (out, in), Gemma's norm weights with the 1 of their
+-- scale 1 + w already added, and Llama-3.1's rope scaling as per-frequency factors
+-- (rope_freqs.weight); what it leaves implicit (Gemma's embedding scale and activation,
+-- Gemma-2's query scale) is derived as llama.cpp derives it.
 local ffi = require("ffi")
 local core = require("eapig.core")
 
 local C = core.C
+local floor = math.floor
 
 local gguf = {}
 
@@ -163,6 +167,8 @@ end
 
 ---------------------------------------------------------------------------------------------
 -- Architectures: metadata -> config.json fields, and Hugging Face tensor names -> GGUF names
+-- (llama.cpp's gguf-py tensor_mapping.py and llama-arch.cpp, for the files its
+-- convert_hf_to_gguf.py writes).
 
 -- The tensor types eapig converts; any other is refused before the model is allocated.
 local READABLE = { F32 = true, F16 = true, BF16 = true, Q8_0 = true }
@@ -189,6 +195,39 @@ local LLAMA_LAYER = {
   ["mlp.up_proj.weight"] = { "ffn_up.weight" },
   ["mlp.down_proj.weight"] = { "ffn_down.weight" },
 }
+
+-- A layer table: the shared attention and MLP projections plus the family's norms.
+local function with_norms(norms)
+  local t = {}
+  for _, k in ipairs({ "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                       "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                       "mlp.down_proj.weight" }) do
+    t[k] = { LLAMA_LAYER[k][1] }
+  end
+  for hf, gg in pairs(norms) do t[hf] = { gg } end
+  return t
+end
+
+-- Gemma: llama's names; post_attention_layernorm (the MLP's pre-norm) is ffn_norm.
+local GEMMA_LAYER = with_norms({
+  ["input_layernorm.weight"] = "attn_norm.weight",
+  ["post_attention_layernorm.weight"] = "ffn_norm.weight",
+})
+-- Gemma-2: the sandwich norms. Note post_attention_layernorm is the attention's post-norm here,
+-- and ffn_norm is pre_feedforward_layernorm.
+local GEMMA2_LAYER = with_norms({
+  ["input_layernorm.weight"] = "attn_norm.weight",
+  ["post_attention_layernorm.weight"] = "post_attention_norm.weight",
+  ["pre_feedforward_layernorm.weight"] = "ffn_norm.weight",
+  ["post_feedforward_layernorm.weight"] = "post_ffw_norm.weight",
+})
+-- OLMo-2: post-norms only, and the q / k norms over whole projections.
+local OLMO2_LAYER = with_norms({
+  ["self_attn.q_norm.weight"] = "attn_q_norm.weight",
+  ["self_attn.k_norm.weight"] = "attn_k_norm.weight",
+  ["post_attention_layernorm.weight"] = "post_attention_norm.weight",
+  ["post_feedforward_layernorm.weight"] = "post_ffw_norm.weight",
+})
 
 local GPT2_GLOBAL = {
   ["wte.weight"] = "token_embd.weight",
@@ -225,6 +264,18 @@ local function meta_reader(g, arch)
     if type(v) ~= "number" then fail("%s: metadata key '%s' must be a number (got %s)", g.path, key, tostring(v)) end
     return v
   end
+  -- A positive number the core keeps as a float32 (epsilons, RoPE base, soft-caps): NaN, an
+  -- infinity, 0 or less, or a value outside float32's normal range is an error naming the key.
+  function m.float32(name, default)
+    local v = m.num(name, default)
+    local key = arch .. "." .. name
+    if not (v > 0) or v == math.huge then -- luacheck: ignore 581 (NaN must fail)
+      fail("%s: metadata key '%s' must be a positive finite number (got %s)", g.path, key, tostring(v))
+    end
+    local problem = core.float32_problem(v)
+    if problem then fail("%s: metadata key '%s' (%s) %s", g.path, key, tostring(v), problem) end
+    return v
+  end
   function m.absent(name, why)
     local key = arch .. "." .. name
     local v = g:get(key)
@@ -243,15 +294,15 @@ local function vocab_rows(g)
   return t.ne[2]
 end
 
-local function llama_like(g, arch, model_type)
+-- What every RoPE architecture shares: heads, widths, the head size (attention.key_length, else
+-- embedding_length / head_count as llama.cpp derives it), full-width RoPE, and the metadata
+-- that would change the computation refused. rope_freqs: whether llama.cpp reads the
+-- rope_freqs.weight tensor for this architecture (llama only).
+local function rope_common(g, arch, rope_freqs)
   local m = meta_reader(g, arch)
   local H = m.num("attention.head_count")
   local D = m.num("embedding_length")
-  if g:tensor("rope_freqs.weight") then
-    fail("%s: tensor 'rope_freqs.weight': per-frequency RoPE factors (Llama-3.1 rope scaling) are not supported",
-         g.path)
-  end
-  m.absent("rope.scaling.type", "only plain RoPE is implemented")
+  m.absent("rope.scaling.type", "only plain RoPE and rope_freqs.weight factors are implemented")
   m.absent("expert_count", "mixture-of-experts layers are not implemented")
   local d_head = m.num("attention.key_length", D / H)
   if m.num("attention.value_length", d_head) ~= d_head then
@@ -261,16 +312,54 @@ local function llama_like(g, arch, model_type)
     fail("%s: metadata key '%s.rope.dimension_count' (%d) is not the head size %s: partial RoPE is not supported for %s",
          g.path, arch, m.num("rope.dimension_count"), tostring(d_head), arch)
   end
+  local freqs = g:tensor("rope_freqs.weight")
+  if freqs and not rope_freqs then
+    fail("%s: tensor 'rope_freqs.weight': llama.cpp reads per-frequency RoPE factors only for llama, not %s",
+         g.path, arch)
+  end
+  if freqs and (freqs.n_dims ~= 1 or freqs.ne[1] * 2 ~= d_head) then
+    fail("%s: tensor 'rope_freqs.weight' has ne %s, expected [%s] (one factor per rotary frequency: head size / 2)",
+         g.path, "[" .. table.concat(freqs.ne, ", ") .. "]", tostring(d_head / 2))
+  end
   return {
-    model_type = model_type, hidden_size = D, num_attention_heads = H,
-    num_key_value_heads = m.num("attention.head_count_kv", H), head_dim = d_head,
-    num_hidden_layers = m.num("block_count"), intermediate_size = m.num("feed_forward_length"),
-    max_position_embeddings = m.num("context_length", 2048),
-    rms_norm_eps = m.num("attention.layer_norm_rms_epsilon"), rope_theta = m.num("rope.freq_base", 10000),
-    vocab_size = vocab_rows(g), hidden_act = "silu", tie_word_embeddings = g:tensor("output.weight") == nil,
-    -- llama's attention_bias (q, k, v and o biases); qwen2 always has q, k, v biases.
-    attention_bias = model_type == "llama" and g:tensor("blk.0.attn_q.bias") ~= nil,
-  }
+    hidden_size = D, num_attention_heads = H, num_key_value_heads = m.num("attention.head_count_kv", H),
+    head_dim = d_head, num_hidden_layers = m.num("block_count"), intermediate_size = m.num("feed_forward_length"),
+    rms_norm_eps = m.float32("attention.layer_norm_rms_epsilon"),
+    -- llama.cpp's default base when the key is absent (its gemma converter never writes it)
+    rope_theta = m.float32("rope.freq_base", 10000), vocab_size = vocab_rows(g),
+    -- untied when the file has an output matrix (llama2.c conversions store an explicit copy)
+    tie_word_embeddings = g:tensor("output.weight") == nil,
+  }, m
+end
+
+local function llama_like(g, arch, model_type)
+  local f, m = rope_common(g, arch, model_type == "llama")
+  f.model_type, f.hidden_act = model_type, "silu"
+  f.max_position_embeddings = m.num("context_length", 2048)
+  -- llama's attention_bias (q, k, v and o biases); qwen2 always has q, k, v biases.
+  f.attention_bias = model_type == "llama" and g:tensor("blk.0.attn_q.bias") ~= nil
+  return f
+end
+
+-- Gemma and Gemma-2. llama.cpp stores no activation (the tanh GELU is implied), no embedding
+-- scale (sqrt(embedding_length) is implied) and no rope base (10000); the 1 of each norm's
+-- scale 1 + w is added into the stored norm weights by the converter.
+local function gemma_like(g, arch)
+  local f, m = rope_common(g, arch, false)
+  f.model_type, f.hidden_activation = arch, "gelu_pytorch_tanh"
+  f.max_position_embeddings = m.num("context_length", 8192)
+  if arch == "gemma2" then
+    -- Not stored: llama.cpp scales queries by 1/sqrt(embedding_length / head_count) for the 27B
+    -- model (46 blocks) and by 1/sqrt(head size) otherwise, as gemma_pytorch's configs do.
+    f.query_pre_attn_scalar = f.num_hidden_layers == 46 and floor(f.hidden_size / f.num_attention_heads) or f.head_dim
+    -- llama.cpp's defaults when absent; its converter always writes both (a null cap in
+    -- config.json cannot be converted, so a GGUF cap is never off)
+    f.attn_logit_softcapping = m.float32("attn_logit_softcapping", 50)
+    f.final_logit_softcapping = m.float32("final_logit_softcapping", 30)
+    -- layers 0, 2, 4, ... slide (llama.cpp's and transformers' default pattern)
+    f.sliding_window = m.num("attention.sliding_window", 4096)
+  end
+  return f
 end
 
 local ARCHS = {
@@ -282,6 +371,19 @@ local ARCHS = {
     model_type = "qwen2", global = LLAMA_GLOBAL, layer = LLAMA_LAYER, layer_name = "^model%.layers%.(%d+)%.(.+)$",
     permute = false, config = function(g) return llama_like(g, "qwen2", "qwen2") end,
   },
+  -- llama.cpp runs gemma, gemma2 and olmo2 with the half-split RoPE: no reordering.
+  gemma = {
+    model_type = "gemma", global = LLAMA_GLOBAL, layer = GEMMA_LAYER, layer_name = "^model%.layers%.(%d+)%.(.+)$",
+    permute = false, norms_include_one = true, config = function(g) return gemma_like(g, "gemma") end,
+  },
+  gemma2 = {
+    model_type = "gemma2", global = LLAMA_GLOBAL, layer = GEMMA2_LAYER, layer_name = "^model%.layers%.(%d+)%.(.+)$",
+    permute = false, norms_include_one = true, config = function(g) return gemma_like(g, "gemma2") end,
+  },
+  olmo2 = {
+    model_type = "olmo2", global = LLAMA_GLOBAL, layer = OLMO2_LAYER, layer_name = "^model%.layers%.(%d+)%.(.+)$",
+    permute = false, config = function(g) return llama_like(g, "olmo2", "olmo2") end,
+  },
   gpt2 = {
     model_type = "gpt2", global = GPT2_GLOBAL, layer = GPT2_LAYER, layer_name = "^h%.(%d+)%.(.+)$",
     config = function(g)
@@ -290,13 +392,13 @@ local ARCHS = {
       return {
         model_type = "gpt2", n_embd = D, n_head = m.num("attention.head_count"), n_layer = m.num("block_count"),
         n_inner = m.num("feed_forward_length", 4 * D), n_positions = m.num("context_length"),
-        layer_norm_epsilon = m.num("attention.layer_norm_epsilon"), vocab_size = vocab_rows(g),
+        layer_norm_epsilon = m.float32("attention.layer_norm_epsilon"), vocab_size = vocab_rows(g),
         activation_function = "gelu_new", tie_word_embeddings = g:tensor("output.weight") == nil,
       }
     end,
   },
 }
-local KNOWN_ARCHS = "llama, qwen2, gpt2"
+local KNOWN_ARCHS = "llama, qwen2, gemma, gemma2, olmo2, gpt2"
 
 -- The tensor source the family filler reads (the interface of a safetensors reader: has,
 -- read_into, close, path), answering to Hugging Face names.
@@ -345,6 +447,19 @@ function Source:read_into(name, dst, rows, cols)
   end
 end
 
+-- Before the weights are filled: llama.cpp's per-frequency RoPE factors (rope_freqs.weight, how
+-- its converter stores Llama-3.1's rope_scaling) divide the model's rotary frequencies, as
+-- ggml_rope_ext divides them. Its shape was checked when the file was opened.
+function Source:prepare_model(m)
+  local t = self.g:tensor("rope_freqs.weight")
+  if not t then return end
+  local n = t.ne[1]
+  local factors = ffi.new("float[?]", n)
+  core.check(C.eapig_gguf_tensor_read(self.g.handle, t.index, factors, n), self.path)
+  core.check_file(C.eapig_model_set_rope_factors(m, factors, n), self.path,
+                  string.format("%s: tensor 'rope_freqs.weight'", self.path))
+end
+
 -- The stored type of a tensor ("F32", "Q8_0", ...), as the loader reports the checkpoint's dtype.
 function Source:dtype(name)
   local t = self.g:tensor((self:translate(name)))
@@ -376,7 +491,8 @@ function gguf.checkpoint(path)
     end
     local fields = arch.config(g)
     local d_head = fields.head_dim or (fields.n_embd and fields.n_embd / fields.n_head)
-    return fields, setmetatable({ path = path, g = g, arch = arch, arch_name = arch_name, d_head = d_head }, Source)
+    return fields, setmetatable({ path = path, g = g, arch = arch, arch_name = arch_name, d_head = d_head,
+                                  norms_include_one = arch.norms_include_one }, Source)
   end)
   if not ok then
     g:close()

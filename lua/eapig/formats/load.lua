@@ -12,7 +12,6 @@ local safetensors = require("eapig.formats.safetensors")
 
 local C = core.C
 local floor = math.floor
-local FLOAT32_MAX, FLOAT32_MIN_NORMAL = 3.4028234663852886e38, 1.1754943508222875e-38
 
 local load = {}
 
@@ -74,12 +73,8 @@ local function config_reader(path, json, prefix)
   -- precision to a subnormal (or 0) there is an error here, naming the field.
   function r.float32(key, default)
     local v = r.num(key, default)
-    if v > FLOAT32_MAX then
-      fail("%s: field '%s' (%s) overflows float32 (largest %.8g)", path, key, tostring(v), FLOAT32_MAX)
-    end
-    if v < FLOAT32_MIN_NORMAL then
-      fail("%s: field '%s' (%s) underflows float32 (smallest normal %.8g)", path, key, tostring(v), FLOAT32_MIN_NORMAL)
-    end
+    local problem = core.float32_problem(v)
+    if problem then fail("%s: field '%s' (%s) %s", path, key, tostring(v), problem) end
     return v
   end
   -- A fraction in (0, 1].
@@ -486,7 +481,9 @@ local function fill_entry(src, e, name, target, dims, bind)
   end
   if type(e[1]) == "string" then
     src:read_into(name, target[e[1]], rows, cols, opts)
-    if e.plus_one then -- a norm stored as w with scale (1 + w)
+    -- a norm stored as w with scale (1 + w); a source whose norms already hold the 1 (llama.cpp's
+    -- gemma GGUF files) says so with norms_include_one
+    if e.plus_one and not src.norms_include_one then
       local p = target[e[1]]
       for i = 0, rows * cols - 1 do p[i] = p[i] + 1 end
     end
@@ -633,8 +630,12 @@ local function load_family(json, cfg_path, open_src, path, folder, opts, mode_of
   local mode, why = mode_of(c)
   local m = new_model(c, cfg_path, mode)
   local src = open_src()
-  -- The model keeps its own reference to the mappings it reads stored weights from.
-  local ok, dtype = pcall(fill_family, src, fam, c, C.eapig_model_weights(m), mode == "stored" and m or nil)
+  -- The model keeps its own reference to the mappings it reads stored weights from. A source may
+  -- adjust the new model first (prepare_model: a GGUF file's per-frequency RoPE factors).
+  local ok, dtype = pcall(function()
+    if src.prepare_model then src:prepare_model(m) end
+    return fill_family(src, fam, c, C.eapig_model_weights(m), mode == "stored" and m or nil)
+  end)
   src:close()
   if not ok then error(dtype, 0) end
   return finish(m, c, model_type, path, folder, opts, { mode = mode, why = why, dtype = dtype })
