@@ -10,27 +10,21 @@ local MODEL, DATA = FIXTURE .. "/model", FIXTURE .. "/data.jsonl"
 local files = require("support.files")
 local exists, read, write = files.exists, files.read, files.write
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell = require("support.shell")
+local quote = shell.quote
 
 -- Runs `luajit scripts/eapig` with the given arguments (a list, quoted here) and optional stdin
 -- text; returns stdout and stderr together, and the exit status.
 local function eapig(args, stdin)
-  local parts = { "luajit scripts/eapig" }
-  for _, a in ipairs(args) do parts[#parts + 1] = quote(a) end
-  local path
+  local line, path = shell.eapig_line(args), nil
   if stdin then
     path = os.tmpname()
     write(path, stdin)
-    parts[#parts + 1] = "< " .. quote(path)
+    line = line .. " < " .. quote(path)
   end
-  local p = io.popen(table.concat(parts, " ") .. ' 2>&1; echo "rc=$?"')
-  local out = p:read("*a")
-  p:close()
+  local out, rc = shell.run(line)
   if path then os.remove(path) end
-  local body, rc = out:match("^(.-)rc=(%d+)%s*$")
-  return body, tonumber(rc)
+  return out, rc
 end
 
 -- A failed command: status 1 and exactly one line "eapig: <message>" (no traceback).
@@ -45,17 +39,11 @@ local function fixtures_present()
   return exists(MODEL .. "/config.json") and exists(DATA)
 end
 
-local function make_temp_dir()
-  local p = io.popen("mktemp -d")
-  local dir = p:read("*l")
-  p:close()
-  return dir
-end
 
 describe("eapig command line", function()
   local dir
 
-  setup(function() dir = make_temp_dir() end)
+  setup(function() dir = files.tmpdir() end)
   teardown(function()
     if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. quote(dir)) end
   end)

@@ -8,13 +8,7 @@ local SECONDS = tonumber(os.getenv("EAPIG_FUZZ_SECONDS")) or 30
 local HARNESSES = { "file_tensor", "tokenizer_bin", "tokenizer_model", "gpt2_pairs", "gguf" }
 local BUILD = "build-fuzz"
 
-local function sh(cmd)
-  local p = io.popen(cmd .. ' 2>&1; echo "rc=$?"')
-  local out = p:read("*a")
-  p:close()
-  local body, rc = out:match("^(.-)rc=(%d+)%s*$")
-  return body, tonumber(rc)
-end
+local sh = require("support.shell").run
 
 local function have_libfuzzer()
   local _, rc = sh("command -v clang >/dev/null && test -n \"$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a " ..

@@ -9,20 +9,11 @@ local Graph = require("eapig.graph")
 local support = require("support.files")
 local read, write = support.read, support.write
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell = require("support.shell")
+local quote = shell.quote
 
 -- Runs the command; returns its output (stdout and stderr) and exit status.
-local function eapig(args)
-  local parts = { "luajit scripts/eapig" }
-  for _, a in ipairs(args) do parts[#parts + 1] = quote(a) end
-  local p = io.popen(table.concat(parts, " ") .. ' 2>&1 </dev/null; echo "rc=$?"')
-  local out = p:read("*a")
-  p:close()
-  local body, rc = out:match("^(.-)rc=(%d+)%s*$")
-  return body, tonumber(rc)
-end
+local function eapig(args) return shell.run(shell.eapig_line(args), "2>&1 </dev/null") end
 
 -- Exit 1 (not a signal: that would be 128 + n), one line, and every pattern in it.
 local function fails(args, ...)

@@ -3,10 +3,8 @@
 -- is compiled here with the build's flavour (sanitizers in the sanitizer pass) and each of its
 -- checks becomes one test.
 local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit $?\""))
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("exit (%d+)%s*$")), out:gsub("exit %d+%s*$", "")
+  local out, rc = require("support.shell").run(cmd)
+  return rc, out
 end
 
 local function compile()

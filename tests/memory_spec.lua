@@ -25,11 +25,8 @@ end
 
 -- Output and whether the command exited 0.
 local function run_cli(args)
-  local p = io.popen("scripts/eapig " .. args .. ' 2>&1; echo "rc=$?"')
-  local out = p:read("*a")
-  p:close()
-  local rc = out:match("rc=(%d+)%s*$")
-  return out, rc == "0"
+  local out, rc = require("support.shell").run("scripts/eapig " .. args)
+  return out, rc == 0
 end
 
 describe("memory budget", function()

@@ -10,18 +10,14 @@ local exists, read, write = files.exists, files.read, files.write
 local MODEL = "models/induction-2l"
 local GPT2_TOKENIZER = "../shared/models/gpt2-tokenizer"
 
-local function quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local shell = require("support.shell")
+local quote = shell.quote
 
 -- `luajit scripts/eapig ARGS`: stdout, stderr and the exit status, separately.
 local function eapig_cmd(args, dir)
-  local parts = { "luajit scripts/eapig" }
-  for _, a in ipairs(args) do parts[#parts + 1] = quote(a) end
   local errf = dir .. "/stderr.txt"
-  local p = io.popen(table.concat(parts, " ") .. " 2>" .. quote(errf) .. '; echo "rc=$?"')
-  local out = p:read("*a")
-  p:close()
-  local body, rc = out:match("^(.-)rc=(%d+)%s*$")
-  return body, read(errf) or "", tonumber(rc)
+  local out, rc = shell.run(shell.eapig_line(args), "2>" .. quote(errf))
+  return out, read(errf) or "", rc
 end
 
 -- A failed command: status 1, one line "eapig: ..." on stderr, no eapig file:line, no traceback.
@@ -33,12 +29,6 @@ local function assert_message(err, rc, text)
   assert.truthy(err:find(text, 1, true), ("expected '%s' in: %s"):format(text, err))
 end
 
-local function temp_dir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("*l")
-  p:close()
-  return d
-end
 
 describe("mistakes in the Lua API", function()
   local model = eapig.load(MODEL)
@@ -99,7 +89,7 @@ end)
 
 describe("mistakes on the command line", function()
   local dir
-  setup(function() dir = temp_dir() end)
+  setup(function() dir = files.tmpdir() end)
   teardown(function() if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. quote(dir)) end end)
 
   it("eapig with no command prints the usage and exits 2", function()
@@ -156,7 +146,7 @@ end)
 
 describe("--data reads JSONL and EAP-IG's CSV", function()
   local dir
-  setup(function() dir = temp_dir() end)
+  setup(function() dir = files.tmpdir() end)
   teardown(function() if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. quote(dir)) end end)
 
   local function ok(args)

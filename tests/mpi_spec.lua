@@ -12,17 +12,7 @@ local files = require("support.files")
 
 local METHODS = require("eapig.attribute").METHODS
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function shell(cmd)
-  local p = io.popen(cmd .. ' 2>&1; echo "rc=$?"')
-  local out = p:read("*a")
-  p:close()
-  local body, rc = out:match("^(.-)rc=(%d+)%s*$")
-  return body, tonumber(rc)
-end
+local quote, shell = require("support.shell").quote, require("support.shell").run
 
 local function skip_reason()
   if os.getenv("EAPIG_SANITIZED") == "1" then return "runs in the plain pass only (EAPIG_SANITIZED=1)" end
