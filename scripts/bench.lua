@@ -10,6 +10,7 @@ package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;./tests/?.lua;" .. pa
 package.cpath = "./build/?.so;" .. package.cpath
 local core = require("eapig.core")
 local indices = require("eapig.indices")
+local random = require("eapig.rng")
 local tiny = require("support.tiny")
 local C = core.C
 
@@ -90,17 +91,17 @@ line("  of which score accumulation", score_flops, math.max(t_fbs - t_fb, 1e-9))
 
 -- End to end: EAP-IG-inputs (5 steps) over 32 examples of 16 tokens, batch 8, through the Lua API.
 local eapig = require("eapig")
-local rng = tiny.rng(5)
+local rng = random.new(5)
 -- n random rows of p tokens whose second half the corrupted row re-draws.
 local function random_data(n_rows, p)
   local rows = {}
   for i = 1, n_rows do
     local clean, corrupted = {}, {}
     for q = 1, p do
-      clean[q] = rng.int(V)
-      corrupted[q] = q > p / 2 and rng.int(V) or clean[q]
+      clean[q] = rng:below(V)
+      corrupted[q] = q > p / 2 and rng:below(V) or clean[q]
     end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(V), incorrect = rng.int(V) }
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(V), incorrect = rng:below(V) }
   end
   return eapig.data.from_rows(rows, { vocab = V })
 end

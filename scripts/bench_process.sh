@@ -25,16 +25,15 @@ if [ ! -f "$work/model/model.safetensors" ]; then
   BENCH_WORK=$work luajit -e '
     package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;" .. package.path
     package.cpath = "./build/?.so;" .. package.cpath
-    local testing = require("eapig.testing")
     local train = require("eapig.apps.train")
     local work = os.getenv("BENCH_WORK")
     -- GPT-2 initialisation (std 0.02), saved as transformers saves GPT2LMHeadModel, float32
     local raw = train.new_model({ family = "gpt2", layers = 12, heads = 12, d_model = 768, d_mlp = 3072,
       vocab = 50257, n_ctx = 1024 })
     train.save_pretrained(raw, work .. "/model")
-    local rng = testing.rng(7)
+    local rng = require("eapig.rng").new(7)
     local f = assert(io.open(work .. "/data.jsonl", "wb"))
-    local function id() return math.floor((rng() * 1e6) % 50257) end
+    local function id() return math.floor((rng:normal() * 1e6) % 50257) end
     for _ = 1, 8 do
       local clean, corrupted = {}, {}
       for p = 1, 20 do

@@ -17,6 +17,7 @@
 package.path = "./lua/?.lua;./lua/?/init.lua;./build/?.lua;" .. package.path
 package.cpath = "./build/?.so;" .. package.cpath
 local core = require("eapig.core")
+local random = require("eapig.rng")
 local eapig = require("eapig")
 local memory = require("eapig.memory")
 local testing = require("eapig.testing")
@@ -146,8 +147,8 @@ log("estimate: weights %s, activations %s, scores %s, total %s (%d steps per run
   gib(e.activations), gib(e.scores), gib(e.total), e.steps_per_run)
 
 -- 4 rows of 16 random tokens; the corruption changes two positions.
-local rows, rng = {}, testing.rng(7)
-local function token() return math.floor(math.abs(rng()) * 1e6) % V end
+local rows, rng = {}, random.new(7)
+local function token() return math.floor(math.abs(rng:normal()) * 1e6) % V end
 for i = 1, B do
   local clean, corrupted = {}, {}
   for p = 1, P do

@@ -2,12 +2,13 @@
 -- difference capture, each against the plain formula it replaces, plus their invariants.
 package.path = "./tests/?.lua;" .. package.path
 local tiny = require("support.tiny")
+local random = require("eapig.rng")
 local core = require("eapig.core")
 local ffi, C = core.ffi, core.C
 
 local function random_floats(n, seed)
-  local rng, x = tiny.rng(seed), core.floats(n)
-  for i = 0, n - 1 do x[i] = rng.normal() end
+  local rng, x = random.new(seed), core.floats(n)
+  for i = 0, n - 1 do x[i] = rng:normal() end
   return x
 end
 

@@ -1,21 +1,22 @@
 -- Attribution and evaluation on random in-memory models: the identities between methods and
 -- levels, and the errors for bad options. The fixture comparisons live in fixtures_spec.lua.
 local tiny = require("support.tiny")
+local random = require("eapig.rng")
 local eapig = require("eapig")
 local Graph = eapig.Graph
 
 -- A small id dataset for a tiny model: equal lengths, a few corrupted positions.
 local function dataset(model, n, seed)
-  local rng = tiny.rng(seed)
+  local rng = random.new(seed)
   local rows = {}
   for i = 1, n do
     local clean, corrupted = {}, {}
     for p = 1, 6 do
-      clean[p] = rng.int(model.vocab)
-      corrupted[p] = rng.uniform() < 0.5 and rng.int(model.vocab) or clean[p]
+      clean[p] = rng:below(model.vocab)
+      corrupted[p] = rng:uniform() < 0.5 and rng:below(model.vocab) or clean[p]
     end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(model.vocab),
-      incorrect = (rng.int(model.vocab - 1) + 1 + i) % model.vocab }
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
+      incorrect = (rng:below(model.vocab - 1) + 1 + i) % model.vocab }
   end
   return eapig.data.from_rows(rows, { vocab = model.vocab })
 end
@@ -25,8 +26,8 @@ local function noisy_reference(eps)
   return function(model, b)
     local R = model:nodes_buffer(b.B, b.P)
     model:forward({ tokens = b.clean, lengths = b.lengths, B = b.B, P = b.P }, { capture = R, no_logits = true })
-    local rng = tiny.rng(99)
-    for i = 0, model.n_forward * model:block_size(b.B, b.P) - 1 do R[i] = R[i] + eps * rng.normal() end
+    local rng = random.new(99)
+    for i = 0, model.n_forward * model:block_size(b.B, b.P) - 1 do R[i] = R[i] + eps * rng:normal() end
     return R
   end
 end

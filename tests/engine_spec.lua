@@ -2,6 +2,7 @@
 -- destination gradients and scores, the patching identities, batched steps, bad input.
 package.path = "./tests/?.lua;" .. package.path
 local tiny = require("support.tiny")
+local random = require("eapig.rng")
 local core = require("eapig.core")
 local C = core.C
 
@@ -33,9 +34,9 @@ local function setup(kind, seed)
   t.logits_c = m:forward(batch, { logit_pos = pos, capture = t.cap_c })
   t.logits_r = m:forward(corr, { logit_pos = pos, capture = t.cap_r })
   for i = 0, n - 1 do t.diff[i] = t.cap_r[i] - t.cap_c[i] end
-  local rng = tiny.rng(seed + 3)
+  local rng = random.new(seed + 3)
   t.c = core.floats(batch.B * m.vocab)
-  for i = 0, batch.B * m.vocab - 1 do t.c[i] = rng.normal() end
+  for i = 0, batch.B * m.vocab - 1 do t.c[i] = rng:normal() end
   function t.metric(logits)
     local s = 0
     for i = 0, batch.B * m.vocab - 1 do s = s + t.c[i] * logits[i] end

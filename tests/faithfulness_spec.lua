@@ -2,6 +2,7 @@
 -- intervention: the empty circuit scores 0 and the full circuit 1, and under patching the empty
 -- circuit is the corrupted run.
 local tiny = require("support.tiny")
+local random = require("eapig.rng")
 local eapig = require("eapig")
 local evaluate = require("eapig.evaluate")
 
@@ -11,15 +12,15 @@ end
 
 describe("faithfulness", function()
   local model = tiny.model("gpt2", 11)
-  local rng = tiny.rng(5)
+  local rng = random.new(5)
   local rows = {}
   for i = 1, 6 do
     local clean, corrupted = {}, {}
     for p = 1, 5 do
-      clean[p] = rng.int(model.vocab)
-      corrupted[p] = rng.int(model.vocab)
+      clean[p] = rng:below(model.vocab)
+      corrupted[p] = rng:below(model.vocab)
     end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(model.vocab), incorrect = rng.int(model.vocab) }
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab), incorrect = rng:below(model.vocab) }
   end
   local data = eapig.data.from_rows(rows, { vocab = model.vocab })
   local mean = evaluate.mean

@@ -7,6 +7,7 @@
 -- stories260K.gguf holds stories260K.bin's weights and tokenizer, and the GPT-2 vocabulary GGUF
 -- tokenizes llama.cpp's 47 test strings as expected.
 local ffi = require("ffi")
+local random = require("eapig.rng")
 local cjson = require("cjson")
 local eapig = require("eapig")
 local gguf = require("eapig.formats.gguf")
@@ -43,9 +44,9 @@ local function has(haystack, needle)
 end
 
 local function random_values(n, seed, scale)
-  local normal = testing.rng(seed)
+  local rng = random.new(seed)
   local xs = {}
-  for i = 1, n do xs[i] = normal() * (scale or 1) end
+  for i = 1, n do xs[i] = rng:normal() * (scale or 1) end
   return xs
 end
 

@@ -5,6 +5,7 @@
 -- here), and bad names, shapes and folders are errors that leave nothing behind. `mib score`:
 -- CPR and CMD of a hand-built graph equal a trapezoid computed here from the circuits' values.
 local cjson = require("cjson")
+local random = require("eapig.rng")
 local ffi = require("ffi")
 local Graph = require("eapig.graph")
 local mib = require("eapig.apps.mib")
@@ -36,8 +37,8 @@ end
 
 local function random_graph(seed)
   local g = Graph.new(GPT2)
-  local normal = testing.rng(seed)
-  for i = 0, g.n_forward * g.n_backward - 1 do g.scores[i] = normal() end
+  local rng = random.new(seed)
+  for i = 0, g.n_forward * g.n_backward - 1 do g.scores[i] = rng:normal() end
   return g
 end
 
@@ -200,16 +201,16 @@ describe("mib score", function()
   local evaluate = require("eapig.evaluate")
 
   local function rows_of(model, seed, n)
-    local rng = tiny.rng(seed)
+    local rng = random.new(seed)
     local rows = {}
     for i = 1, n do
       local clean, corrupted = {}, {}
       for p = 1, 5 do
-        clean[p] = rng.int(model.vocab)
-        corrupted[p] = rng.int(model.vocab)
+        clean[p] = rng:below(model.vocab)
+        corrupted[p] = rng:below(model.vocab)
       end
-      rows[i] = { clean = clean, corrupted = corrupted, correct = rng.int(model.vocab),
-                  incorrect = rng.int(model.vocab) }
+      rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
+                  incorrect = rng:below(model.vocab) }
     end
     return rows
   end
@@ -276,8 +277,8 @@ describe("mib score", function()
     for i, row in ipairs(rows_of(model, 4, 4)) do lines[i] = cjson.encode(row) end
     files.write(tmpdir .. "/rows.jsonl", table.concat(lines, "\n") .. "\n")
     local graph = Graph.from_model(model)
-    local normal = testing.rng(5)
-    for i = 0, graph.n_forward * graph.n_backward - 1 do graph.scores[i] = normal() end
+    local rng = random.new(5)
+    for i = 0, graph.n_forward * graph.n_backward - 1 do graph.scores[i] = rng:normal() end
     graph:to_json(tmpdir .. "/score_graph.json")
     local args = ("score --model %s --data %s/rows.jsonl --graph %s/score_graph.json"):format(dir, tmpdir, tmpdir)
     local p = io.popen("luajit scripts/eapig mib " .. args .. " --json 2>&1; echo \"rc=$?\"")

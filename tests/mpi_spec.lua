@@ -7,6 +7,7 @@
 -- Plain pass only (each case starts MPI processes: slow under the sanitizers); skipped when
 -- mpirun or libeapig_mpi is missing.
 local cjson = require("cjson")
+local random = require("eapig.rng")
 local testing = require("eapig.testing")
 local files = require("support.files")
 
@@ -62,12 +63,12 @@ describe("mpirun -np 2", function()
     model = testing.random_model({ family = "gpt2", layers = 2, heads = 4, d_model = 32, vocab = 64, seed = 3,
       dir = dir })
     -- 9 rows of lengths 4..6 in batches of 2: 5 batches, 3 on rank 0 and 2 on rank 1
-    local normal, lines = testing.rng(5), {} -- a normal stream: floor(64 x) % 64 is a token id
+    local rng, lines = random.new(5), {} -- a normal stream: floor(64 x) % 64 is a token id
     for i = 1, 9 do
       local clean, corrupted = {}, {}
       for j = 1, 4 + i % 3 do
-        clean[j] = math.floor(normal() * 64) % 64
-        corrupted[j] = math.floor(normal() * 64) % 64
+        clean[j] = math.floor(rng:normal() * 64) % 64
+        corrupted[j] = math.floor(rng:normal() * 64) % 64
       end
       lines[i] = cjson.encode({ clean = clean, corrupted = corrupted, correct = i % 64, incorrect = i * 7 % 64 })
     end

@@ -38,7 +38,7 @@ describe("help", function()
     local modules = { Graph = eapig.Graph, data = data, Dataset = data.Dataset, metrics = eapig.metrics,
       tasks = eapig.tasks, tokenizer = tokenizer, Tokenizer = tokenizer.Tokenizer, Model = require("eapig.model"),
       evaluate = require("eapig.evaluate"), attribute = require("eapig.attribute"), sweep = require("eapig.sweep"),
-      eapig = eapig }
+      rng = require("eapig.rng"), eapig = eapig }
     local missing = {}
     for name, t in pairs(modules) do
       for k, f in pairs(t) do

@@ -4,6 +4,7 @@
 -- real edges and exactly zero elsewhere.
 package.path = "./tests/?.lua;" .. package.path
 local tiny = require("support.tiny")
+local random = require("eapig.rng")
 local core = require("eapig.core")
 local C = core.C
 
@@ -19,9 +20,9 @@ local function setup(kind, seed)
   m:forward(batch, { logit_pos = pos, capture = cap_c })
   m:forward(corr, { logit_pos = pos, capture = cap_r })
   for i = 0, n - 1 do diff[i] = cap_r[i] - cap_c[i] end
-  local rng = tiny.rng(seed + 3)
+  local rng = random.new(seed + 3)
   local c = core.floats(batch.B * m.vocab)
-  for i = 0, batch.B * m.vocab - 1 do c[i] = rng.normal() end
+  for i = 0, batch.B * m.vocab - 1 do c[i] = rng:normal() end
   local mask = core.bytes(m.n_forward * m.n_backward)
   core.check(C.eapig_model_edge_mask(m.handle, mask))
   return { m = m, batch = batch, pos = pos, diff = diff, c = c, mask = mask }

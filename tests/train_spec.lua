@@ -3,6 +3,7 @@
 -- AdamW against a hand computation, the learning-rate schedule, determinism, a short run whose
 -- loss falls, and the Hugging Face folder writer read back by eapig.load and eapig.tokenizer.
 local ffi = require("ffi")
+local random = require("eapig.rng")
 local core = require("eapig.core")
 local train = require("eapig.apps.train")
 local induction = require("eapig.tasks.induction")
@@ -76,12 +77,12 @@ local function raw_model(kind, seed)
   local h = ffi.gc(core.check_ptr(C.eapig_model_new(cfg)), C.eapig_model_free)
   core.check(C.eapig_model_init(h, seed, 0.02, 0))
   local model = Model.new(h, { family = kind })
-  local rng = train.rng(seed)
+  local rng = random.new(seed, "xorshift32")
   for _, t in ipairs(tensor_list(model)) do
     local ptr = ptr_of(h, t)
     local scale, offset = 0.3, 0
     if t.kind == "gain" then scale, offset = 0.2, 1 elseif t.kind == "bias" then scale = 0.2 end
-    for i = 0, t.n - 1 do ptr[i] = offset + scale * rng.normal() end
+    for i = 0, t.n - 1 do ptr[i] = offset + scale * rng:normal() end
   end
   return model
 end
@@ -98,13 +99,13 @@ end
 
 -- A right-padded batch with the given lengths.
 local function make_batch(model, lengths, seed)
-  local rng = train.rng(seed)
+  local rng = random.new(seed, "xorshift32")
   local B, P = #lengths, 0
   for _, n in ipairs(lengths) do P = max(P, n) end
   local tokens, lens = core.int32s(B * P), core.int32s(B)
   for b = 0, B - 1 do
     lens[b] = lengths[b + 1]
-    for p = 0, lengths[b + 1] - 1 do tokens[b * P + p] = rng.int(model.vocab) end
+    for p = 0, lengths[b + 1] - 1 do tokens[b * P + p] = rng:below(model.vocab) end
   end
   return { tokens = tokens, lengths = lens, B = B, P = P }
 end
@@ -147,9 +148,9 @@ describe("weight gradients", function()
       local batch = make_batch(model, { 5, 3, 4 }, 8)
       local rows = batch.B * batch.P
       local n_logits = rows * model.vocab
-      local crng = train.rng(9)
+      local crng = random.new(9, "xorshift32")
       local c = core.floats(n_logits) -- the metric sum c . logits has dlogits = c
-      for i = 0, n_logits - 1 do c[i] = crng.normal() end
+      for i = 0, n_logits - 1 do c[i] = crng:normal() end
       local logits = core.floats(n_logits)
       local function metric()
         core.check(forward(model, batch, logits, { no_weights = true }))
@@ -182,11 +183,11 @@ describe("weight gradients", function()
       for _, t in ipairs(tensor_list(model)) do
         it(t.name .. " matches central differences (a random direction and single entries)", function()
           local g = ptr_of(grads, t)
-          local drng = train.rng(#t.name * 131 + t.n)
+          local drng = random.new(#t.name * 131 + t.n, "xorshift32")
           local dir = ffi.new("float[?]", t.n)
           local norm = 0
           for i = 0, t.n - 1 do
-            dir[i] = drng.normal()
+            dir[i] = drng:normal()
             norm = norm + dir[i] * dir[i]
           end
           local analytic, gmax = 0, 0
@@ -204,7 +205,7 @@ describe("weight gradients", function()
             if abs(g[i]) > abs(g[best]) then best = i end
           end
           local unit = ffi.new("float[?]", t.n)
-          for _, i in ipairs({ best, drng.int(t.n), drng.int(t.n) }) do
+          for _, i in ipairs({ best, drng:below(t.n), drng:below(t.n) }) do
             unit[i] = 1
             local e = fd(t, unit, 1e-2) -- a single entry can have a large curvature
             unit[i] = 0
@@ -238,8 +239,8 @@ describe("weight gradients", function()
     pos[0], pos[1] = 3, 2
     local V = model.vocab
     local c = core.floats(2 * V)
-    local rng = train.rng(5)
-    for i = 0, 2 * V - 1 do c[i] = rng.normal() end
+    local rng = random.new(5, "xorshift32")
+    for i = 0, 2 * V - 1 do c[i] = rng:normal() end
     local logits = core.floats(2 * V)
 
     it("unembeds only the chosen rows and matches finite differences", function()
@@ -275,8 +276,8 @@ describe("weight gradients", function()
     it("gives an overridden MLP's weights no gradient, and b_O still one when heads are overridden", function()
       local D, blk = model.d_model, batch.B * batch.P * model.d_model
       local value = core.floats(model.n_heads * blk)
-      local vrng = train.rng(11)
-      for i = 0, model.n_heads * blk - 1 do value[i] = 0.1 * vrng.normal() end
+      local vrng = random.new(11, "xorshift32")
+      for i = 0, model.n_heads * blk - 1 do value[i] = 0.1 * vrng:normal() end
       local grads = zeros_like(model)
       core.check(forward(model, batch, logits, { logit_pos = pos, override_group = 2, override_value = value }))
       core.check(backward(model, c, grads))
@@ -348,10 +349,10 @@ end)
 
 describe("cross-entropy kernel", function()
   local R, V = 5, 7
-  local rng = train.rng(3)
+  local rng = random.new(3, "xorshift32")
   local logits, targets = core.floats(R * V), core.int32s(R)
-  for i = 0, R * V - 1 do logits[i] = 3 * rng.normal() end
-  for r = 0, R - 1 do targets[r] = rng.int(V) end
+  for i = 0, R * V - 1 do logits[i] = 3 * rng:normal() end
+  for r = 0, R - 1 do targets[r] = rng:below(V) end
   targets[2] = -1
 
   -- The loss in double, from the same float logits.
@@ -439,13 +440,13 @@ describe("AdamW", function()
       -- Expected values in double, tensor by tensor.
       local ref = {}
       for i = 0, n - 1 do ref[i] = { w = w[i], m = 0, v = 0 } end
-      local rng = train.rng(6)
+      local rng = random.new(6, "xorshift32")
       local o = { beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1 }
       local offsets = {}
       for _, t in ipairs(list) do offsets[t.name] = tonumber(ffi.cast("float *", ptr_of(model.handle, t)) - w) end
       local wte_off, wu_off = offsets.wte, offsets.w_unembed
       for step = 1, 2 do
-        for i = 0, n - 1 do g[i] = rng.normal() end
+        for i = 0, n - 1 do g[i] = rng:normal() end
         o.lr, o.step, o.grad_scale = 0.01 * step, step, step == 1 and 1 or 0.5
         local c = ffi.new("eapig_adamw_opts")
         c.lr, c.beta1, c.beta2, c.eps, c.weight_decay = o.lr, o.beta1, o.beta2, o.eps, o.weight_decay
@@ -498,8 +499,8 @@ describe("AdamW", function()
     local model = raw_model("gpt2", 6)
     local grads = zeros_like(model)
     local g, n = arena(grads)
-    local rng = train.rng(2)
-    for i = 0, n - 1 do g[i] = rng.normal() end
+    local rng = random.new(2, "xorshift32")
+    for i = 0, n - 1 do g[i] = rng:normal() end
     local gw = C.eapig_model_weights(grads)
     local VD = model.vocab * model.d_model
     local plain = 0
@@ -565,9 +566,9 @@ function counting:batch(rng, B)
   local P, V = 8, self.vocab
   local tokens, lengths = core.int32s(B * P), core.int32s(B)
   for b = 0, B - 1 do
-    local start = rng.int(V)
+    local start = rng:below(V)
     for p = 0, P - 1 do tokens[b * P + p] = (start + p) % V end
-    lengths[b] = P - rng.int(3) -- some padding
+    lengths[b] = P - rng:below(3) -- some padding
   end
   return { tokens = tokens, lengths = lengths, B = B, P = P }
 end
@@ -625,7 +626,7 @@ end)
 describe("induction task", function()
   local task = induction.new({ vocab = 64, seq_len = 32 })
   it("samples a prefix, then a segment A of distinct tokens repeated at least twice", function()
-    local rng = train.rng(1)
+    local rng = random.new(1, "xorshift32")
     local ks, ns = {}, {}
     for _ = 1, 200 do
       local s = task:sample(rng)
@@ -648,7 +649,7 @@ describe("induction task", function()
   end)
 
   it("replays bigrams of A in random order, and alternates repeats and replays in a batch", function()
-    local rng = train.rng(2)
+    local rng = random.new(2, "xorshift32")
     for _ = 1, 50 do
       local s = task:sample_replay(rng)
       assert.are.equal(32, #s.ids)
@@ -659,7 +660,7 @@ describe("induction task", function()
       for i = 1, s.n - 1 do next_of[s.seg[i]] = s.seg[i + 1] end
       for i = k + s.n + 1, 31, 2 do assert.are.equal(next_of[s.ids[i]], s.ids[i + 1]) end
     end
-    local batch = task:batch(train.rng(3), 4)
+    local batch = task:batch(random.new(3, "xorshift32"), 4)
     assert.are.equal(4, batch.B)
     assert.are.equal(32, batch.P)
     for b = 0, 3 do assert.are.equal(32, batch.lengths[b]) end
@@ -699,11 +700,11 @@ describe("Hugging Face folders", function()
       local model = train.new_model({ family = family, layers = 2, heads = 4, kv_heads = family == "llama" and 2 or nil,
         d_model = 16, d_mlp = 24, vocab = 20, n_ctx = 12, seed = 5 })
       -- make every tensor non-trivial (biases stay zero for llama, which has none)
-      local rng = train.rng(1)
+      local rng = random.new(1, "xorshift32")
       for _, t in ipairs(tensor_list(model)) do
         if family == "gpt2" or t.kind ~= "bias" then
           local p = ptr_of(model.handle, t)
-          for i = 0, t.n - 1 do p[i] = p[i] + 0.1 * rng.normal() end
+          for i = 0, t.n - 1 do p[i] = p[i] + 0.1 * rng:normal() end
         end
       end
       local wt = C.eapig_model_weights(model.handle)
@@ -782,14 +783,14 @@ end)
 -- occurrence (induction[l][h]).
 local function head_scores(model, T, rows)
   local P = 2 * T
-  local rng = train.rng(5)
+  local rng = random.new(5, "xorshift32")
   local tokens, lengths = core.int32s(rows * P), core.int32s(rows)
   for b = 0, rows - 1 do
     lengths[b] = P
     local used = {}
     for t = 0, T - 1 do
       local id
-      repeat id = rng.int(model.vocab) until not used[id]
+      repeat id = rng:below(model.vocab) until not used[id]
       used[id] = true
       tokens[b * P + t], tokens[b * P + T + t] = id, id
     end

@@ -13,13 +13,12 @@ local ffi = require("ffi")
 local cjson = require("cjson")
 local cjson_safe = require("cjson.safe")
 
-local bit = require("bit")
-
 local type, error, pairs, ipairs, tostring, tonumber = type, error, pairs, ipairs, tostring, tonumber
 local setmetatable, getmetatable, pcall = setmetatable, getmetatable, pcall
 local format, concat, sort = string.format, table.concat, table.sort
 local floor, max, min, huge = math.floor, math.max, math.min, math.huge
 local files = require("eapig.formats.files")
+local rng = require("eapig.rng")
 
 local int32_array = ffi.typeof("int32_t[?]")
 
@@ -372,29 +371,15 @@ function Dataset:head(n)
   return new_dataset(rows, lines, self)
 end
 
--- splitmix64: a fixed, well-mixed generator, so a seed gives the same order on every machine and
--- nearby seeds give unrelated orders (math.random depends on the Lua build).
-local function splitmix64(seed)
-  local state = ffi.new("uint64_t", seed)
-  return function(n) -- uniform-enough integer in [1, n]
-    state = state + 0x9E3779B97F4A7C15ULL
-    local z = state
-    z = bit.bxor(z, bit.rshift(z, 30)) * 0xBF58476D1CE4E5B9ULL
-    z = bit.bxor(z, bit.rshift(z, 27)) * 0x94D049BB133111EBULL
-    z = bit.bxor(z, bit.rshift(z, 31))
-    return tonumber(z % n) + 1
-  end
-end
-
 -- Rows in a random order fixed by seed (default 0; an integer).
 function Dataset:shuffle(seed)
   seed = seed or 0
   if not is_int(seed) or seed < 0 then error("Dataset:shuffle: seed must be a non-negative integer", 2) end
   local rows, lines = {}, {}
   for i = 1, #self.rows do rows[i], lines[i] = self.rows[i], self.lines[i] end
-  local rand = splitmix64(seed)
-  for i = #rows, 2, -1 do -- Fisher-Yates
-    local j = rand(i)
+  local r = rng.new(seed) -- splitmix64: nearby seeds give unrelated orders
+  for i = #rows, 2, -1 do -- Fisher-Yates (rng:shuffle's draws, on two lists at once)
+    local j = 1 + r:below(i)
     rows[i], rows[j] = rows[j], rows[i]
     lines[i], lines[j] = lines[j], lines[i]
   end

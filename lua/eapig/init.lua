@@ -17,6 +17,7 @@ local lazy = {
   testing = function() return require("eapig.testing") end,
   tokenizer = function() return require("eapig.formats.tokenizer") end,
   tasks = function() return require("eapig.tasks") end,
+  rng = function() return require("eapig.rng") end,
   help = function() return require("eapig.apps.help").help end,
   safetensors = function() return require("eapig.formats.safetensors") end,
 }

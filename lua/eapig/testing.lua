@@ -4,65 +4,13 @@
 -- The tensor names and layouts below are written out from transformers' modelling code on
 -- purpose, not derived from eapig.load's tables: a loader test then checks one statement of
 -- the layout against another.
-local bit = require("bit")
 local cjson = require("cjson")
 local safetensors = require("eapig.formats.safetensors")
+local random = require("eapig.rng")
 
-local band, bxor, rshift, lshift, rol, tobit = bit.band, bit.bxor, bit.rshift, bit.lshift, bit.rol, bit.tobit
-local floor, sqrt, log, cos, sin, pi = math.floor, math.sqrt, math.log, math.cos, math.sin, math.pi
+local floor = math.floor
 
 local testing = {}
-
----------------------------------------------------------------------------------------------
--- Deterministic PRNG: xoshiro128+ on 32-bit words (LuaJIT's bit ops are 32-bit), seeded with
--- a murmur3-style mixer. The same seed gives the same model on every machine.
-
-local function mul32(a, b)
-  local alo, ahi = band(a, 0xffff), rshift(a, 16)
-  local blo, bhi = band(b, 0xffff), rshift(b, 16)
-  return tobit(alo * blo + lshift(alo * bhi + ahi * blo, 16))
-end
-
-local function mix32(z)
-  z = mul32(bxor(z, rshift(z, 16)), 0x85ebca6b)
-  z = mul32(bxor(z, rshift(z, 13)), 0xc2b2ae35)
-  return bxor(z, rshift(z, 16))
-end
-
--- Returns normal(), a standard normal sampler (Box-Muller on two uniforms in (0, 1)).
-function testing.rng(seed)
-  local x = tobit(seed or 1)
-  local s = {}
-  for i = 1, 4 do
-    x = tobit(x + 0x9e3779b9)
-    s[i] = mix32(x)
-  end
-  local s0, s1, s2, s3 = s[1], s[2], s[3], s[4]
-  if s0 == 0 and s1 == 0 and s2 == 0 and s3 == 0 then s0 = 1 end -- the one stuck state
-  local function uniform()
-    local r = tobit(s0 + s3)
-    local t = lshift(s1, 9)
-    s2 = bxor(s2, s0)
-    s3 = bxor(s3, s1)
-    s1 = bxor(s1, s2)
-    s0 = bxor(s0, s3)
-    s2 = bxor(s2, t)
-    s3 = rol(s3, 11)
-    return (r % 4294967296 + 0.5) / 4294967296
-  end
-  local spare
-  return function()
-    if spare then
-      local z = spare
-      spare = nil
-      return z
-    end
-    local radius = sqrt(-2 * log(uniform()))
-    local angle = 2 * pi * uniform()
-    spare = radius * sin(angle)
-    return radius * cos(angle)
-  end
-end
 
 ---------------------------------------------------------------------------------------------
 -- Tensor lists per family: {name, shape, kind}; kind "norm" draws 1 + N(0, scale^2).
@@ -384,13 +332,13 @@ function testing.random_model(opts)
   write_json(dir .. "/config.json", config)
 
   -- Each tensor draws its values in file order from one stream, as the writer asks for them.
-  local normal = testing.rng(o.seed or 1)
+  local rng = random.new(o.seed or 1)
   local tensors = layout(o)
   for _, t in ipairs(tensors) do
     local mean = t.kind == "norm" and 1 or 0
     t.dtype = dtype
     t.data = function(buf, n)
-      for i = 0, n - 1 do buf[i] = mean + scale * normal() end
+      for i = 0, n - 1 do buf[i] = mean + scale * rng:normal() end
     end
   end
   local meta = { format = "pt" }

@@ -1,31 +1,15 @@
--- Test support: random in-memory models built straight through the C API (no files), and a
--- small deterministic PRNG, so engine tests do not depend on the loaders.
+-- Test support: random in-memory models built straight through the C API (no files), so engine
+-- tests do not depend on the loaders. Their numbers come from eapig.rng.
 local core = require("eapig.core")
+local random = require("eapig.rng")
 local Model = require("eapig.model")
 local ffi, C = core.ffi, core.C
 
 local tiny = {}
 
--- xorshift-based uniform and Box-Muller normal, deterministic across platforms.
-function tiny.rng(seed)
-  local state = seed * 2654435761 % 4294967296 + 1
-  local r = {}
-  function r.uniform()
-    state = (state * 1103515245 + 12345) % 2147483648
-    return state / 2147483648
-  end
-  function r.normal()
-    local u1, u2 = r.uniform(), r.uniform()
-    if u1 < 1e-12 then u1 = 1e-12 end
-    return math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
-  end
-  function r.int(n) return math.floor(r.uniform() * n) % n end
-  return r
-end
-
 local function fill(ptr, n, rng, scale, offset)
   if ptr == nil then return end
-  for i = 0, n - 1 do ptr[i] = (offset or 0) + scale * rng.normal() end
+  for i = 0, n - 1 do ptr[i] = (offset or 0) + scale * rng:normal() end
 end
 
 local PRESETS = {
@@ -73,7 +57,7 @@ function tiny.model(kind, seed, overrides)
   end
   local h = ffi.gc(core.check_ptr(C.eapig_model_new(cfg)), C.eapig_model_free)
   local w = C.eapig_model_weights(h)
-  local rng = tiny.rng(seed)
+  local rng = random.new(seed)
   local D, V, F = cfg.d_model, cfg.vocab, cfg.d_mlp
   local qd, kvd = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
   local s = overrides.scale or 0.3
@@ -101,25 +85,25 @@ end
 
 -- A right-padded batch of random tokens with the given lengths.
 function tiny.batch(model, lengths, seed)
-  local rng = tiny.rng(seed)
+  local rng = random.new(seed)
   local B, P = #lengths, 0
   for _, n in ipairs(lengths) do P = math.max(P, n) end
   local tokens, lens = core.int32s(B * P), core.int32s(B)
   for b = 0, B - 1 do
     lens[b] = lengths[b + 1]
-    for p = 0, lengths[b + 1] - 1 do tokens[b * P + p] = rng.int(model.vocab) end
+    for p = 0, lengths[b + 1] - 1 do tokens[b * P + p] = rng:below(model.vocab) end
   end
   return { tokens = tokens, lengths = lens, B = B, P = P }
 end
 
 -- Same lengths, tokens redrawn at a few positions (a corrupted input).
 function tiny.corrupt(model, batch, seed)
-  local rng = tiny.rng(seed)
+  local rng = random.new(seed)
   local tokens = core.int32s(batch.B * batch.P)
   ffi.copy(tokens, batch.tokens, ffi.sizeof("int32_t") * batch.B * batch.P)
   for b = 0, batch.B - 1 do
     for p = 0, batch.lengths[b] - 1 do
-      if rng.uniform() < 0.5 then tokens[b * batch.P + p] = rng.int(model.vocab) end
+      if rng:uniform() < 0.5 then tokens[b * batch.P + p] = rng:below(model.vocab) end
     end
   end
   return { tokens = tokens, lengths = batch.lengths, B = batch.B, P = batch.P }

@@ -4,6 +4,7 @@
 -- of the second copy to the token after its earlier occurrence).
 local core = require("eapig.core")
 local indices = require("eapig.indices")
+local random = require("eapig.rng")
 
 local M = {}
 
@@ -18,18 +19,13 @@ function M.scores(model, opts)
   local P = 2 * T
   if P > model.n_ctx then error("heads.scores: the repeated segment is longer than the context", 0) end
   local tokens, lengths = core.int32s(B * P), core.int32s(B)
-  local state = opts.seed or 1
-  local function rand(n) -- a small LCG: the scores must not depend on the caller's RNG
-    -- 69069 keeps every product below 2^53, so doubles hold it exactly
-    state = (state * 69069 + 1) % 4294967296
-    return math.floor(state / 65536) % n
-  end
+  local rng = random.new(opts.seed or 1) -- its own generator: the scores must not depend on the caller's
   for b = 0, B - 1 do
     lengths[b] = P
     local used = {}
     for t = 0, T - 1 do
       local id
-      repeat id = rand(model.vocab) until not used[id]
+      repeat id = rng:below(model.vocab) until not used[id]
       used[id] = true
       tokens[b * P + t], tokens[b * P + T + t] = id, id
     end

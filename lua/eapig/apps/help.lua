@@ -152,6 +152,7 @@ local function function_names()
   add_table(tokenizer, "tokenizer")
   add_table(tokenizer.Tokenizer, "Tokenizer")
   add_table(require("eapig.model"), "Model")
+  add_table(require("eapig.rng"), "rng")
   add(eapig.help, "eapig.help")
   return names
 end

@@ -15,6 +15,7 @@
 --
 -- A training task is any table with
 --   task:batch(rng, B) -> { tokens = int32[B*P], lengths = int32[B], B =, P =, targets = nil | int32[B*P] }
+-- (rng: an eapig.rng generator, xorshift32, seeded with opts.seed)
 -- targets (optional) are the next-token targets per position (-1: no loss); without them every
 -- real position but the last predicts the token after it. A task may also have
 --   task:evaluate(model, opts) -> table of held-out numbers (printed at the end of training).
@@ -23,17 +24,16 @@
 --
 -- Glossary: B = rows in a batch, P = positions, V = vocab, D = d_model, L = layers.
 local ffi = require("ffi")
-local bit = require("bit")
 local cjson = require("cjson")
 local core = require("eapig.core")
 local files = require("eapig.formats.files")
 local Model = require("eapig.model")
 local safetensors = require("eapig.formats.safetensors")
 local Progress = require("eapig.progress")
+local random = require("eapig.rng")
 
 local C = core.C
-local bxor, lshift, rshift, tobit = bit.bxor, bit.lshift, bit.rshift, bit.tobit
-local floor, max, min, cos, pi, sqrt = math.floor, math.max, math.min, math.cos, math.pi, math.sqrt
+local floor, max, min, cos, pi = math.floor, math.max, math.min, math.cos, math.pi
 local fmt = string.format
 
 local train = {}
@@ -45,39 +45,6 @@ local adamw_opts_t = ffi.typeof("eapig_adamw_opts")
 local float_size = ffi.sizeof("float")
 local norm_out = ffi.new("double[1]")
 local n_out = ffi.new("int64_t[1]")
-
----------------------------------------------------------------------------------------------------
--- Random numbers: xorshift32 on LuaJIT's 32-bit bit operations, so a seed gives the same stream
--- on every machine (math.random's does not survive a LuaJIT upgrade).
-
-local function mix32(z)
-  z = tobit(z)
-  z = bxor(z, rshift(z, 16))
-  z = tobit(z * 0x45d9f3b % 4294967296)
-  z = bxor(z, rshift(z, 16))
-  z = tobit(z * 0x45d9f3b % 4294967296)
-  return bxor(z, rshift(z, 16))
-end
-
--- rng:uniform() in [0, 1), rng:int(n) in 0..n-1, rng:normal().
-function train.rng(seed)
-  local x = mix32((seed or 1) * 2654435761 % 4294967296 + 0x9e3779b9)
-  if x == 0 then x = 0x2545f491 end
-  local r = {}
-  function r.uniform()
-    x = bxor(x, lshift(x, 13))
-    x = bxor(x, rshift(x, 17))
-    x = bxor(x, lshift(x, 5))
-    return (x % 4294967296) / 4294967296
-  end
-  function r.int(n) return floor(r.uniform() * n) end
-  function r.normal()
-    local u = r.uniform()
-    if u < 1e-300 then u = 1e-300 end
-    return sqrt(-2 * math.log(u)) * cos(2 * pi * r.uniform())
-  end
-  return r
-end
 
 ---------------------------------------------------------------------------------------------------
 -- Models
@@ -335,7 +302,7 @@ function train.train(model, task, opts)
   if o.attn_only then train.zero_mlps(model.handle, model.cfg) end
   local grads, m1, m2 = same_shape(model), same_shape(model), same_shape(model)
   local g_arena, g_n = arena(grads)
-  local rng = train.rng(o.seed)
+  local rng = random.new(o.seed, "xorshift32") -- the stream models/induction-2l was trained on
   local bufs, cap = {}, 0
   local aopts = adamw_opts_t()
   aopts.beta1, aopts.beta2, aopts.eps, aopts.weight_decay = o.beta1, o.beta2, o.eps, o.weight_decay

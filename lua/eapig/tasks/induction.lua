@@ -31,6 +31,7 @@
 --   task:evaluate(model)                     -- held-out loss and induction accuracy
 --   task:dataset({ rows = 100, seed = 1 })   -- clean/corrupted rows for attribution
 local core = require("eapig.core")
+local random = require("eapig.rng")
 
 local C = core.C
 local floor, min, log, huge = math.floor, math.min, math.log, math.huge
@@ -135,7 +136,7 @@ local function distinct(rng, V, count, used)
   end
   local out = {}
   for i = 1, count do -- partial Fisher-Yates
-    local j = i + rng.int(#pool - i + 1)
+    local j = i + rng:below(#pool - i + 1)
     pool[i], pool[j] = pool[j], pool[i]
     out[i] = pool[i]
     used[pool[i]] = true
@@ -147,8 +148,8 @@ end
 -- used = the set of ids in A and the prefix }. n and k (optional) fix the segment and prefix
 -- lengths; A repeats to the end of the sequence.
 function Task:sample(rng, n, k)
-  n = n or (self.min_rep + rng.int(self.max_rep - self.min_rep + 1))
-  k = k or rng.int(self.seq_len - 2 * n + 1)
+  n = n or (self.min_rep + rng:below(self.max_rep - self.min_rep + 1))
+  k = k or rng:below(self.seq_len - 2 * n + 1)
   local V, used = self.vocab, {}
   local seg = distinct(rng, V, n, used)
   local ids = distinct(rng, V, k, used) -- the prefix
@@ -158,13 +159,13 @@ end
 
 -- A replay row: a prefix of 0..3 tokens, A, then bigrams (a_i, a_i+1) of A in random order.
 function Task:sample_replay(rng)
-  local n = self.min_rep + rng.int(self.max_rep - self.min_rep + 1)
+  local n = self.min_rep + rng:below(self.max_rep - self.min_rep + 1)
   local used = {}
-  local ids = distinct(rng, self.vocab, min(rng.int(4), self.seq_len - n - 2), used)
+  local ids = distinct(rng, self.vocab, min(rng:below(4), self.seq_len - n - 2), used)
   local seg = distinct(rng, self.vocab, n, used)
   for i = 1, n do ids[#ids + 1] = seg[i] end
   while #ids < self.seq_len do
-    local i = 1 + rng.int(n - 1)
+    local i = 1 + rng:below(n - 1)
     ids[#ids + 1] = seg[i]
     if #ids < self.seq_len then ids[#ids + 1] = seg[i + 1] end
   end
@@ -195,7 +196,7 @@ end
 function Task:evaluate(model, opts)
   opts = opts or {}
   local rows, bsz = opts.rows or 512, opts.batch or 64
-  local rng = require("eapig.apps.train").rng(opts.seed or 12345)
+  local rng = random.new(opts.seed or 12345, "xorshift32") -- training's stream (eapig.rng)
   local P, V = self.seq_len, model.vocab
   local logits = core.floats(bsz * P * V)
   local losses = core.floats(bsz * P)
@@ -264,17 +265,17 @@ end
 -- random per row), incorrect ("absent" or "alt").
 function Task:dataset(opts)
   opts = opts or {}
-  local rng = require("eapig.apps.train").rng(opts.seed or 1)
+  local rng = random.new(opts.seed or 1, "xorshift32") -- training's stream (eapig.rng)
   local out = {}
   for r = 1, opts.rows or 100 do
-    local n = opts.rep or (self.min_rep + rng.int(self.max_rep - self.min_rep + 1))
+    local n = opts.rep or (self.min_rep + rng:below(self.max_rep - self.min_rep + 1))
     local k = opts.prefix or (self.seq_len - 2 * n)
     if n < 2 or k < 0 or k + 2 * n - 1 > self.seq_len then
       error(fmt("eapig.tasks.induction: a row with a prefix of %d and a segment of %d does not fit %d tokens", k, n,
         self.seq_len), 2)
     end
     local s = self:sample(rng, n, k)
-    local m = opts.copied or (1 + rng.int(n - 1))
+    local m = opts.copied or (1 + rng:below(n - 1))
     if m < 1 or m > n - 1 then error(fmt("eapig.tasks.induction: copied must be in 1..%d", n - 1), 2) end
     local alt = distinct(rng, self.vocab, n, s.used)
     local wrong = alt[m + 1]
@@ -284,7 +285,7 @@ function Task:dataset(opts)
       for id = 0, self.vocab - 1 do
         if not s.used[id] then free[#free + 1] = id end
       end
-      if #free > 0 then wrong = free[1 + rng.int(#free)] end
+      if #free > 0 then wrong = free[1 + rng:below(#free)] end
     elseif opts.incorrect and opts.incorrect ~= "alt" then
       error(fmt("eapig.tasks.induction: incorrect must be \"absent\" or \"alt\", got %s", tostring(opts.incorrect)), 2)
     end

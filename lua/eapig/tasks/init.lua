@@ -15,11 +15,9 @@
 --   write_csv(ds, path, opts) and load_csv(path, tokenizer, opts): the dataset as a CSV file
 --   description  one line for listings
 -- The loader is lazy: a task module loads the first time tasks.get names it.
-local ffi = require("ffi")
-local bit = require("bit")
+local rng = require("eapig.rng")
 
-local type, error, pairs, ipairs, tostring, tonumber = type, error, pairs, ipairs, tostring, tonumber
-local setmetatable = setmetatable
+local type, error, pairs, ipairs, tostring = type, error, pairs, ipairs, tostring
 local format, concat, sort = string.format, table.concat, table.sort
 local floor = math.floor
 
@@ -65,72 +63,9 @@ function tasks.register(name, t)
 end
 
 ---------------------------------------------------------------------------------------------------
--- The tasks' random numbers: splitmix64 on a uint64, so a seed gives the same dataset on every
--- machine and LuaJIT build (math.random's sequence depends on both), and a task's draws do not
--- move anyone else's generator.
-
-local Rng = {}
-Rng.__index = Rng
-
-local GOLDEN = 0x9E3779B97F4A7C15ULL
-
-function tasks.rng(seed)
-  seed = seed or 0
-  if type(seed) ~= "number" or seed ~= floor(seed) or seed < 0 then
-    error("tasks.rng: seed must be a non-negative integer, got " .. tostring(seed), 2)
-  end
-  -- a box per generator: the state is mutated in place, so draws allocate nothing
-  return setmetatable({ state = ffi.new("uint64_t[1]", seed) }, Rng)
-end
-
-local function next64(self)
-  local s = self.state[0] + GOLDEN
-  self.state[0] = s
-  local z = bit.bxor(s, bit.rshift(s, 30)) * 0xBF58476D1CE4E5B9ULL
-  z = bit.bxor(z, bit.rshift(z, 27)) * 0x94D049BB133111EBULL
-  return bit.bxor(z, bit.rshift(z, 31))
-end
-
--- An integer in [0, n) (n < 2^32; the modulo bias is below 2^-32).
-function Rng:below(n)
-  if n < 1 then error("rng:below: n must be at least 1", 2) end
-  return tonumber(next64(self) % n)
-end
-
--- An integer in [lo, hi].
-function Rng:int(lo, hi) return lo + self:below(hi - lo + 1) end
-
--- A uniform number in [0, 1) with 53 random bits.
-function Rng:uniform() return tonumber(bit.rshift(next64(self), 11)) / 9007199254740992 end
-
--- One element of a non-empty list.
-function Rng:pick(list)
-  if #list == 0 then error("rng:pick: the list is empty", 2) end
-  return list[1 + self:below(#list)]
-end
-
--- k distinct elements of list (k <= #list), in random order; the list is not changed.
-function Rng:sample(list, k)
-  if k > #list then error(format("rng:sample: %d elements asked for, the list has %d", k, #list), 2) end
-  local pool = {}
-  for i = 1, #list do pool[i] = list[i] end
-  local out = {}
-  for i = 1, k do -- partial Fisher-Yates
-    local j = i + self:below(#pool - i + 1)
-    pool[i], pool[j] = pool[j], pool[i]
-    out[i] = pool[i]
-  end
-  return out
-end
-
--- Shuffles list in place and returns it.
-function Rng:shuffle(list)
-  for i = #list, 2, -1 do
-    local j = 1 + self:below(i)
-    list[i], list[j] = list[j], list[i]
-  end
-  return list
-end
+-- The tasks' random numbers: eapig.rng's default generator (splitmix64), so a seed gives the same
+-- dataset on every machine and LuaJIT build, and a task's draws do not move anyone else's generator.
+tasks.rng = rng.new
 
 ---------------------------------------------------------------------------------------------------
 -- Helpers the task modules share
