@@ -660,6 +660,39 @@ describe("bad GGUF files", function()
     end
   end)
 
+  it("a size that is not a positive integer, or a head size it cannot derive, names the key", function()
+    -- tiny_model's keys for arch, with over's {kind, value} replacing or adding keys
+    local function with_keys(arch, over)
+      local keys = { { "block_count", "uint32", 1 }, { "embedding_length", "uint32", 32 },
+                     { "feed_forward_length", "uint32", 64 }, { "attention.head_count", "uint32", 4 },
+                     { "attention.layer_norm_rms_epsilon", "float32", 1e-5 } }
+      local kv, seen = { { "general.architecture", "string", arch } }, {}
+      for _, e in ipairs(keys) do
+        local o = over[e[1]] or { e[2], e[3] }
+        kv[#kv + 1], seen[e[1]] = { arch .. "." .. e[1], o[1], o[2] }, true
+      end
+      for key, o in pairs(over) do
+        if not seen[key] then kv[#kv + 1] = { arch .. "." .. key, o[1], o[2] } end
+      end
+      return tiny_model({ kv = kv })
+    end
+    for _, case in ipairs({
+      { "gemma2", { ["attention.sliding_window"] = { "uint32", 0 } },
+        "metadata key 'gemma2.attention.sliding_window' must be a positive integer (got 0)" },
+      { "llama", { block_count = { "float32", 1.5 } }, "metadata key 'llama.block_count' must be a positive integer (got 1.5)" },
+      { "olmo2", { ["attention.head_count_kv"] = { "int32", -2 } },
+        "metadata key 'olmo2.attention.head_count_kv' must be a positive integer (got -2)" },
+      { "llama", { ["attention.head_count"] = { "uint32", 5 } },
+        "metadata key 'llama.embedding_length' (32) is not a multiple of 'llama.attention.head_count' (5) and "
+        .. "'llama.attention.key_length' is absent" },
+    }) do
+      local p = bad("int_" .. case[1] .. ".gguf", with_keys(case[1], case[2]))
+      local msg = err_of(eapig.load, p)
+      has(msg, p .. ": ")
+      has(msg, case[3])
+    end
+  end)
+
   it("bad headers: magic, version, counts, strings, duplicates, alignment, overlaps", function()
     has(open_error("empty.gguf", ""), "magic")
     has(open_error("magic.gguf", "GGML" .. string.rep("\0", 20)), "does not start with \"GGUF\"")

@@ -264,6 +264,14 @@ local function meta_reader(g, arch)
     if type(v) ~= "number" then fail("%s: metadata key '%s' must be a number (got %s)", g.path, key, tostring(v)) end
     return v
   end
+  -- A size or count: a positive integer below 2^31 (the core's int32), naming the key otherwise.
+  function m.int(name, default)
+    local v = m.num(name, default)
+    if v ~= floor(v) or v < 1 or v >= 2 ^ 31 then
+      fail("%s: metadata key '%s' must be a positive integer (got %s)", g.path, arch .. "." .. name, tostring(v))
+    end
+    return v
+  end
   -- A positive number the core keeps as a float32 (epsilons, RoPE base, soft-caps): NaN, an
   -- infinity, 0 or less, or a value outside float32's normal range is an error naming the key.
   function m.float32(name, default)
@@ -300,17 +308,21 @@ end
 -- rope_freqs.weight tensor for this architecture (llama only).
 local function rope_common(g, arch, rope_freqs)
   local m = meta_reader(g, arch)
-  local H = m.num("attention.head_count")
-  local D = m.num("embedding_length")
+  local H = m.int("attention.head_count")
+  local D = m.int("embedding_length")
   m.absent("rope.scaling.type", "only plain RoPE and rope_freqs.weight factors are implemented")
   m.absent("expert_count", "mixture-of-experts layers are not implemented")
-  local d_head = m.num("attention.key_length", D / H)
-  if m.num("attention.value_length", d_head) ~= d_head then
+  if not g:get(arch .. ".attention.key_length") and D % H ~= 0 then
+    fail("%s: metadata key '%s.embedding_length' (%d) is not a multiple of '%s.attention.head_count' (%d) and "
+         .. "'%s.attention.key_length' is absent: the head size is unknown", g.path, arch, D, arch, H, arch)
+  end
+  local d_head = m.int("attention.key_length", D / H)
+  if m.int("attention.value_length", d_head) ~= d_head then
     fail("%s: metadata key '%s.attention.value_length' differs from key_length: not supported", g.path, arch)
   end
-  if m.num("rope.dimension_count", d_head) ~= d_head then
+  if m.int("rope.dimension_count", d_head) ~= d_head then
     fail("%s: metadata key '%s.rope.dimension_count' (%d) is not the head size %s: partial RoPE is not supported for %s",
-         g.path, arch, m.num("rope.dimension_count"), tostring(d_head), arch)
+         g.path, arch, m.int("rope.dimension_count"), tostring(d_head), arch)
   end
   local freqs = g:tensor("rope_freqs.weight")
   if freqs and not rope_freqs then
@@ -322,8 +334,8 @@ local function rope_common(g, arch, rope_freqs)
          g.path, "[" .. table.concat(freqs.ne, ", ") .. "]", tostring(d_head / 2))
   end
   return {
-    hidden_size = D, num_attention_heads = H, num_key_value_heads = m.num("attention.head_count_kv", H),
-    head_dim = d_head, num_hidden_layers = m.num("block_count"), intermediate_size = m.num("feed_forward_length"),
+    hidden_size = D, num_attention_heads = H, num_key_value_heads = m.int("attention.head_count_kv", H),
+    head_dim = d_head, num_hidden_layers = m.int("block_count"), intermediate_size = m.int("feed_forward_length"),
     rms_norm_eps = m.float32("attention.layer_norm_rms_epsilon"),
     -- llama.cpp's default base when the key is absent (its gemma converter never writes it)
     rope_theta = m.float32("rope.freq_base", 10000), vocab_size = vocab_rows(g),
@@ -335,7 +347,7 @@ end
 local function llama_like(g, arch, model_type)
   local f, m = rope_common(g, arch, model_type == "llama")
   f.model_type, f.hidden_act = model_type, "silu"
-  f.max_position_embeddings = m.num("context_length", 2048)
+  f.max_position_embeddings = m.int("context_length", 2048)
   -- llama's attention_bias (q, k, v and o biases); qwen2 always has q, k, v biases.
   f.attention_bias = model_type == "llama" and g:tensor("blk.0.attn_q.bias") ~= nil
   return f
@@ -347,7 +359,7 @@ end
 local function gemma_like(g, arch)
   local f, m = rope_common(g, arch, false)
   f.model_type, f.hidden_activation = arch, "gelu_pytorch_tanh"
-  f.max_position_embeddings = m.num("context_length", 8192)
+  f.max_position_embeddings = m.int("context_length", 8192)
   if arch == "gemma2" then
     -- Not stored: llama.cpp scales queries by 1/sqrt(embedding_length / head_count) for the 27B
     -- model (46 blocks) and by 1/sqrt(head size) otherwise, as gemma_pytorch's configs do.
@@ -357,7 +369,7 @@ local function gemma_like(g, arch)
     f.attn_logit_softcapping = m.float32("attn_logit_softcapping", 50)
     f.final_logit_softcapping = m.float32("final_logit_softcapping", 30)
     -- layers 0, 2, 4, ... slide (llama.cpp's and transformers' default pattern)
-    f.sliding_window = m.num("attention.sliding_window", 4096)
+    f.sliding_window = m.int("attention.sliding_window", 4096)
   end
   return f
 end
@@ -388,10 +400,10 @@ local ARCHS = {
     model_type = "gpt2", global = GPT2_GLOBAL, layer = GPT2_LAYER, layer_name = "^h%.(%d+)%.(.+)$",
     config = function(g)
       local m = meta_reader(g, "gpt2")
-      local D = m.num("embedding_length")
+      local D = m.int("embedding_length")
       return {
-        model_type = "gpt2", n_embd = D, n_head = m.num("attention.head_count"), n_layer = m.num("block_count"),
-        n_inner = m.num("feed_forward_length", 4 * D), n_positions = m.num("context_length"),
+        model_type = "gpt2", n_embd = D, n_head = m.int("attention.head_count"), n_layer = m.int("block_count"),
+        n_inner = m.int("feed_forward_length", 4 * D), n_positions = m.int("context_length"),
         layer_norm_epsilon = m.float32("attention.layer_norm_epsilon"), vocab_size = vocab_rows(g),
         activation_function = "gelu_new", tie_word_embeddings = g:tensor("output.weight") == nil,
       }
