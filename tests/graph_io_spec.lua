@@ -5,22 +5,14 @@ local cjson = require("cjson")
 local Graph = require("eapig.graph")
 local graph_io = require("eapig.formats.graph_io")
 
-local FIXTURES = "../shared/fixtures"
-
-local function fixtures_present()
-  local fh = io.open(FIXTURES .. "/manifest.json", "rb")
-  if fh then fh:close() end
-  return fh ~= nil
-end
+local FIXTURES = require("support.shared").fixtures() -- nil when absent
 
 local files = require("support.files")
 local exists, read, write = files.exists, files.read, files.write
 
 -- A scratch folder for this run, removed at the end.
-local DIR = os.tmpname()
-os.remove(DIR)
-assert(os.execute("mkdir -p '" .. DIR .. "'"))
-teardown(function() os.execute("rm -rf '" .. DIR .. "'") end)
+local DIR = files.tmpdir()
+teardown(function() files.rmtree(DIR) end)
 
 local function files_in(dir)
   local names = {}
@@ -147,7 +139,7 @@ describe("Graph JSON", function()
   end)
 
   it("loads EAP-IG's own files from the fixtures", function()
-    if not fixtures_present() then
+    if not FIXTURES then
       pending("../shared/fixtures is absent: skipping the fixture graphs")
       return
     end

@@ -3,20 +3,9 @@
 local Graph = require("eapig.graph")
 local cjson = require("cjson")
 
-local FIXTURES = "../shared/fixtures"
+local read = require("support.files").read
 
-local function fixtures_present()
-  local fh = io.open(FIXTURES .. "/manifest.json", "rb")
-  if fh then fh:close() end
-  return fh ~= nil
-end
-
-local function read(path)
-  local fh = assert(io.open(path, "rb"))
-  local text = fh:read("*a")
-  fh:close()
-  return text
-end
+local FIXTURES = require("support.shared").fixtures() -- nil when absent
 
 -- Sets the score of edges given by name.
 local function set_scores(g, scores)
@@ -457,7 +446,7 @@ describe("Graph module hygiene", function()
 end)
 
 describe("Graph against EAP-IG's selections (fixtures)", function()
-  if not fixtures_present() then
+  if not FIXTURES then
     it("needs ../shared/fixtures", function() pending("../shared/fixtures is absent: skipping the fixture cases") end)
     return
   end

@@ -45,18 +45,8 @@ math.randomseed(opts.seed)
 io.stdout:setvbuf("line")
 local random = math.random
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local files = require("support.files")
+local read, write = files.read, files.write
 
 -- ---- mutations --------------------------------------------------------------------------------
 
