@@ -454,6 +454,17 @@ describe("GGUF models", function()
     local without = relative_difference(ref, logits_of(eapig.load(bare), ids))
     assert.True(without > 1e-2, "without the factors the logits differ by only " .. without)
     print(("  without rope_freqs.weight: %.2e"):format(without))
+    -- Setting the factors again replaces them (they do not compound); a model without RoPE refuses.
+    local m = eapig.load(file)
+    local factors = ffi.new("float[8]")
+    for i = 0, 7 do factors[i] = 1 end
+    assert.equal(0, C.eapig_model_set_rope_factors(m.handle, factors, 8))
+    assert.same(logits_of(eapig.load(bare), ids), logits_of(m, ids))
+    assert.equal(C.EAPIG_ERR_ARG, C.eapig_model_set_rope_factors(m.handle, factors, 7))
+    has(ffi.string(C.eapig_last_error()), "7 factors, the model has 8 rotary frequencies")
+    local gpt2 = eapig.load(testing.random_model({ family = "gpt2", dir = dir_of("gpt2_no_rope") }))
+    assert.equal(C.EAPIG_ERR_ARG, C.eapig_model_set_rope_factors(gpt2.handle, factors, 8))
+    has(ffi.string(C.eapig_last_error()), "the model has no RoPE")
   end)
 
   it("llama in F16, BF16 and Q8_0: logits close to the F32 model's", function()
