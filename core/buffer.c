@@ -1,11 +1,11 @@
-/* buffer.c: the big float buffers: the weight arena, workspaces, and the buffers the Lua side
- * owns and frees at a known point (STYLE 12: the per-batch node buffers, freed when their batch
- * ends rather than when the collector runs).
+/* buffer.c: the big float buffers: the weight arena, and the buffers the Lua side owns and frees
+ * at a known point (STYLE 12: the per-batch node buffers, freed when their batch ends rather than
+ * when the collector runs).
  *
- * A big buffer is its own anonymous mapping, marked for transparent huge pages: the kernel hands
- * it out zeroed (no memset), and the first touch of each 2 MiB faults once instead of 512 times,
- * which is most of the cost of filling a fresh half-gigabyte of weights. Freeing unmaps it, so its
- * memory goes back to the system at once rather than staying in the allocator's heap. Small
+ * A big buffer is its own anonymous mapping: the kernel hands it out zeroed (no memset over
+ * memory that is already zero), and freeing unmaps it, so its memory goes back to the system at
+ * once instead of staying in the allocator's heap. (Transparent huge pages were measured and not
+ * used: on the virtual machines here their first touch was slower and far more variable.) Small
  * buffers come from calloc. A header in front of the floats records which kind a buffer is. */
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +14,7 @@
 #include "internal.h"
 
 enum { HEADER = 64 };                        /* keeps the floats 64-byte aligned */
-static const size_t MAPPED_FROM = (size_t)1 << 21; /* bytes: one huge page */
+static const size_t MAPPED_FROM = (size_t)1 << 21; /* bytes: below this, calloc is as good */
 
 typedef struct {
     size_t total; /* bytes of the whole block, header included */
@@ -29,9 +29,6 @@ float *eapig_big_floats(size_t n) {
     if (mapped) {
         void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) return NULL;
-#ifdef MADV_HUGEPAGE
-
-#endif
         base = p;
     } else {
         base = calloc(1, total);

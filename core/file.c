@@ -224,8 +224,8 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
             for (size_t r0 = 0; r0 < R; r0 += TILE) {
                 size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < R ? r0 + TILE : R;
                 if (dtype == EAPIG_DTYPE_F32) { /* the common case without the per-element dtype switch */
-                    for (size_t c = c0; c < c1; c++)
-                        for (size_t r = r0; r < r1; r++) memcpy(dst + r * Cn + c, src + (c * R + r) * 4, 4);
+                    for (size_t r = r0; r < r1; r++)
+                        for (size_t c = c0; c < c1; c++) memcpy(dst + r * Cn + c, src + (c * R + r) * 4, 4);
                     continue;
                 }
                 for (size_t c = c0; c < c1; c++)
@@ -270,10 +270,22 @@ int64_t eapig_floats_first_nonfinite(const float *x, int64_t n) {
     if (!x) return -1;
     /* Compare bits, not values: -O3 without fast-math keeps isfinite, but a bit test is exact and
      * never raises a floating-point exception on a signalling NaN. */
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, x + i, sizeof bits);
-        if ((bits & 0x7f800000u) == 0x7f800000u) return i;
+    /* Blocks without an early exit vectorise; only a block that holds one is searched. */
+    enum { BLOCK = 1024 };
+    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
+        int64_t b1 = b0 + BLOCK < n ? b0 + BLOCK : n;
+        uint32_t any = 0;
+        for (int64_t i = b0; i < b1; i++) {
+            uint32_t bits;
+            memcpy(&bits, x + i, sizeof bits);
+            any |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+        }
+        if (!any) continue;
+        for (int64_t i = b0; i < b1; i++) {
+            uint32_t bits;
+            memcpy(&bits, x + i, sizeof bits);
+            if ((bits & 0x7f800000u) == 0x7f800000u) return i;
+        }
     }
     return -1;
 }
