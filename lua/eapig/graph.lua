@@ -732,6 +732,22 @@ local function edges_from_units(g, level)
   edges_from_nodes(g)
 end
 
+-- The end of apply_topn / apply_threshold once the chosen entries are marked. From an empty circuit
+-- (reset) an edge selection brings in the nodes with edges both ways; a node or neuron selection
+-- (mask, total, out from unit_arrays and scored_mask) first keeps its unscored entries, then
+-- brings in the chosen nodes' edges. Then prune when asked.
+local function finish_selection(g, o, mask, total, out)
+  if mask then
+    keep_unscored(mask, total, out)
+    if o.reset then edges_from_units(g, o.level) end
+  elseif o.reset then
+    nodes_from_edges(g)
+  end
+  if o.prune then g:prune() end
+  g.selected = true
+  return g
+end
+
 local SELECT_DEFAULTS = { absolute = true, level = "edge", reset = true, prune = true }
 
 -- Selecting by scores the graph does not have is a mistake (the circuit would be arbitrary): say
@@ -774,7 +790,7 @@ function Graph:apply_topn(n, ...)
     end
     if o.reset then self:reset(true) end
     mark_top(self.scores, self.real, NF * NB, n, o.absolute, self.in_graph, self._n_real)
-    if o.reset then nodes_from_edges(self) end
+    return finish_selection(self, o)
   else
     local values, total, out, noun = unit_arrays(self, o.level)
     local mask, scored = scored_mask(values, total)
@@ -783,12 +799,8 @@ function Graph:apply_topn(n, ...)
     end
     if o.reset then self:reset(true) end
     mark_top(values, mask, total, n, o.absolute, out, scored)
-    keep_unscored(mask, total, out)
-    if o.reset then edges_from_units(self, o.level) end
+    return finish_selection(self, o, mask, total, out)
   end
-  if o.prune then self:prune() end
-  self.selected = true
-  return self
 end
 
 -- Thresholds compare in float32, as EAP-IG's float32 tensors do against a Python float.
@@ -823,17 +835,13 @@ function Graph:apply_threshold(t, ...)
   if o.level == "edge" then
     ffi.fill(self.in_graph, NF * NB, 0) -- non-real edges are never in
     mark_threshold(self.scores, self.real, NF * NB, t, o.absolute, self.in_graph)
-    if o.reset then nodes_from_edges(self) end
+    return finish_selection(self, o)
   else
     local values, total, out = unit_arrays(self, o.level)
     local mask = scored_mask(values, total)
     mark_threshold(values, mask, total, t, o.absolute, out)
-    keep_unscored(mask, total, out)
-    if o.reset then edges_from_units(self, o.level) end
+    return finish_selection(self, o, mask, total, out)
   end
-  if o.prune then self:prune() end
-  self.selected = true
-  return self
 end
 
 -- A binary max-heap of candidate edges on (key, then lower flat index first), in FFI arrays sized
