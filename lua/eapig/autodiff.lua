@@ -264,11 +264,20 @@ local function unary(op, a)
   return new_node(a.tape, a.n, op, a)
 end
 
-function Vec.neg(a)
-  local v = unary("neg", a)
-  local out, x = v.val, v.a.val
-  for i = 0, v.n - 1 do out[i] = -x[i] end
-  return v
+-- Forward of each elementwise unary op without a parameter: Vec.neg (and unary minus), Vec.exp,
+-- Vec.log.
+local UNARY = {
+  neg = function(x) return -x end,
+  exp = exp,
+  log = log,
+}
+for op, f in pairs(UNARY) do
+  Vec[op] = function(a)
+    local v = unary(op, a)
+    local out, x = v.val, v.a.val
+    for i = 0, v.n - 1 do out[i] = f(x[i]) end
+    return v
+  end
 end
 Vec.__unm = Vec.neg
 
@@ -277,23 +286,9 @@ backward_of.neg = function(v)
   for i = 0, v.n - 1 do ga[i] = ga[i] - g[i] end
 end
 
-function Vec.exp(a)
-  local v = unary("exp", a)
-  local out, x = v.val, v.a.val
-  for i = 0, v.n - 1 do out[i] = exp(x[i]) end
-  return v
-end
-
 backward_of.exp = function(v)
   local g, ga, out = v.grad, v.a.grad, v.val
   for i = 0, v.n - 1 do ga[i] = ga[i] + g[i] * out[i] end
-end
-
-function Vec.log(a)
-  local v = unary("log", a)
-  local out, x = v.val, v.a.val
-  for i = 0, v.n - 1 do out[i] = log(x[i]) end
-  return v
 end
 
 backward_of.log = function(v)
