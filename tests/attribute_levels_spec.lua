@@ -1,24 +1,10 @@
 -- Node and neuron levels of the gradient methods: a node's score is the sum of its out-edge
 -- scores from an edge-level run of the same method, and its neurons' scores sum to it.
 local tiny = require("support.tiny")
-local random = require("eapig.rng")
 local eapig = require("eapig")
 local Graph = eapig.Graph
 
-local function dataset(model, n, seed)
-  local rng = random.new(seed)
-  local rows = {}
-  for i = 1, n do
-    local clean, corrupted = {}, {}
-    for p = 1, 5 do
-      clean[p] = rng:below(model.vocab)
-      corrupted[p] = rng:uniform() < 0.5 and rng:below(model.vocab) or clean[p]
-    end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
-      incorrect = (rng:below(model.vocab - 1) + 1 + i) % model.vocab }
-  end
-  return eapig.data.from_rows(rows, { vocab = model.vocab })
-end
+local function dataset(model, n, seed) return tiny.dataset(model, n, seed, 5) end
 
 describe("node and neuron levels", function()
   for _, case in ipairs({ { "gpt2", "EAP-IG-activations", "patching" }, { "neox", "EAP-IG-activations", "zero" },

@@ -6,20 +6,7 @@ local eapig = require("eapig")
 local Graph = eapig.Graph
 
 -- A small id dataset for a tiny model: equal lengths, a few corrupted positions.
-local function dataset(model, n, seed)
-  local rng = random.new(seed)
-  local rows = {}
-  for i = 1, n do
-    local clean, corrupted = {}, {}
-    for p = 1, 6 do
-      clean[p] = rng:below(model.vocab)
-      corrupted[p] = rng:uniform() < 0.5 and rng:below(model.vocab) or clean[p]
-    end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
-      incorrect = (rng:below(model.vocab - 1) + 1 + i) % model.vocab }
-  end
-  return eapig.data.from_rows(rows, { vocab = model.vocab })
-end
+local function dataset(model, n, seed) return tiny.dataset(model, n, seed, 6) end
 
 -- A reference of clean activations plus eps-scaled deterministic noise on every node.
 local function noisy_reference(eps)

@@ -2,7 +2,6 @@
 -- intervention: the empty circuit scores 0 and the full circuit 1, and under patching the empty
 -- circuit is the corrupted run.
 local tiny = require("support.tiny")
-local random = require("eapig.rng")
 local eapig = require("eapig")
 local evaluate = require("eapig.evaluate")
 
@@ -12,17 +11,7 @@ end
 
 describe("faithfulness", function()
   local model = tiny.model("gpt2", 11)
-  local rng = random.new(5)
-  local rows = {}
-  for i = 1, 6 do
-    local clean, corrupted = {}, {}
-    for p = 1, 5 do
-      clean[p] = rng:below(model.vocab)
-      corrupted[p] = rng:below(model.vocab)
-    end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab), incorrect = rng:below(model.vocab) }
-  end
-  local data = eapig.data.from_rows(rows, { vocab = model.vocab })
+  local data = eapig.data.from_rows(tiny.rows(model, 5, 6, 5), { vocab = model.vocab })
   local mean = evaluate.mean
   local clean = mean(eapig.evaluate_baseline(model, data, "logit_diff"))
 

@@ -200,20 +200,7 @@ describe("mib score", function()
   local eapig = require("eapig")
   local evaluate = require("eapig.evaluate")
 
-  local function rows_of(model, seed, n)
-    local rng = random.new(seed)
-    local rows = {}
-    for i = 1, n do
-      local clean, corrupted = {}, {}
-      for p = 1, 5 do
-        clean[p] = rng:below(model.vocab)
-        corrupted[p] = rng:below(model.vocab)
-      end
-      rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
-                  incorrect = rng:below(model.vocab) }
-    end
-    return rows
-  end
+  local function rows_of(model, seed, n) return tiny.rows(model, seed, n, 5) end
 
   it("CPR and CMD of a hand-built graph equal a direct trapezoid computation", function()
     local model = tiny.model("llama", 6)

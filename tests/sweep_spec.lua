@@ -1,7 +1,6 @@
 -- eapig sweep: faithfulness at several circuit sizes, its SVG curve, and the CPR / CMD areas
 -- against a direct trapezoid computation.
 local tiny = require("support.tiny")
-local random = require("eapig.rng")
 local eapig = require("eapig")
 local sweep = require("eapig.sweep")
 local plot = require("eapig.apps.plot")
@@ -23,17 +22,7 @@ end
 
 describe("sweep", function()
   local model = tiny.model("llama", 4)
-  local rng = random.new(8)
-  local rows = {}
-  for i = 1, 6 do
-    local clean, corrupted = {}, {}
-    for p = 1, 5 do
-      clean[p] = rng:below(model.vocab)
-      corrupted[p] = rng:below(model.vocab)
-    end
-    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab), incorrect = rng:below(model.vocab) }
-  end
-  local data = eapig.data.from_rows(rows, { vocab = model.vocab })
+  local data = eapig.data.from_rows(tiny.rows(model, 8, 6, 5), { vocab = model.vocab })
   local graph = eapig.Graph.from_model(model)
   eapig.attribute(model, graph, data, "logit_diff", { method = "EAP-IG-inputs", ig_steps = 3, quiet = true })
 

@@ -109,6 +109,41 @@ function tiny.corrupt(model, batch, seed)
   return { tokens = tokens, lengths = batch.lengths, B = batch.B, P = batch.P }
 end
 
+-- n rows (plain tables, for eapig.data.from_rows) of `positions` tokens drawn from seed (a number)
+-- or an eapig.rng: every corrupted token drawn apart from the clean one, then correct and
+-- incorrect.
+function tiny.rows(model, seed, n, positions)
+  local rng = type(seed) == "number" and random.new(seed) or seed
+  local rows = {}
+  for i = 1, n do
+    local clean, corrupted = {}, {}
+    for p = 1, positions do
+      clean[p] = rng:below(model.vocab)
+      corrupted[p] = rng:below(model.vocab)
+    end
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
+      incorrect = rng:below(model.vocab) }
+  end
+  return rows
+end
+
+-- A Dataset of n rows of `positions` tokens for a tiny model, drawn from seed: each corrupted
+-- token redrawn with probability 1/2, incorrect = (a draw in [1, vocab) + row) mod vocab.
+function tiny.dataset(model, n, seed, positions)
+  local rng = random.new(seed)
+  local rows = {}
+  for i = 1, n do
+    local clean, corrupted = {}, {}
+    for p = 1, positions do
+      clean[p] = rng:below(model.vocab)
+      corrupted[p] = rng:uniform() < 0.5 and rng:below(model.vocab) or clean[p]
+    end
+    rows[i] = { clean = clean, corrupted = corrupted, correct = rng:below(model.vocab),
+      incorrect = (rng:below(model.vocab - 1) + 1 + i) % model.vocab }
+  end
+  return require("eapig.data").from_rows(rows, { vocab = model.vocab })
+end
+
 function tiny.last_pos(batch)
   local pos = core.int32s(batch.B)
   for b = 0, batch.B - 1 do pos[b] = batch.lengths[b] - 1 end
