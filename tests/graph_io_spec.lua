@@ -209,17 +209,23 @@ describe("Graph JSON", function()
     assert.is_truthy(err:find("cannot open", 1, true))
   end)
 
-  it("streams a graph bigger than its read window, written by any JSON writer", function()
-    -- 12 layers of 12 heads: 2 MB of JSON, more than the reader's first 1 MiB window, so entries
-    -- straddle window boundaries
+  -- A graph of 12 layers of 12 heads (about 2 MB of JSON) with seeded random scores of magnitude
+  -- up to 10^e, its top-n edges selected, written to DIR/name; returns it and the path.
+  local function big_graph(seed, e, n, name)
     local g = Graph.new({ n_layers = 12, n_heads = 12, d_model = 8, parallel_attn_mlp = false })
-    math.randomseed(7)
+    math.randomseed(seed)
     for i = 0, g.n_forward * g.n_backward - 1 do
-      if g.real[i] ~= 0 then g.scores[i] = (math.random() - 0.5) * 10 ^ math.random(-30, 30) end
+      if g.real[i] ~= 0 then g.scores[i] = (math.random() - 0.5) * 10 ^ math.random(-e, e) end
     end
-    g:apply_topn(500)
-    local path = DIR .. "/big.json"
+    g:apply_topn(n)
+    local path = DIR .. "/" .. name
     g:to_json(path)
+    return g, path
+  end
+
+  it("streams a graph bigger than its read window, written by any JSON writer", function()
+    -- 2 MB of JSON, more than the reader's first 1 MiB window, so entries straddle window boundaries
+    local g, path = big_graph(7, 30, 500, "big.json")
     assert.is_true(#read(path) > 2 * 1024 * 1024)
     assert_same_graph(g, Graph.from_json(path))
     -- the same content as cjson writes it: keys in hash order (edges may come before cfg), no
@@ -238,14 +244,7 @@ describe("Graph JSON", function()
 
   it("parses entries cut anywhere by the read window's edge", function()
     -- leading spaces shift the 1 MiB window boundary through every byte of an edge entry
-    local g = Graph.new({ n_layers = 12, n_heads = 12, d_model = 8, parallel_attn_mlp = false })
-    math.randomseed(11)
-    for i = 0, g.n_forward * g.n_backward - 1 do
-      if g.real[i] ~= 0 then g.scores[i] = (math.random() - 0.5) * 10 ^ math.random(-9, 9) end
-    end
-    g:apply_topn(300)
-    local path = DIR .. "/shift.json"
-    g:to_json(path)
+    local g, path = big_graph(11, 9, 300, "shift.json")
     local text = read(path)
     local entry = #text:match('\n"[^\n]+}')
     for pad = 0, entry + 1 do
