@@ -203,17 +203,8 @@ function M.from_json(path)
 end
 
 -- ---- safetensors --------------------------------------------------------------------------------
--- 8-byte little-endian header length, a JSON header ({name: {dtype, shape, data_offsets}} plus
--- string-valued __metadata__), padded with spaces to a multiple of 8, then the raw tensor bytes.
-
-local function u64le(n)
-  local t = {}
-  for i = 1, 8 do
-    t[i] = string.char(n % 256)
-    n = floor(n / 256)
-  end
-  return concat(t)
-end
+-- A plain safetensors file (eapig.formats.safetensors writes and reads it): the score and mask
+-- tensors, and the graph's format, level, cfg and names in __metadata__.
 
 local function names_json(names, first, last)
   local t = {}
@@ -241,6 +232,7 @@ local function tensor_list(g)
     local n = 1
     for _, s in ipairs(t.shape) do n = n * s end
     t.nbytes = n * t.size
+    t.data = t.buf
   end
   return list
 end
@@ -248,27 +240,15 @@ end
 function M.to_safetensors(g, path)
   local where = "Graph:to_safetensors"
   if not ffi.abi("le") then fail("%s: only little-endian machines are supported", where) end
-  local tensors = tensor_list(g)
   local meta = {
-    fmt("%s: %s", cjson.encode("format"), cjson.encode("eapig.graph")),
-    fmt("%s: %s", cjson.encode("level"), cjson.encode(g.level)),
-    fmt("%s: %s", cjson.encode("cfg"), cjson.encode(cfg_json(g.cfg))),
-    fmt("%s: %s", cjson.encode("forward_names"), cjson.encode(names_json(g.forward_names, 0, g.n_forward - 1))),
-    fmt("%s: %s", cjson.encode("backward_names"), cjson.encode(names_json(g.backward_names, 0, g.n_backward - 1))),
+    { "format", "eapig.graph" },
+    { "level", g.level },
+    { "cfg", cfg_json(g.cfg) },
+    { "forward_names", names_json(g.forward_names, 0, g.n_forward - 1) },
+    { "backward_names", names_json(g.backward_names, 0, g.n_backward - 1) },
   }
-  local entries, offset = { '"__metadata__": {' .. concat(meta, ", ") .. "}" }, 0
-  for _, t in ipairs(tensors) do
-    entries[#entries + 1] = fmt('"%s": {"dtype": "%s", "shape": [%s], "data_offsets": [%d, %d]}', t.name,
-      t.dtype, concat(t.shape, ", "), offset, offset + t.nbytes)
-    offset = offset + t.nbytes
-  end
-  local header = "{" .. concat(entries, ", ") .. "}"
-  header = header .. string.rep(" ", (8 - #header % 8) % 8)
-  return write_atomic(path, where, function(write)
-    write(u64le(#header))
-    write(header)
-    for _, t in ipairs(tensors) do write(ffi.string(t.buf, t.nbytes)) end
-  end)
+  safetensors.write(path, tensor_list(g), meta, { where = where, spaced = true })
+  return path
 end
 
 function M.from_safetensors(path)

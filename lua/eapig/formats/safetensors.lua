@@ -429,24 +429,41 @@ local function le64(n)
   return table.concat(bytes)
 end
 
+-- The JSON header's __metadata__ entry (or nil): metadata maps strings to strings (written in
+-- key order) or is a list of {key, value} string pairs (written in that order). sep and colon are
+-- the JSON separators.
+local function metadata_entry(path, metadata, sep, colon)
+  if not metadata or next(metadata) == nil then return nil end
+  local pairs_list = {}
+  if metadata[1] ~= nil then
+    for i, kv in ipairs(metadata) do pairs_list[i] = type(kv) == "table" and kv or {} end
+  else
+    for k, v in pairs(metadata) do pairs_list[#pairs_list + 1] = { k, v } end
+    table.sort(pairs_list, function(x, y) return tostring(x[1]) < tostring(y[1]) end)
+  end
+  local items = {}
+  for i, kv in ipairs(pairs_list) do
+    if type(kv[1]) ~= "string" or type(kv[2]) ~= "string" then
+      fail("%s: metadata must map strings to strings", path)
+    end
+    items[i] = cjson.encode(kv[1]) .. colon .. cjson.encode(kv[2])
+  end
+  return '"__metadata__"' .. colon .. "{" .. table.concat(items, sep) .. "}"
+end
+
 -- tensors: list of {name=, dtype="F32"|"F16"|"BF16"|"I32"|"U8", shape={...}, data=...}, data being
 -- a Lua table (1-based), a pointer to the source elements (float for the float dtypes, int32_t
 -- for I32, uint8_t for U8), or a function(buf, n) that fills the next n source elements of
--- the tensor (called in order). metadata: optional table of strings. The file appears at path
--- only once it is complete (eapig.files.write_atomic).
-function safetensors.write(path, tensors, metadata)
+-- the tensor (called in order). metadata: optional, a table of strings or a list of {key, value}
+-- pairs (see metadata_entry). opts (optional): where = the name errors of writing the file give
+-- (default "safetensors.write"); spaced = true writes the header with ", " and ": " separators
+-- (the graph files' style) instead of "," and ":". The file appears at path only once it is
+-- complete (eapig.files.write_atomic). Returns the data section's size in bytes.
+function safetensors.write(path, tensors, metadata, opts)
+  local sep, colon = ",", ":"
+  if opts and opts.spaced then sep, colon = ", ", ": " end
   local entries, offset, seen = {}, 0, {}
-  if metadata and next(metadata) then
-    local keys = {}
-    for k, v in pairs(metadata) do
-      if type(k) ~= "string" or type(v) ~= "string" then fail("%s: metadata must map strings to strings", path) end
-      keys[#keys + 1] = k
-    end
-    table.sort(keys)
-    local items = {}
-    for i, k in ipairs(keys) do items[i] = cjson.encode(k) .. ":" .. cjson.encode(metadata[k]) end
-    entries[1] = '"__metadata__":{' .. table.concat(items, ",") .. "}"
-  end
+  entries[1] = metadata_entry(path, metadata, sep, colon)
   local counts = {}
   for i, t in ipairs(tensors) do
     if type(t.name) ~= "string" or t.name == "__metadata__" or seen[t.name] then
@@ -464,16 +481,16 @@ function safetensors.write(path, tensors, metadata)
     end
     counts[i] = count
     local bytes = count * DTYPES[t.dtype].size
-    local shape_json = shape_string(t.shape or {}):gsub(" ", "")
-    entries[#entries + 1] = string.format('%s:{"dtype":"%s","shape":%s,"data_offsets":[%d,%d]}',
-      cjson.encode(t.name), t.dtype, shape_json, offset, offset + bytes)
+    local shape_json = "[" .. table.concat(t.shape or {}, sep) .. "]"
+    entries[#entries + 1] = string.format('%s%s{"dtype"%s"%s"%s"shape"%s%s%s"data_offsets"%s[%d%s%d]}',
+      cjson.encode(t.name), colon, colon, t.dtype, sep, colon, shape_json, sep, colon, offset, sep, offset + bytes)
     offset = offset + bytes
   end
-  local header = "{" .. table.concat(entries, ",") .. "}"
+  local header = "{" .. table.concat(entries, sep) .. "}"
   -- Pad with spaces (allowed by the format) so the data section starts 8-byte aligned.
   header = header .. string.rep(" ", (8 - #header % 8) % 8)
 
-  require("eapig.formats.files").write_atomic(path, "safetensors.write", function(write)
+  require("eapig.formats.files").write_atomic(path, opts and opts.where or "safetensors.write", function(write)
     write(le64(#header) .. header)
     for i, t in ipairs(tensors) do write_data(write, t, counts[i]) end
   end)
