@@ -787,24 +787,11 @@ describe("GGUF files from llama.cpp (../shared/models)", function()
     local tok = tokenizer.load(vocab .. "/ggml-vocab-gpt-2.gguf")
     assert.equal(50257, tok.vocab_size)
     assert.equal(50000, tok.n_merges)
-    local inp = files.read(vocab .. "/ggml-vocab-gpt-2.gguf.inp")
-    local strings, pos, sep = {}, 1, "\n__ggml_vocab_test__\n"
-    while true do
-      local a, b = inp:find(sep, pos, true)
-      if not a then strings[#strings + 1] = inp:sub(pos); break end
-      strings[#strings + 1] = inp:sub(pos, a - 1)
-      pos = b + 1
-    end
-    local lines = {}
-    for line in (files.read(vocab .. "/ggml-vocab-gpt-2.gguf.out") .. "\n"):gmatch("([^\n]*)\n") do
-      lines[#lines + 1] = line
-    end
+    local strings, expected = require("support.shared").vocab_tests(vocab .. "/ggml-vocab-gpt-2.gguf")
     assert.equal(47, #strings)
     local passed = 0
     for i, s in ipairs(strings) do
-      local expected = {}
-      for n in lines[i]:gmatch("%d+") do expected[#expected + 1] = tonumber(n) end
-      assert.same(expected, tok:encode(s), ("string %d: %q"):format(i, s))
+      assert.same(expected[i], tok:encode(s), ("string %d: %q"):format(i, s))
       passed = passed + 1
     end
     print(("\n  GPT-2 vocabulary GGUF: %d of %d strings as expected"):format(passed, #strings))

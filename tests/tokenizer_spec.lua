@@ -730,22 +730,10 @@ describe("tokenizer", function()
         pending("skipped: " .. GGUF_DIR .. " or " .. GPT2_DIR .. " is absent")
         return
       end
-      -- .inp: strings each followed by "\n__ggml_vocab_test__\n"; .out: one line of ids per string
-      local inp = read(GGUF_DIR .. "/ggml-vocab-gpt-2.gguf.inp")
-      local strings, pos, sep = {}, 1, "\n__ggml_vocab_test__\n"
-      while true do
-        local a, b = inp:find(sep, pos, true)
-        if not a then strings[#strings + 1] = inp:sub(pos); break end
-        strings[#strings + 1] = inp:sub(pos, a - 1)
-        pos = b + 1
-      end
-      local lines = {}
-      for line in (read(GGUF_DIR .. "/ggml-vocab-gpt-2.gguf.out") .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+      local strings, expected = require("support.shared").vocab_tests(GGUF_DIR .. "/ggml-vocab-gpt-2.gguf")
       assert.equal(47, #strings)
       for i, s in ipairs(strings) do
-        local expected = {}
-        for n in lines[i]:gmatch("%d+") do expected[#expected + 1] = tonumber(n) end
-        assert.same(expected, tok:encode(s), ("string %d: %q"):format(i, s))
+        assert.same(expected[i], tok:encode(s), ("string %d: %q"):format(i, s))
         assert.equal(s, tok:decode(tok:encode(s)))
       end
     end)
