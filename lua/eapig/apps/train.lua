@@ -27,6 +27,7 @@ local ffi = require("ffi")
 local cjson = require("cjson")
 local core = require("eapig.core")
 local files = require("eapig.formats.files")
+local json = require("eapig.formats.json")
 local Model = require("eapig.model")
 local safetensors = require("eapig.formats.safetensors")
 local Progress = require("eapig.progress")
@@ -241,12 +242,6 @@ function train.loss_and_grads(model, batch, targets, count, bufs, grads)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Wall clock (the progress display's)
-
-local now = Progress.now
-train.now = now
-
----------------------------------------------------------------------------------------------------
 -- The loop
 
 local DEFAULTS = {
@@ -315,7 +310,7 @@ function train.train(model, task, opts)
   local losses, window, window_n = {}, 0, 0
   -- progress = false: nothing on stderr; true: the bar even off a terminal; nil: eapig.progress decides.
   local bar = Progress.new("train", o.steps, { quiet = o.quiet or o.progress == false, terminal = o.progress or nil })
-  local t0 = now()
+  local t0 = Progress.now()
   for step = 1, o.steps do
     local batch = task:batch(rng, o.batch_size)
     local rows = batch.B * batch.P
@@ -350,7 +345,7 @@ function train.train(model, task, opts)
     losses[step] = loss
     window, window_n = window + loss, window_n + 1
     if o.on_step then o.on_step(step, loss, lr, gnorm) end
-    local elapsed = now() - t0
+    local elapsed = Progress.now() - t0
     if step % o.log_every == 0 or step == o.steps then
       if not o.quiet then
         bar:clear()
@@ -363,7 +358,8 @@ function train.train(model, task, opts)
     bar:update(step, fmt("loss %.4f", loss))
   end
   bar:finish()
-  local result = { steps = o.steps, seconds = now() - t0, final_loss = window / max(window_n, 1), losses = losses }
+  local result = { steps = o.steps, seconds = Progress.now() - t0, final_loss = window / max(window_n, 1),
+                   losses = losses }
   if task.evaluate and o.evaluate ~= false then result.eval = task:evaluate(model, { seed = o.seed + 1000003 }) end
   return result
 end
@@ -375,44 +371,8 @@ local function write_text(path, text)
   files.write_atomic(path, "eapig.train", text)
 end
 
--- JSON arrays that may be empty (cjson 2.1 writes an empty table as {}), and objects whose keys
--- are written in a given order instead of sorted.
-local ARRAY = {}
-local function json_array(t) return setmetatable(t, ARRAY) end
-local function json_ordered(t, keys) return setmetatable(t, { keys = keys }) end
-
--- JSON with sorted keys and 2-space indentation, so saved files diff cleanly.
-local function json_pretty(v, indent)
-  indent = indent or ""
-  if type(v) == "table" then
-    local inner = indent .. "  "
-    local mt = getmetatable(v)
-    if mt == ARRAY or #v > 0 then
-      if #v == 0 then return "[]" end
-      local parts = {}
-      for i, x in ipairs(v) do parts[i] = inner .. json_pretty(x, inner) end
-      return "[\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "]"
-    end
-    if next(v) == nil then return "{}" end
-    local keys = mt and mt.keys
-    if not keys then
-      keys = {}
-      for k in pairs(v) do keys[#keys + 1] = k end
-      table.sort(keys)
-    end
-    local parts = {}
-    for i, k in ipairs(keys) do parts[i] = inner .. cjson.encode(k) .. ": " .. json_pretty(v[k], inner) end
-    return "{\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "}"
-  elseif type(v) == "number" and v == floor(v) and math.abs(v) < 2 ^ 53 then
-    return fmt("%d", v)
-  elseif type(v) == "number" then
-    local short = fmt("%.15g", v) -- the shortest of these that reads back exactly
-    if tonumber(short) == v then return short end
-    return fmt("%.17g", v)
-  end
-  return (cjson.encode(v):gsub("\\/", "/"))
-end
-train.json_pretty = json_pretty
+-- Sorted keys, 2-space indentation: saved files diff cleanly.
+local PRETTY = { indent = "  " }
 
 -- A tensor's data as stored transposed: the matrices w_1..w_k (each (rows_i, cols), stacked by
 -- rows into (R, cols)) written as their (cols, R) transpose, GPT-2's Conv1D layout.
@@ -523,20 +483,20 @@ function train.write_tokenizer(dir, pieces, opts)
   end
   local null = cjson.null
   local doc = {
-    version = "1.0", truncation = null, padding = null, added_tokens = json_array({}),
+    version = "1.0", truncation = null, padding = null, added_tokens = json.array({}),
     normalizer = null, pre_tokenizer = null, post_processor = null,
     -- Fuse: decoding concatenates the pieces (without a decoder Hugging Face joins them with spaces).
     decoder = { type = "Fuse" },
     -- Only fields every tokenizers release reads (byte_fallback and ignore_merges are newer,
     -- and false by default).
     model = { type = "BPE", dropout = null, unk_token = null, continuing_subword_prefix = null,
-              end_of_word_suffix = null, fuse_unk = false, vocab = json_ordered(vocab, pieces),
-              merges = json_array({}) },
+              end_of_word_suffix = null, fuse_unk = false, vocab = json.ordered(vocab, pieces),
+              merges = json.array({}) },
   }
-  write_text(dir .. "/tokenizer.json", json_pretty(doc) .. "\n")
-  write_text(dir .. "/tokenizer_config.json", json_pretty({
+  write_text(dir .. "/tokenizer.json", json.encode(doc, PRETTY) .. "\n")
+  write_text(dir .. "/tokenizer_config.json", json.encode({
     tokenizer_class = "PreTrainedTokenizerFast", model_max_length = opts.n_ctx, clean_up_tokenization_spaces = false,
-  }) .. "\n")
+  }, PRETTY) .. "\n")
 end
 
 -- Writes a Hugging Face folder for model (gpt2 or llama family): config.json and
@@ -564,7 +524,7 @@ function train.save_pretrained(model, dir, opts)
   local meta = { format = "pt" }
   for k, v in pairs(opts.metadata or {}) do meta[k] = tostring(v) end
   safetensors.write(dir .. "/model.safetensors", tensors, meta)
-  write_text(dir .. "/config.json", json_pretty(config) .. "\n")
+  write_text(dir .. "/config.json", json.encode(config, PRETTY) .. "\n")
   if opts.tokenizer then train.write_tokenizer(dir, opts.tokenizer, { n_ctx = model.n_ctx }) end
   return dir
 end

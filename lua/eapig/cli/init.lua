@@ -179,31 +179,13 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Output
 
--- One JSON object with its keys in the given order (cjson orders them by hash and escapes "/").
--- Numbers keep every digit of a double; NaN and infinities, which JSON cannot hold, become null.
+-- One JSON object with its keys in the given order (eapig.formats.json: numbers keep every
+-- digit of a double; NaN and infinities, which JSON cannot hold, become null).
 function M.json_object(keys, t)
-  local cjson = require("cjson")
-  local parts = {}
-  for _, k in ipairs(keys) do
-    local v, text = t[k]
-    if type(v) == "number" then
-      if v ~= v or v == math.huge or v == -math.huge then
-        text = "null"
-      elseif v == math.floor(v) and math.abs(v) < 2 ^ 53 then
-        text = fmt("%d", v)
-      else
-        text = fmt("%.17g", v)
-      end
-    elseif type(v) == "string" then
-      text = (cjson.encode(v):gsub("\\/", "/"))
-    elseif type(v) == "boolean" then
-      text = tostring(v)
-    else
-      text = "null"
-    end
-    parts[#parts + 1] = fmt("%s: %s", cjson.encode(k), text)
-  end
-  return "{" .. concat(parts, ", ") .. "}"
+  local json = require("eapig.formats.json")
+  local o = {}
+  for _, k in ipairs(keys) do o[k] = t[k] end
+  return json.encode(json.ordered(o, keys))
 end
 
 ---------------------------------------------------------------------------------------------------

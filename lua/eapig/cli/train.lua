@@ -7,6 +7,7 @@
 -- Deterministic for a given seed and thread count (--threads).
 local cli = require("eapig.cli")
 local files = require("eapig.formats.files")
+local json = require("eapig.formats.json")
 
 local fmt = string.format
 
@@ -113,7 +114,7 @@ return function(argv, streams)
     heldout = { rows = ev.rows, loss = ev.loss, induction_loss = ev.induction_loss, other_loss = ev.other_loss,
       accuracy = ev.accuracy, baseline_induction_loss = ev.baseline, baseline_loss = ev.baseline_loss },
   }
-  files.write_atomic(args.out .. "/training.json", "train", train.json_pretty(record) .. "\n")
+  files.write_atomic(args.out .. "/training.json", "train", json.encode(record, { indent = "  " }) .. "\n")
 
   say("trained %d steps in %.1fs: final training loss %.4f", args.steps, result.seconds, result.final_loss)
   say("held-out (%d sequences): loss %.4f; at the induction targets loss %.4f, accuracy %.1f%%", ev.rows, ev.loss,
