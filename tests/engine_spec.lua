@@ -2,9 +2,7 @@
 -- destination gradients and scores, the patching identities, batched steps, bad input.
 package.path = "./tests/?.lua;" .. package.path
 local tiny = require("support.tiny")
-local random = require("eapig.rng")
 local core = require("eapig.core")
-local C = core.C
 
 local KINDS = { "gpt2", "llama", "qwen2", "neox", "llama3", "gemma", "gemma2", "olmo2" }
 -- Post-norm blocks: a head's difference reaches its readers through the layer's post-norm, which
@@ -24,34 +22,17 @@ end
 -- Everything one attribution-style check needs: clean and corrupted captures and a linear
 -- metric sum_{b,v} c[b,v] logits[b,v] at the last real positions (its dlogits is c).
 local function setup(kind, seed)
-  local m = tiny.model(kind, seed)
-  local batch = tiny.batch(m, { 5, 3, 4 }, seed + 1)
-  local corr = tiny.corrupt(m, batch, seed + 2)
-  local pos = tiny.last_pos(batch)
-  local n = m.n_forward * m:block_size(batch.B, batch.P)
-  local t = { m = m, batch = batch, corr = corr, pos = pos, n = n }
-  t.cap_c, t.cap_r, t.diff = core.floats(n), core.floats(n), core.floats(n)
-  t.logits_c = m:forward(batch, { logit_pos = pos, capture = t.cap_c })
-  t.logits_r = m:forward(corr, { logit_pos = pos, capture = t.cap_r })
-  for i = 0, n - 1 do t.diff[i] = t.cap_r[i] - t.cap_c[i] end
-  local rng = random.new(seed + 3)
-  t.c = core.floats(batch.B * m.vocab)
-  for i = 0, batch.B * m.vocab - 1 do t.c[i] = rng:normal() end
+  local t = tiny.clean_corrupted(kind, seed, { 5, 3, 4 })
+  local VB = t.batch.B * t.m.vocab
   function t.metric(logits)
     local s = 0
-    for i = 0, batch.B * m.vocab - 1 do s = s + t.c[i] * logits[i] end
+    for i = 0, VB - 1 do s = s + t.c[i] * logits[i] end
     return s
   end
-  t.mask = core.bytes(m.n_forward * m.n_backward)
-  core.check(C.eapig_model_edge_mask(m.handle, t.mask))
   return t
 end
 
-local function max_abs_diff(a, b, n)
-  local d = 0
-  for i = 0, n - 1 do d = math.max(d, math.abs(a[i] - b[i])) end
-  return d
-end
+local max_abs_diff = tiny.max_abs_diff
 
 describe("engine", function()
   for _, kind in ipairs(KINDS) do

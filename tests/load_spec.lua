@@ -29,11 +29,7 @@ local function stored(dir, name, file)
   return buf, rows, cols
 end
 
-local function max_diff(a, b, n)
-  local m = 0
-  for i = 0, n - 1 do m = math.max(m, math.abs(a[i] - b[i])) end
-  return m
-end
+local max_diff = require("support.tiny").max_abs_diff
 
 -- Every weight slot of a model with its float count, for whole-model comparisons.
 local function slots(info)

@@ -4,29 +4,11 @@
 -- real edges and exactly zero elsewhere.
 package.path = "./tests/?.lua;" .. package.path
 local tiny = require("support.tiny")
-local random = require("eapig.rng")
 local core = require("eapig.core")
-local C = core.C
 
 local KINDS = { "gpt2", "llama", "neox" }
 
-local function setup(kind, seed)
-  local m = tiny.model(kind, seed, { layers = 5 })
-  local batch = tiny.batch(m, { 4, 6, 5 }, seed + 1)
-  local corr = tiny.corrupt(m, batch, seed + 2)
-  local pos = tiny.last_pos(batch)
-  local n = m.n_forward * m:block_size(batch.B, batch.P)
-  local cap_c, cap_r, diff = core.floats(n), core.floats(n), core.floats(n)
-  m:forward(batch, { logit_pos = pos, capture = cap_c })
-  m:forward(corr, { logit_pos = pos, capture = cap_r })
-  for i = 0, n - 1 do diff[i] = cap_r[i] - cap_c[i] end
-  local rng = random.new(seed + 3)
-  local c = core.floats(batch.B * m.vocab)
-  for i = 0, batch.B * m.vocab - 1 do c[i] = rng:normal() end
-  local mask = core.bytes(m.n_forward * m.n_backward)
-  core.check(C.eapig_model_edge_mask(m.handle, mask))
-  return { m = m, batch = batch, pos = pos, diff = diff, c = c, mask = mask }
-end
+local function setup(kind, seed) return tiny.clean_corrupted(kind, seed, { 4, 6, 5 }, { layers = 5 }) end
 
 -- Scores of one backward at the given budget (bytes; nil = default), on `steps` copies of the batch.
 local function scores(t, budget, steps)

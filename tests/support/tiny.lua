@@ -150,4 +150,36 @@ function tiny.last_pos(batch)
   return pos
 end
 
+-- What the engine and score specs start from: a tiny model (overrides as tiny.model), a clean
+-- batch of the given lengths (seed + 1) and a corrupted one (seed + 2), both run with their
+-- activations captured (cap_c, cap_r; logits_c, logits_r at the last positions), diff =
+-- cap_r - cap_c, the weights c of a random linear metric on the logits (seed + 3) and the mask of
+-- real edges. Fields: m, batch, corr, pos, n (floats per capture), cap_c, cap_r, diff, logits_c,
+-- logits_r, c, mask.
+function tiny.clean_corrupted(kind, seed, lengths, overrides)
+  local m = tiny.model(kind, seed, overrides)
+  local batch = tiny.batch(m, lengths, seed + 1)
+  local corr = tiny.corrupt(m, batch, seed + 2)
+  local pos = tiny.last_pos(batch)
+  local n = m.n_forward * m:block_size(batch.B, batch.P)
+  local t = { m = m, batch = batch, corr = corr, pos = pos, n = n }
+  t.cap_c, t.cap_r, t.diff = core.floats(n), core.floats(n), core.floats(n)
+  t.logits_c = m:forward(batch, { logit_pos = pos, capture = t.cap_c })
+  t.logits_r = m:forward(corr, { logit_pos = pos, capture = t.cap_r })
+  for i = 0, n - 1 do t.diff[i] = t.cap_r[i] - t.cap_c[i] end
+  local rng = random.new(seed + 3)
+  t.c = core.floats(batch.B * m.vocab)
+  for i = 0, batch.B * m.vocab - 1 do t.c[i] = rng:normal() end
+  t.mask = core.bytes(m.n_forward * m.n_backward)
+  core.check(C.eapig_model_edge_mask(m.handle, t.mask))
+  return t
+end
+
+-- Largest |a[i] - b[i]| over n numbers.
+function tiny.max_abs_diff(a, b, n)
+  local d = 0
+  for i = 0, n - 1 do d = math.max(d, math.abs(a[i] - b[i])) end
+  return d
+end
+
 return tiny
