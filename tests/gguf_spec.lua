@@ -33,15 +33,8 @@ local function dir_of(name)
   return dir
 end
 
-local function err_of(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.False(ok, "expected an error")
-  return tostring(err)
-end
-
-local function has(haystack, needle)
-  assert.truthy(haystack:find(needle, 1, true), ("%q does not contain %q"):format(haystack, needle))
-end
+local errors = require("support.errors")
+local err_of, has = errors.error_of, errors.has
 
 local function random_values(n, seed, scale)
   local rng = random.new(seed)

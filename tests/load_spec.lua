@@ -57,12 +57,7 @@ local function assert_same_models(a, b)
   each_slot(a, b, function(label, pa, pb, n) assert.are.equal(0, max_diff(pa, pb, n), label) end)
 end
 
--- The Lua error of fn(), which must fail.
-local function error_of(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local error_of = require("support.errors").error_of
 
 -- Asserts the message names every given piece (the file, the field or the tensor).
 local function assert_names(msg, ...)

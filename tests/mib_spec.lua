@@ -19,15 +19,8 @@ local tmpdir
 setup(function() tmpdir = testing.tmpdir() end)
 teardown(function() testing.rmtree(tmpdir) end)
 
-local function has(haystack, needle)
-  assert.truthy(tostring(haystack):find(needle, 1, true), ("%q does not contain %q"):format(tostring(haystack), needle))
-end
-
-local function err_of(f, ...)
-  local ok, err = pcall(f, ...)
-  assert.False(ok, "expected an error")
-  return tostring(err)
-end
+local errors = require("support.errors")
+local err_of, has = errors.error_of, errors.has
 
 -- Flat index u * NB + v of an edge in the score matrix.
 local function idx(g, name)

@@ -34,9 +34,7 @@ local function load_error(path, opts)
   return err
 end
 
-local function has(haystack, needle)
-  assert.truthy(haystack:find(needle, 1, true), ("%q does not contain %q"):format(haystack, needle))
-end
+local has = require("support.errors").has
 
 -- GPT-2's byte-to-unicode alphabet, written out here so the test files spell pieces as real
 -- byte-level files do: printable Latin-1 stands for itself, the other bytes for U+0100 on.
