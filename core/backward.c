@@ -223,8 +223,8 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
     linear_backward_input(r->s.dz, g, lw->wo, N, D, H * Dh, D, 0);
     attn_params ap = {c->attn_scale > 0.0f ? c->attn_scale : 1.0f / sqrtf((float)Dh), c->attn_softcap,
                       (size_t)eapig_layer_window(c, l)};
-    attention_backward(r->s.dq, r->s.dk, r->s.dv, r->s.scratch, r->s.dz, st->att, st->q, st->k, st->v,
-                       r->ws->lengths, r->B, r->P, H, Dh, &ap);
+    attention_backward(r->s.dq, r->s.dk, r->s.dv, r->s.scratch, r->s.dz, st->att, st->q, st->k, st->v, r->B, r->P,
+                       H, Dh, &ap);
     if (c->pos == EAPIG_POS_ROPE) {
         rope_apply(r->s.dq, r->B, r->P, H, Dh, (size_t)c->rotary_dim, r->m->rope_freq, 1);
         rope_apply(r->s.dk, r->B, r->P, H, Dh, (size_t)c->rotary_dim, r->m->rope_freq, 1);

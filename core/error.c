@@ -1,4 +1,4 @@
-/* error.c: the thread-local last-error message (STYLE 7) and the thread count. */
+/* error.c: the thread-local last-error message (STYLE 7). */
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -15,13 +15,3 @@ int eapig_set_error(int status, const char *fmt, ...) {
     va_end(ap);
     return status;
 }
-
-/* OpenBLAS threads the big GEMMs; the core runs no threads of its own (STYLE 9). */
-void openblas_set_num_threads(int n);
-int openblas_get_num_threads(void);
-
-void eapig_set_num_threads(int n) {
-    if (n >= 1) openblas_set_num_threads(n);
-}
-
-int eapig_get_num_threads(void) { return openblas_get_num_threads(); }

@@ -219,8 +219,21 @@ void eapig_model_free(eapig_model *m) {
     free(m);
 }
 
-const eapig_config *eapig_model_config(const eapig_model *m) { return &m->cfg; }
-eapig_weights *eapig_model_weights(eapig_model *m) { return &m->w; }
+const eapig_config *eapig_model_config(const eapig_model *m) {
+    if (!m) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_config: model is NULL");
+        return NULL;
+    }
+    return &m->cfg;
+}
+
+eapig_weights *eapig_model_weights(eapig_model *m) {
+    if (!m) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_weights: model is NULL");
+        return NULL;
+    }
+    return &m->w;
+}
 
 /* Subtracts, from each output (a row of a (rows, D) matrix laid out as out-major columns),
  * its mean over d_model. w is (D, cols) row-major: centre every column. Columns go in blocks
@@ -319,10 +332,18 @@ int eapig_layer_window(const eapig_config *c, int l) {
 }
 
 int32_t eapig_model_n_forward(const eapig_model *m) {
+    if (!m) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_n_forward: model is NULL");
+        return -1;
+    }
     return (int32_t)eapig_n_sources((size_t)m->cfg.n_heads, (size_t)m->cfg.n_layers);
 }
 
 int32_t eapig_model_n_backward(const eapig_model *m) {
+    if (!m) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_n_backward: model is NULL");
+        return -1;
+    }
     return (int32_t)eapig_n_dests((size_t)m->cfg.n_heads, (size_t)m->cfg.n_layers);
 }
 
@@ -343,6 +364,10 @@ int eapig_model_edge_mask(const eapig_model *m, uint8_t *mask) {
 }
 
 int64_t eapig_model_n_edges(const eapig_model *m) {
+    if (!m) {
+        eapig_set_error(EAPIG_ERR_ARG, "eapig_model_n_edges: model is NULL");
+        return -1;
+    }
     const eapig_config *c = &m->cfg;
     int64_t H = c->n_heads, L = c->n_layers, total = 0;
     for (int64_t l = 0; l < L; l++) {

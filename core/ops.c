@@ -218,8 +218,8 @@ void attention_forward(float *z, float *att, const float *q, const float *k, con
 }
 
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
-                        const float *q, const float *k, const float *v, const int32_t *len, size_t B, size_t P,
-                        size_t H, size_t Dh, const attn_params *ap) {
+                        const float *q, const float *k, const float *v, size_t B, size_t P, size_t H, size_t Dh,
+                        const attn_params *ap) {
     size_t ld = H * Dh;
     float cap = ap->softcap;
     float *raw = scratch + P * P; /* soft-capping: the scores before the cap, recomputed */
@@ -232,7 +232,8 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
                         (int)ld, 0.0f, dv + off, (int)ld);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, 1.0f, dz + off, (int)ld,
                         v + off, (int)ld, 0.0f, scratch, (int)P);
-            /* softmax backward: dS = A * (dA - sum_j A dA) */
+            /* softmax backward: dS = A * (dA - sum_j A dA); masked keys (padding, future, outside the
+             * window) have A = 0, so their dS is 0 with no mask of its own */
             for (size_t i = 0; i < P; i++) {
                 const float *ar = a + i * P;
                 float *dr = scratch + i * P;
@@ -240,7 +241,6 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
                 for (size_t j = 0; j < P; j++) dot += (double)ar[j] * dr[j];
                 for (size_t j = 0; j < P; j++) dr[j] = (float)(ar[j] * (dr[j] - dot));
             }
-            (void)len; /* masked entries have A = 0, so their dS is already 0 */
             if (cap > 0.0f) { /* d/ds c tanh(s / c) = 1 - tanh^2 */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, ap->scale, q + off,
                             (int)ld, k + off, (int)ld, 0.0f, raw, (int)P);
@@ -254,10 +254,4 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch, const f
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch, (int)P,
                         q + off, (int)ld, 0.0f, dk + off, (int)ld);
         }
-}
-
-int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const float *B, float *C) {
-    if (M < 1 || N < 1 || K < 1 || !A || !B || !C) return -1;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
-    return 0;
 }

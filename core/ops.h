@@ -1,6 +1,7 @@
 /* ops.h: the forward and backward kernels of one transformer op each (STYLE 1: outputs first,
  * then saved statistics, inputs, weights, dimensions). Backward kernels write (=) their input
- * gradient unless the name says _acc.
+ * gradient; only linear_backward_input adds (+=) to it, when its accumulate argument is set (the
+ * weight-gradient kernels in run.h always add).
  *
  * N = token rows, D = model width, F = MLP width, Dh = head width, P = positions.
  */
@@ -50,9 +51,10 @@ typedef struct {
  * are visible. */
 void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
                        const int32_t *len, size_t B, size_t P, size_t H, size_t Dh, const attn_params *ap);
-/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (2, P, P). */
+/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (2, P, P). The mask needs no lengths:
+ * the saved probabilities att are 0 wherever the forward masked a key. */
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
-                        const float *q, const float *k, const float *v, const int32_t *len, size_t B, size_t P,
-                        size_t H, size_t Dh, const attn_params *ap);
+                        const float *q, const float *k, const float *v, size_t B, size_t P, size_t H, size_t Dh,
+                        const attn_params *ap);
 
 #endif

@@ -154,7 +154,7 @@ describe("stored weights", function()
     for i, m in ipairs({ a, b }) do
       local logits = core.floats(6 * 64)
       local fo = ffi.new("eapig_forward_opts")
-      fo.logits, fo.override_group, fo.keep_for_weights = logits, -1, 1
+      fo.logits, fo.override_group, fo.keep_for_weights = logits, C.EAPIG_GROUP_NONE, 1
       core.check(C.eapig_forward(m.handle, m.workspace, batch, fo))
       local dl = core.floats(6 * 64)
       for j = 0, 6 * 64 - 1 do dl[j] = ((j * 7) % 13 - 6) * 1e-2 end

@@ -120,14 +120,16 @@ typedef struct eapig_model eapig_model;
 /* Allocates zeroed weights for cfg (checked: positive sizes, no overflow). NULL on error. */
 EAPIG_API eapig_model *eapig_model_new(const eapig_config *cfg);
 EAPIG_API void eapig_model_free(eapig_model *m);
+/* The model's config and weights; NULL (with the error set) for a NULL model. */
 EAPIG_API const eapig_config *eapig_model_config(const eapig_model *m);
 EAPIG_API eapig_weights *eapig_model_weights(eapig_model *m);
 /* After the weights are filled: fold value biases into bo and, on LayerNorm models, centre the
  * writing weights (wte, wpe, wo, bo, w_out, b_out) as TransformerLens does on load. Call once. */
 EAPIG_API int eapig_model_finalize(eapig_model *m);
+/* Source nodes (NF) and destinations (NB); -1 (with the error set) for a NULL model. */
 EAPIG_API int32_t eapig_model_n_forward(const eapig_model *m);
 EAPIG_API int32_t eapig_model_n_backward(const eapig_model *m);
-/* Number of real edges u->v (u upstream of v). */
+/* Number of real edges u->v (u upstream of v); -1 (with the error set) for a NULL model. */
 EAPIG_API int64_t eapig_model_n_edges(const eapig_model *m);
 /* Fills mask (NF, NB) with 1 where the edge u->v exists, else 0. */
 EAPIG_API int eapig_model_edge_mask(const eapig_model *m, uint8_t *mask);
@@ -416,12 +418,10 @@ enum {
 /* sizeof the struct named by an EAPIG_ABI_* value, or 0 for an unknown one. */
 EAPIG_API size_t eapig_abi_sizeof(int32_t which);
 
-/* ---- BLAS, exposed for benchmarks ------------------------------------------------------ */
-/* C (M,N) = A (M,K) @ B (K,N), row-major, through cblas_sgemm. */
+/* ---- BLAS, exposed for benchmarks (core/blas.c) --------------------------------------- */
+/* C (M,N) = A (M,K) @ B (K,N), row-major, through cblas_sgemm. EAPIG_ERR_ARG (with a message)
+ * for a size below 1 or a NULL matrix. */
 EAPIG_API int eapig_sgemm(int32_t M, int32_t N, int32_t K, const float *A, const float *B, float *C);
-
-/* ---- graph selection (core/graph.c) ----------------------------------------------------- */
-/* (section owned by the graph work; keep declarations here) */
 
 /* ---- graphs in EAP-IG's JSON layout (core/graph_json.c) ---------------------------------- */
 /* Names travel as one block: n_forward source names, then n_backward destination names, each

@@ -216,7 +216,7 @@ static void test_attention(const attn_params *ap, const char *what) {
 
     float *dz = random_floats(n, 1.0f), *scratch = malloc(2 * P * P * sizeof(float));
     float *dq = malloc(n * sizeof(float)), *dk = malloc(n * sizeof(float)), *dv = malloc(n * sizeof(float));
-    attention_backward(dq, dk, dv, scratch, dz, att, q, k, v, len, B, P, H, Dh, ap);
+    attention_backward(dq, dk, dv, scratch, dz, att, q, k, v, B, P, H, Dh, ap);
     double *fd = malloc(n * sizeof(double)), h = 1e-6;
     double *inputs[3] = {qd, kd, vd};
     float *grads[3] = {dq, dk, dv};
