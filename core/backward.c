@@ -15,6 +15,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "ops.h"
 #include "run.h"
@@ -56,7 +57,7 @@ typedef struct {
 
 typedef struct {
     const eapig_model *m;
-    const eapig_workspace *ws;
+    eapig_workspace *ws; /* not const: the score accumulation adds its timings */
     const eapig_backward_opts *o;
     const eapig_layer_weights *lw; /* the current layer's f32 weights (eapig_layer_view) */
     bwd_scratch s;
@@ -90,13 +91,35 @@ static void reduce_steps(const bwd_run *r, float *dst, const float *src, size_t 
     }
 }
 
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+void eapig_workspace_score_stats(eapig_workspace *ws, double *seconds, double *flops, int32_t reset) {
+    if (seconds) *seconds = ws ? ws->score_seconds : 0.0;
+    if (flops) *flops = ws ? ws->score_flops : 0.0;
+    if (ws && reset) ws->score_seconds = ws->score_flops = 0.0;
+}
+
 /* S[u0:u1, c0:c1] += diff[u0:u1] @ Gathered[c0:c1]^T. */
 static void score_gemm(bwd_run *r, size_t u0, size_t u1, size_t c0, size_t c1) {
     if (u1 <= u0 || c1 <= c0) return;
     size_t ndr = r->N * r->D / r->steps;
     const float *g = r->sg.buf + (r->sg.cap_cols - (r->sg.hi_col - c0)) * ndr;
+    double t0 = seconds_now();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(u1 - u0), (int)(c1 - c0), (int)ndr, 1.0f,
                 r->o->diff + u0 * ndr, (int)ndr, g, (int)ndr, 1.0f, r->o->scores + u0 * r->NB + c0, (int)r->NB);
+    r->ws->score_seconds += seconds_now() - t0;
+    r->ws->score_flops += 2.0 * (double)(u1 - u0) * (double)(c1 - c0) * (double)ndr;
+}
+
+/* reduce_steps into the score gather, timed as part of the score accumulation. */
+static void reduce_into_gather(bwd_run *r, float *dst, const float *src, size_t n_blocks) {
+    double t0 = seconds_now();
+    reduce_steps(r, dst, src, n_blocks);
+    r->ws->score_seconds += seconds_now() - t0;
 }
 
 /* The edges among gathered layers [l0, l1) whose sources lie in those layers: the staircase is
@@ -445,7 +468,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         memcpy(r.s.g + dst * D, r.s.Gf + q * D, D * sizeof(float));
     }
     if (o->dest_grads) memcpy(o->dest_grads + (r.NB - 1) * nd, r.s.g, nd * sizeof(float));
-    if (scores) reduce_steps(&r, gather_layer(&r, L), r.s.g, 1);
+    if (scores) reduce_into_gather(&r, gather_layer(&r, L), r.s.g, 1);
 
     for (size_t li = L; li-- > 0;) {
         int l = (int)li;
@@ -477,7 +500,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         attention_backward_layer(&r, l, st, g_heads, G_att);
         if (gw) attention_weight_grads(&r, l, st, g_heads);
 
-        if (scores && !direct) reduce_steps(&r, gather_layer(&r, li), G_att, J);
+        if (scores && !direct) reduce_into_gather(&r, gather_layer(&r, li), G_att, J);
         if (o->dest_grads) memcpy(o->dest_grads + li * J * nd, G_att, J * nd * sizeof(float));
 
         /* The gradient before the layer: everything after it plus every reader's gradient. */

@@ -55,6 +55,9 @@ struct eapig_workspace {
     float *wbuf;
     size_t wbuf_cap;
     eapig_layer_weights view; /* layer pointers into wbuf (matrices) and the model (the rest) */
+    /* Edge-score accumulation since the last reset (eapig_workspace_score_stats): wall seconds of
+     * its GEMMs and step reductions, and the GEMMs' floating-point operations. */
+    double score_seconds, score_flops;
 };
 
 /* Floats of eapig_backward's arena for B rows of P positions, `rows` rows of logits, `steps`

@@ -4,7 +4,9 @@
 -- real edges and exactly zero elsewhere.
 package.path = "./tests/?.lua;" .. package.path
 local tiny = require("support.tiny")
+local ffi = require("ffi")
 local core = require("eapig.core")
+local C = core.C
 
 local KINDS = { "gpt2", "llama", "neox" }
 
@@ -82,6 +84,24 @@ describe("score accumulation", function()
           assert.is_true(worst_rel(s.edges, one_layer.edges, NF * NB, 3) < 1e-4, tostring(budget))
           assert.is_true(worst_rel(s.nodes, one_layer.nodes, NF, 3) < 1e-4)
           assert.is_true(worst_rel(s.neurons, one_layer.neurons, NF * m.d_model, 3) < 1e-4)
+        end
+      end)
+
+      it("the engine counts the score GEMMs' work: 2 B P D flops per real edge and step block", function()
+        local n_real = 0
+        for i = 0, NF * NB - 1 do n_real = n_real + t.mask[i] end
+        for _, case in ipairs({ { 1, 1 }, { 4 * blk * NB, 1 }, { 1, 3 } }) do
+          local budget, steps = case[1], case[2]
+          C.eapig_workspace_score_stats(m.workspace, nil, nil, 1)
+          scores(t, budget, steps)
+          local flops = ffi.new("double[2]") -- seconds, flops
+          C.eapig_workspace_score_stats(m.workspace, flops, flops + 1, 0)
+          assert.are.equal(2 * blk * n_real, flops[1], ("budget %d, %d steps"):format(budget, steps))
+          assert.is_true(flops[0] > 0 and flops[0] < 60)
+          C.eapig_workspace_score_stats(m.workspace, nil, nil, 1)
+          C.eapig_workspace_score_stats(m.workspace, flops, flops + 1, 0)
+          assert.are.equal(0, flops[0])
+          assert.are.equal(0, flops[1])
         end
       end)
 

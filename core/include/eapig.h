@@ -287,6 +287,11 @@ EAPIG_API int eapig_gguf_tensor_read(const eapig_gguf *g, int64_t i, float *dst,
 typedef struct eapig_workspace eapig_workspace;
 EAPIG_API eapig_workspace *eapig_workspace_new(void);
 EAPIG_API void eapig_workspace_free(eapig_workspace *ws);
+/* What the edge-score accumulation of the backward runs on ws has cost since the last reset:
+ * wall seconds (its GEMMs and the summing of batched integrated-gradient steps) and the GEMMs'
+ * floating-point operations (2 per multiply-add). reset != 0 zeroes both after reading. For
+ * benchmarks: a phase measured inside the engine, not a difference of two timings. */
+EAPIG_API void eapig_workspace_score_stats(eapig_workspace *ws, double *seconds, double *flops, int32_t reset);
 
 typedef struct eapig_batch {
     const int32_t *tokens;   /* (B, P) right-padded token ids, each < V */
