@@ -247,6 +247,7 @@ describe("engine", function()
       batch.lengths[0] = 0
       assert.has_error(function() m:forward(batch) end, "forward: eapig_forward: row 1 has length 0, outside 1..3")
     end)
+    local C = core.C
     it("answers a NULL model with a safe value and a message naming the accessor", function()
       local ffi = require("ffi")
       local last = function() return ffi.string(C.eapig_last_error()) end
