@@ -59,6 +59,19 @@ typedef struct trie_edge {
 #define MATCH_LIMIT 10000000u
 #define MATCH_DEPTH_LIMIT 100000u
 
+/* The match limit bounds one start position; a pattern can still be quadratic by design (`a+b|.`
+ * on a run of letters: every start position scans to the end of the run). So each match looks
+ * only at a window of the text ahead of its start, PRETOK_WINDOW bytes at first, doubled while
+ * PCRE2 reports that it needed the bytes past the window (PCRE2_PARTIAL_HARD); the bytes every
+ * window spans are charged to a budget of PRETOK_BUDGET_PER_BYTE per text byte plus
+ * PRETOK_BUDGET_BASE, and a text that exhausts it is refused. The shipped patterns need about
+ * one window per word (a few dozen bytes per text byte at most). */
+#ifndef PRETOK_WINDOW
+#define PRETOK_WINDOW 64
+#endif
+#define PRETOK_BUDGET_PER_BYTE 128
+#define PRETOK_BUDGET_BASE ((size_t)1 << 20)
+
 struct eapig_tokenizer {
     eapig_tokenizer_config cfg; /* pattern and space point at the copies below */
     char *pattern;
@@ -90,6 +103,7 @@ struct eapig_tokenizer {
     int32_t n_match;
     pcre2_code *re;
     pcre2_match_context *match_ctx; /* bounds the backtracking of one pre-tokenizer match */
+    int jit_partial;                /* the pattern is JIT-compiled for PCRE2_PARTIAL_HARD too */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -381,8 +395,9 @@ static int compile_pattern(eapig_tokenizer *t, const char *pattern) {
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_tokenizer_new: pre-tokenizer pattern: %s at offset %zu",
                                (const char *)msg, (size_t)where);
     }
-    /* JIT is an optimisation only: without it (unsupported CPU) the interpreter runs the same. */
-    pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE);
+    /* JIT is an optimisation only: without it (unsupported CPU) the interpreter runs the same
+     * (split_words windows the text differently for it: see match_windowed). */
+    t->jit_partial = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE | PCRE2_JIT_PARTIAL_HARD) == 0;
     if (!(t->match_ctx = pcre2_match_context_create(NULL)))
         return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_new: out of memory");
     pcre2_set_match_limit(t->match_ctx, MATCH_LIMIT);
@@ -710,6 +725,8 @@ typedef struct encoder {
     heap_entry *heap;
     size_t heap_cap, heap_n;
     pcre2_match_data *md;
+    int whole_matches; /* EAPIG_ENCODE_WHOLE_MATCHES */
+    size_t budget; /* bytes the pre-tokenizer's windows may still span (PRETOK_BUDGET_*) */
     int reference;
 } encoder;
 
@@ -882,15 +899,74 @@ static int encode_word(encoder *e, const char *w, size_t len) {
     return EAPIG_OK;
 }
 
+static int utf8_valid(const char *s, size_t len) {
+    const uint8_t *u = (const uint8_t *)s;
+    for (size_t i = 0; i < len;) {
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t cl = utf8_char_len(u + i, len - i);
+        if (cl == 1) return 0;
+        i += cl;
+    }
+    return 1;
+}
+
+#define PRETOK_OVER_BUDGET (-1000000) /* match_windowed: the budget ran out (not a PCRE2 code) */
+
+/* The pre-tokenizer's match in s[0, len) at or after from, as pcre2_match with that length
+ * would give it, but looking only at s[0, end) for a window end that doubles from
+ * from + PRETOK_WINDOW. With PCRE2_PARTIAL_HARD, PCRE2 returns PCRE2_ERROR_PARTIAL the moment
+ * any path of the search reaches the window's end (reads past it, or tests $, \z, \Z, \b or a
+ * lookahead there), so a complete match it returns never depended on the bytes past the window
+ * and is the unwindowed match. Two results still did: an empty match at the window's end (the
+ * attempts that start there see an empty text) and no match (a match may start at the end);
+ * both widen the window, as PCRE2_ERROR_PARTIAL does. Windows end on a character boundary.
+ *
+ * windowed == 0 matches the whole length at once (EAPIG_ENCODE_WHOLE_MATCHES, and the interpreter on text
+ * with invalid UTF-8: PCRE2 interprets such text in valid fragments, and a partial match at a
+ * fragment's end abandons the fragment, where the full text would go on to a later
+ * alternative; the JIT reads invalid bytes as characters that match nothing and has no
+ * fragments). Returns pcre2_match's code or PRETOK_OVER_BUDGET. */
+static int match_windowed(encoder *e, const char *s, size_t len, size_t from, int windowed) {
+    const eapig_tokenizer *t = e->t;
+    if (!windowed) return pcre2_match(t->re, (PCRE2_SPTR)s, len, from, 0, e->md, t->match_ctx);
+    for (size_t w = PRETOK_WINDOW;; w *= 2) {
+        size_t end = len;
+        if (len - from > w) {
+            end = from + w;
+            for (int k = 0; k < 3 && end < len && ((uint8_t)s[end] & 0xc0) == 0x80; k++) end++;
+        }
+        size_t cost = end - from + 1;
+        if (cost > e->budget) return PRETOK_OVER_BUDGET;
+        e->budget -= cost;
+        if (end == len) return pcre2_match(t->re, (PCRE2_SPTR)s, len, from, 0, e->md, t->match_ctx);
+        int rc = pcre2_match(t->re, (PCRE2_SPTR)s, end, from, PCRE2_PARTIAL_HARD, e->md, t->match_ctx);
+        if (rc >= 0 && pcre2_get_ovector_pointer(e->md)[0] < end) return rc;
+        if (rc >= 0 || rc == PCRE2_ERROR_PARTIAL || rc == PCRE2_ERROR_NOMATCH) continue;
+        return rc;
+    }
+}
+
 /* Splits a transformed stretch into words. */
 static int split_words(encoder *e, const char *s, size_t len) {
     const eapig_tokenizer *t = e->t;
     int st;
     if (t->re) {
         size_t gap = 0, from = 0; /* text before a match (gap) is a word of its own */
+        int windowed = !e->whole_matches && (t->jit_partial || utf8_valid(s, len));
+        e->budget = len <= (SIZE_MAX - e->budget) / PRETOK_BUDGET_PER_BYTE ? e->budget + len * PRETOK_BUDGET_PER_BYTE
+                                                                            : SIZE_MAX;
         while (from < len) {
-            int rc = pcre2_match(t->re, (PCRE2_SPTR)s, len, from, 0, e->md, t->match_ctx);
+            int rc = match_windowed(e, s, len, from, windowed);
             if (rc == PCRE2_ERROR_NOMATCH) break;
+            if (rc == PRETOK_OVER_BUDGET)
+                return eapig_set_error(EAPIG_ERR_ARG,
+                                       "eapig_tokenizer_encode: the pre-tokenizer pattern needs more than linear "
+                                       "work on this input (a pathological pattern: its matches would scan more "
+                                       "than %d bytes per byte of text; stopped at byte %zu of %zu)",
+                                       PRETOK_BUDGET_PER_BYTE, from, len);
             if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT)
                 return eapig_set_error(EAPIG_ERR_ARG,
                                        "eapig_tokenizer_encode: the pre-tokenizer pattern backtracks too much on "
@@ -977,6 +1053,8 @@ int eapig_tokenizer_encode(const eapig_tokenizer *t, const char *text, size_t le
     e.ids = ids;
     e.cap = cap;
     e.reference = (flags & EAPIG_ENCODE_REFERENCE) != 0;
+    e.whole_matches = (flags & (EAPIG_ENCODE_REFERENCE | EAPIG_ENCODE_WHOLE_MATCHES)) != 0;
+    e.budget = PRETOK_BUDGET_BASE;
     if (t->re && !(e.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
         return eapig_set_error(EAPIG_ERR_NOMEM, "eapig_tokenizer_encode: out of memory");
     int st = EAPIG_OK;

@@ -589,6 +589,117 @@ describe("tokenizer", function()
     end)
   end)
 
+  describe("pre-tokenizer work", function()
+    -- The pre-tokenizer matches in windows ahead of each start position (core/tokenizer.c,
+    -- match_windowed); encode(s, {whole_matches = true}) matches over the whole text at once,
+    -- as before windows: the words must be the same, and a pattern that would need quadratic work
+    -- must be refused quickly, naming the file.
+    local function with_pattern(name, pattern)
+      local doc = byte_level_doc({ ignore_merges = false })
+      doc.pre_tokenizer.pretokenizers[1].pattern.Regex = pattern
+      local path = write_json(name, doc)
+      return tokenizer.load(path), path
+    end
+
+    local function mixed_text(r, bytes)
+      local parts, n = {}, 0
+      while n < bytes do
+        local kind = r(10)
+        local s
+        if kind == 0 then s = string.rep(" ", 1 + r(3000))
+        elseif kind == 1 then s = string.rep("ab", 1 + r(2000))
+        elseif kind == 2 then s = random_bytes(r, 1 + r(40))
+        elseif kind == 3 then s = string.rep("\n", 1 + r(500)) .. string.rep(" ", r(3))
+        else s = random_utf8(r, 1 + r(200)) end
+        parts[#parts + 1] = s
+        n = n + #s
+      end
+      return table.concat(parts)
+    end
+
+    local function seconds(f)
+      local t0 = os.clock()
+      local ok, err = pcall(f)
+      return os.clock() - t0, ok, err
+    end
+
+    it("long runs and a megabyte of mixed text give the words of the unwindowed match", function()
+      local gpt2 = tokenizer.load(write_json("runs-gpt2", byte_level_doc({ gpt2 = true, ignore_merges = false })))
+      local llama3 = tokenizer.load(write_json("runs-llama3", byte_level_doc({ ignore_merges = false })))
+      local r = rng(23)
+      local texts = {
+        string.rep(" ", 100000) .. "hello world",
+        string.rep(" ", 100000),
+        "x" .. string.rep("\n", 100000) .. "hello",
+        string.rep("ab", 100000),
+        string.rep("é", 100000) .. "1",
+        string.rep("1", 100000),
+        "hello" .. string.rep("\255", 100000) .. " world",
+        mixed_text(r, 1000000),
+      }
+      for i, s in ipairs(texts) do
+        for _, tok in ipairs({ gpt2, llama3 }) do
+          local ids = tok:encode(s, { special = false, bos = false })
+          assert.same(tok:encode(s, { special = false, bos = false, whole_matches = true }), ids, "text " .. i)
+          assert.equal(s, tok:decode(ids))
+        end
+      end
+      -- the words, worked out by hand: GPT-2's \s+(?!\S) leaves the run's last newline to a word
+      -- of its own, Llama-3's \s*[\r\n]+ takes the run whole; newline pairs merge inside a word
+      local s = "x" .. string.rep("\n", 100000) .. "hello"
+      local expected = { 120 }
+      for _ = 1, 49999 do expected[#expected + 1] = BL.nn end
+      expected[#expected + 1] = 10
+      expected[#expected + 1] = 10
+      expected[#expected + 1] = BL.hello
+      assert.same(expected, gpt2:encode(s, { special = false, bos = false }))
+      expected = { 120 }
+      for _ = 1, 50000 do expected[#expected + 1] = BL.nn end
+      expected[#expected + 1] = BL.hello
+      assert.same(expected, llama3:encode(s, { special = false, bos = false }))
+    end)
+
+    it("takes time linear in the text", function()
+      local gpt2 = tokenizer.load(write_json("linear-gpt2", byte_level_doc({ gpt2 = true, ignore_merges = false })))
+      local small, big = mixed_text(rng(29), 250000), mixed_text(rng(31), 1000000)
+      local t_small, t_big = math.huge, math.huge
+      for _ = 1, 3 do
+        t_small = math.min(t_small, (seconds(function() gpt2:encode(small) end)))
+        t_big = math.min(t_big, (seconds(function() gpt2:encode(big) end)))
+      end
+      -- linear: about 4 times; quadratic would be about 16 times
+      assert.is_true(t_big < 8 * t_small + 0.05, ("1 MB took %.3f s, 250 kB %.3f s"):format(t_big, t_small))
+    end)
+
+    it("a pattern quadratic by design is refused quickly on a megabyte, naming the file", function()
+      for _, pattern in ipairs({ "\\p{L}+\\d|.", "a+b|.", "\\s*x|\\s" }) do
+        local tok, path = with_pattern("quadratic", pattern)
+        local text = pattern == "\\s*x|\\s" and string.rep(" ", 1000000) or string.rep("a", 1000000)
+        local t, ok, err = seconds(function() tok:encode(text) end)
+        assert.False(ok, pattern)
+        has(err, "eapig.tokenizer: encode: " .. path .. ": the pre-tokenizer pattern needs more than linear work on this input")
+        assert.is_true(t < 3, ("%s: refused after %.2f s"):format(pattern, t))
+        -- the same pattern on ordinary text still works, as it did
+        local s = "ab1 cd2 " .. string.rep("x", 300) .. "3"
+        assert.same(tok:encode(s, { whole_matches = true }), tok:encode(s))
+      end
+    end)
+
+    it("eapig tokenize refuses a megabyte line with such a pattern: exit 1, one line", function()
+      local _, path = with_pattern("quadratic-cli", "\\p{L}+\\d|.")
+      local input = write(tmpdir .. "/letters.txt", string.rep("a", 1000000) .. "\n")
+      local t0 = os.time()
+      local p = io.popen(("luajit scripts/eapig tokenize --tokenizer '%s' < '%s' 2>&1; echo \"rc=$?\""):format(path, input))
+      local out = p:read("*a")
+      p:close()
+      local body, rc = out:match("^(.-)rc=(%d+)%s*$")
+      assert.equal("1", rc, out)
+      assert.truthy(body:match("^eapig: [^\n]+\n$"), "not one error line: " .. body)
+      has(body, path .. ": the pre-tokenizer pattern needs more than linear work on this input")
+      assert.is_true(os.time() - t0 <= 5, "took " .. (os.time() - t0) .. " s")
+    end)
+  end)
+
   describe("bad files", function()
     it("names the file and the field", function()
       local path = write_json("no-model", { version = "1.0" })

@@ -494,7 +494,10 @@ enum {
 };
 enum {
     EAPIG_ENCODE_SPECIAL = 1,   /* turn added tokens written in the text into their ids */
-    EAPIG_ENCODE_REFERENCE = 2  /* quadratic reference merge loop instead of the heap (tests) */
+    EAPIG_ENCODE_REFERENCE = 2,      /* the straightforward algorithms (tests): the quadratic merge loop instead of
+                                        the heap, and EAPIG_ENCODE_WHOLE_MATCHES */
+    EAPIG_ENCODE_WHOLE_MATCHES = 4   /* (tests) pre-tokenizer matches over the whole text at once instead of in
+                                        windows ahead of each start, with no bound on their work */
 };
 enum {
     EAPIG_DECODE_SKIP_SPECIAL = 1, /* leave out control tokens */

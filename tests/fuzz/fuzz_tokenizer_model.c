@@ -1,8 +1,9 @@
 /* libFuzzer harness: building a tokenizer the way tokenizer.json (and vocab.json + merges.txt)
  * loading does, through the same calls (eapig_tokenizer_new with any configuration, including
  * a pre-tokenizer pattern from the input; pieces, added tokens, merges or score ranking), then
- * encoding a text with the heap merge loop and the reference loop, which must agree, decoding
- * and looking tokens up. Input: a configuration block, then operations, each an opcode byte and
+ * encoding a text with the heap merge loop and pre-tokenizer matches in windows (4 bytes at first
+ * in the fuzz build) and with the reference loop and matches over the whole text, which must
+ * agree, decoding and looking tokens up. Input: a configuration block, then operations, each an opcode byte and
  * its fields; the last field is the text. */
 #include <stdlib.h>
 
@@ -11,7 +12,10 @@
 
 static const char *const PATTERNS[] = {
     "\\s+|\\S+", "(a+)+b", "\\p{L}+|\\p{N}{1,3}|[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", "(?:x*)*y", "[[:alpha:]]+",
+    "\\p{L}+\\d|.",                     /* quadratic by design: every start scans the run */
+    "a\\Z|(?<=a)b|\\b\\w|$|\\s+(?!\\S)", /* assertions at a window's end */
 };
+#define N_PATTERNS (sizeof PATTERNS / sizeof *PATTERNS)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_reader r = {data, size};
@@ -38,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             memcpy(pattern, pat + 1, pat_len - 1);
             pattern[pat_len - 1] = 0;
         } else {
-            snprintf(pattern, sizeof pattern, "%s", PATTERNS[pat_len % 5]);
+            snprintf(pattern, sizeof pattern, "%s", PATTERNS[pat_len % N_PATTERNS]);
         }
         cfg.pattern = pattern;
     }

@@ -106,6 +106,15 @@ local function handle_of(self)
   return h
 end
 
+-- A failed encode names the tokenizer's file: the pre-tokenizer pattern that made the core give up
+-- (too much backtracking, more than linear work on this text) came from it.
+local function check_encode(self, status)
+  if status ~= 0 then
+    local msg = ffi.string(C.eapig_last_error()):gsub("^eapig_tokenizer_encode: ", "")
+    error(("eapig.tokenizer: encode: %s: %s"):format(self.path or self.name, msg), 0)
+  end
+end
+
 -- encode(text, opts) -> array of ids. opts: bos, eos (default: the model's convention),
 -- special (default true: added tokens written in the text become their ids).
 function Tokenizer:encode(text, opts)
@@ -122,17 +131,18 @@ function Tokenizer:encode(text, opts)
   local flags = 0
   if opts.special ~= false then flags = flags + C.EAPIG_ENCODE_SPECIAL end
   if opts.reference then flags = flags + C.EAPIG_ENCODE_REFERENCE end
+  if opts.whole_matches then flags = flags + C.EAPIG_ENCODE_WHOLE_MATCHES end
   -- Most text needs fewer ids than bytes; the rare text that needs more is encoded twice.
   if id_cap < #text + 16 then
     id_cap = #text + 16
     id_buf = int32_array(id_cap)
   end
-  core.check(C.eapig_tokenizer_encode(h, text, #text, flags, id_buf, id_cap, size_out), "eapig.tokenizer: encode")
+  check_encode(self, C.eapig_tokenizer_encode(h, text, #text, flags, id_buf, id_cap, size_out))
   local n = tonumber(size_out[0])
   if n > id_cap then
     id_cap = n
     id_buf = int32_array(id_cap)
-    core.check(C.eapig_tokenizer_encode(h, text, #text, flags, id_buf, id_cap, size_out), "eapig.tokenizer: encode")
+    check_encode(self, C.eapig_tokenizer_encode(h, text, #text, flags, id_buf, id_cap, size_out))
   end
   local out, k = {}, 0
   if bos then k = 1; out[1] = self.bos_id end
