@@ -12,12 +12,7 @@ local function random_floats(n, seed)
   return x
 end
 
--- x rounded to float32
-local f32_box = ffi.new("float[1]")
-local function f32(x)
-  f32_box[0] = x
-  return f32_box[0]
-end
+local f32 = require("support.tiny").f32 -- x rounded to float32
 
 local function lengths_of(t)
   local l = core.int32s(#t)

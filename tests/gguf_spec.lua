@@ -178,11 +178,7 @@ local function gguf_name(names, name)
 end
 
 -- float32 rounding, to follow the converter's torch.float32 arithmetic step by step
-local f32_box = ffi.new("float[1]")
-local function f32(x)
-  f32_box[0] = x
-  return f32_box[0]
-end
+local f32 = require("support.tiny").f32
 
 -- LlamaModel.generate_extra_tensors: Llama-3.1's rope_scaling as one factor per rotary
 -- frequency (the frequency is divided by it), computed in float32 as the converter does.
@@ -321,6 +317,16 @@ local function arena(model)
   return p, tonumber(n[0])
 end
 
+-- The two models' weight arenas are equal, value for value.
+local function assert_same_weights(a_model, b_model)
+  local a, na = arena(a_model)
+  local b, nb = arena(b_model)
+  assert.equal(na, nb)
+  for i = 0, na - 1 do
+    if a[i] ~= b[i] then error(("weight %d differs: %.9g vs %.9g"):format(i, a[i], b[i])) end
+  end
+end
+
 local function logits_of(model, ids)
   local n = #ids
   local tokens, lengths = ffi.new("int32_t[?]", n, ids), ffi.new("int32_t[1]", n)
@@ -346,12 +352,7 @@ describe("GGUF models", function()
       local hf = eapig.load(folder, { finalize = false })
       local gg = eapig.load(file, { finalize = false })
       assert.equal(case.family, gg.family)
-      local a, na = arena(hf)
-      local b, nb = arena(gg)
-      assert.equal(na, nb)
-      for i = 0, na - 1 do
-        if a[i] ~= b[i] then error(("weight %d differs: %.9g vs %.9g"):format(i, a[i], b[i])) end
-      end
+      assert_same_weights(hf, gg)
       -- Finalized, the two give the same logits.
       assert.same(logits_of(eapig.load(folder), IDS), logits_of(eapig.load(file), IDS))
     end)
@@ -400,12 +401,7 @@ describe("GGUF models", function()
       local gg = eapig.load(file, { finalize = false })
       assert.equal(case.family, gg.family)
       assert.same(config_values(hf), config_values(gg))
-      local a, na = arena(hf)
-      local b, nb = arena(gg)
-      assert.equal(na, nb)
-      for i = 0, na - 1 do
-        if a[i] ~= b[i] then error(("weight %d differs: %.9g vs %.9g"):format(i, a[i], b[i])) end
-      end
+      assert_same_weights(hf, gg)
       local ref, got = logits_of(eapig.load(folder), LONG_IDS), logits_of(eapig.load(file), LONG_IDS)
       local rel = relative_difference(ref, got)
       assert.True(rel <= 1e-5, ("largest logit difference / largest logit = %g"):format(rel))

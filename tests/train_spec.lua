@@ -9,6 +9,7 @@ local train = require("eapig.apps.train")
 local induction = require("eapig.tasks.induction")
 local Model = require("eapig.model")
 local testing = require("eapig.testing")
+local tiny = require("support.tiny")
 
 local C = core.C
 local abs, max, sqrt, exp, log = math.abs, math.max, math.sqrt, math.exp, math.log
@@ -98,17 +99,7 @@ local function arena(h)
 end
 
 -- A right-padded batch with the given lengths.
-local function make_batch(model, lengths, seed)
-  local rng = random.new(seed, "xorshift32")
-  local B, P = #lengths, 0
-  for _, n in ipairs(lengths) do P = max(P, n) end
-  local tokens, lens = core.int32s(B * P), core.int32s(B)
-  for b = 0, B - 1 do
-    lens[b] = lengths[b + 1]
-    for p = 0, lengths[b + 1] - 1 do tokens[b * P + p] = rng:below(model.vocab) end
-  end
-  return { tokens = tokens, lengths = lens, B = B, P = P }
-end
+local function make_batch(model, lengths, seed) return tiny.batch(model, lengths, seed, "xorshift32") end
 
 local fwd_opts_t = ffi.typeof("eapig_forward_opts")
 local bwd_opts_t = ffi.typeof("eapig_backward_opts")

@@ -83,9 +83,10 @@ function tiny.model(kind, seed, overrides)
   return Model.new(h, { family = kind })
 end
 
--- A right-padded batch of random tokens with the given lengths.
-function tiny.batch(model, lengths, seed)
-  local rng = random.new(seed)
+-- A right-padded batch of random tokens with the given lengths (drawn by eapig.rng's algorithm,
+-- default splitmix64).
+function tiny.batch(model, lengths, seed, algorithm)
+  local rng = random.new(seed, algorithm)
   local B, P = #lengths, 0
   for _, n in ipairs(lengths) do P = math.max(P, n) end
   local tokens, lens = core.int32s(B * P), core.int32s(B)
@@ -173,6 +174,13 @@ function tiny.clean_corrupted(kind, seed, lengths, overrides)
   t.mask = core.bytes(m.n_forward * m.n_backward)
   core.check(C.eapig_model_edge_mask(m.handle, t.mask))
   return t
+end
+
+-- x rounded to float32.
+local f32_box = ffi.new("float[1]")
+function tiny.f32(x)
+  f32_box[0] = x
+  return f32_box[0]
 end
 
 -- Largest |a[i] - b[i]| over n numbers.
