@@ -247,6 +247,16 @@ describe("engine", function()
       batch.lengths[0] = 0
       assert.has_error(function() m:forward(batch) end, "forward: eapig_forward: row 1 has length 0, outside 1..3")
     end)
+    it("keeps model.cfg valid after model:free() (a copy, not a pointer into freed memory)", function()
+      local ffi = require("ffi")
+      local f = tiny.model("gpt2", 5)
+      local n_layers, d_model, vocab = f.cfg.n_layers, f.cfg.d_model, f.cfg.vocab
+      f:free()
+      assert.is_nil(tostring(ffi.typeof(f.cfg)):find("*", 1, true))
+      assert.are.same({ n_layers, d_model, vocab }, { f.cfg.n_layers, f.cfg.d_model, f.cfg.vocab })
+      f:free() -- a second free is harmless
+      assert.are.equal(n_layers, f.cfg.n_layers)
+    end)
     local C = core.C
     it("answers a NULL model with a safe value and a message naming the accessor", function()
       local ffi = require("ffi")

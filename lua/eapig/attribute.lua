@@ -12,6 +12,7 @@ local runs = require("eapig.runs")
 local Progress = require("eapig.progress")
 local parallel = require("eapig.parallel")
 local memory = require("eapig.memory")
+local options = require("eapig.options")
 local ffi, C = core.ffi, core.C
 
 local M = {}
@@ -375,7 +376,7 @@ function M.attribute(model, graph, data, metric, opts, ...)
   if mt.eval_only and method ~= "exact" and method ~= "information-flow-routes" then
     error(("metric '%s' has no gradient; it can only evaluate"):format(mt.name), 0)
   end
-  local batch_size = opts.batch_size or 8
+  local batch_size = opts.batch_size or options.DEFAULT_BATCH_SIZE
   -- Before any run: the largest batch must fit the memory budget (opts.memory GiB), and the
   -- budget sets how many integrated-gradient steps share one run.
   local estimate = memory.check(model, { B = math.max(1, math.min(batch_size, #data)), P = memory.longest_row(data),

@@ -97,7 +97,7 @@ local EVAL_OPTIONS = { "intervention", "intervention_data", "reference", "batch_
 -- patches nothing (its logits are the clean ones), or when skip_clean = false asks for it.
 local function run_circuit(model, data, list, W, scale, any, opts)
   local intervention = opts.intervention or "patching"
-  local batch_size = opts.batch_size or 8
+  local batch_size = opts.batch_size or options.DEFAULT_BATCH_SIZE
   -- before any run: the largest batch must fit the memory budget (opts.memory GiB)
   memory.check(model, { B = math.max(1, math.min(batch_size, #data)), P = memory.longest_row(data),
     method = "evaluate" }, memory.budget(opts.memory), "evaluate")
@@ -180,7 +180,7 @@ function M.evaluate_baseline(model, data, ms, opts)
   opts = options.check(opts, { "run_corrupted", "batch_size", "quiet" }, "evaluate_baseline")
   local list, many = metric_list(ms)
   local rows = row_values(#list, #data)
-  for b in data:batches(opts.batch_size or 8) do
+  for b in data:batches(opts.batch_size or options.DEFAULT_BATCH_SIZE) do
     if take_batch(rows) then
       local clean, corrupted = runs.engine_batches(b)
       local clean_logits = model:forward(clean, { logit_pos = b.last_pos })

@@ -134,7 +134,11 @@ end
 
 -- Drops the C buffers now rather than at garbage collection (STYLE 12).
 function Model:free()
-  if self.handle then C.eapig_model_free(ffi.gc(self.handle, nil)) end
+  if self.handle then
+    -- cfg points into the model's memory: it becomes a copy, so model.cfg and model:info() stay valid
+    self.cfg = ffi.new("eapig_config", self.cfg[0])
+    C.eapig_model_free(ffi.gc(self.handle, nil))
+  end
   if self.workspace then C.eapig_workspace_free(ffi.gc(self.workspace, nil)) end
   self.handle, self.workspace = nil, nil
 end

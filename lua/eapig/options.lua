@@ -10,6 +10,10 @@ local fmt = string.format
 
 local M = {}
 
+-- Rows per batch when a caller gives no batch_size (attribute, evaluate_graph, evaluate_baseline,
+-- mean interventions) and the default of the CLI's --batch-size.
+M.DEFAULT_BATCH_SIZE = 8
+
 -- Edit distance between two short strings (option names), case-insensitive: insertions,
 -- deletions, substitutions and swaps of two neighbouring letters ("levle") each count 1.
 local function distance(a, b)

@@ -3,6 +3,7 @@
 -- and metric evaluation at the last real positions.
 local core = require("eapig.core")
 local metrics = require("eapig.metrics")
+local options = require("eapig.options")
 local ffi, C = core.ffi, core.C
 
 local runs = {}
@@ -12,16 +13,21 @@ function runs.nodes(model, B, P)
   return core.batch_floats(model.n_forward * B * P * model.d_model)
 end
 
-runs.INTERVENTIONS = { patching = true, zero = true, mean = true, ["mean-positional"] = true }
+-- What an edge outside the circuit (or an attributed edge) reads instead of its clean value: the
+-- one list, which attribute, evaluate and the CLI's --intervention accept.
+runs.INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
+local is_intervention = {}
+for _, name in ipairs(runs.INTERVENTIONS) do is_intervention[name] = true end
 
 function runs.check_intervention(intervention, intervention_data, custom)
   if custom then
     if type(custom) ~= "function" then error("reference must be a function(model, batch) -> (NF, B, P, D) buffer", 0) end
     return
   end
-  if not runs.INTERVENTIONS[intervention] then
-    error(("unknown intervention '%s' (expected patching, zero, mean or mean-positional)"):format(
-      tostring(intervention)), 0)
+  if not is_intervention[intervention] then
+    local names = runs.INTERVENTIONS
+    error(("unknown intervention '%s' (expected %s or %s)"):format(tostring(intervention),
+      table.concat(names, ", ", 1, #names - 1), names[#names]), 0)
   end
   if intervention:find("^mean") and not intervention_data then
     error(("intervention '%s' needs intervention_data (the dataset to average over)"):format(intervention), 0)
@@ -65,9 +71,10 @@ end
 -- Per-node means of every source's output over the real positions of a dataset: (NF, D), or
 -- per position (NF, P, D) with equal lengths. Returns {values, per_position, P}.
 function runs.compute_means(model, ds, per_position, batch_size)
+  batch_size = batch_size or options.DEFAULT_BATCH_SIZE
   local NF, D = model.n_forward, model.d_model
   local P_all
-  for b in ds:batches(batch_size or 8) do
+  for b in ds:batches(batch_size) do
     P_all = P_all or b.P
     for i = 0, b.B - 1 do
       if per_position and b.lengths[i] ~= P_all then
@@ -87,7 +94,7 @@ function runs.compute_means(model, ds, per_position, batch_size)
     core.check(C.eapig_node_sums(sums, cap, b.lengths, NF, b.B, b.P, D, per_position and 1 or 0), "means")
     for i = 0, b.B - 1 do count = count + (per_position and 1 or b.lengths[i]) end
   end
-  for b in ds:batches(batch_size or 8) do core.with_batch(add_batch, b) end
+  for b in ds:batches(batch_size) do core.with_batch(add_batch, b) end
   local values = core.floats(NF * width)
   for i = 0, NF * width - 1 do values[i] = sums[i] / count end
   return { values = values, per_position = per_position, P = P_all }

@@ -10,6 +10,7 @@ local cli = require("eapig.cli")
 -- EAP-IG's names, from the attribution module itself, for --help and for failing before any
 -- loading; eapig.attribute checks them again (and knows which combinations it can run).
 local METHODS = require("eapig.attribute").METHODS
+local INTERVENTIONS = require("eapig.runs").INTERVENTIONS
 
 local EPILOG = [[
 Data: JSONL rows {"clean": [ids], "corrupted": [ids], "correct": id|[ids], "incorrect": id|[ids]}.
@@ -27,8 +28,7 @@ return function(argv)
   parser:option("--ig-steps", "Integrated-gradient steps (EAP-IG methods).", "5"):argname("N")
     :convert(cli.integer("--ig-steps", 1, 10000))
   parser:option("--metric", "Metric to attribute (logit_diff, prob_diff, kl_div, ...).", "logit_diff"):argname("NAME")
-  cli.intervention_options(parser, "What replaces an edge's clean value: " .. table.concat(cli.INTERVENTIONS, ", ")
-    .. ".")
+  cli.intervention_options(parser, "What replaces an edge's clean value: " .. table.concat(INTERVENTIONS, ", ") .. ".")
   parser:option("--level", "Score edges, nodes or neurons: edge, node, neuron.", "edge")
     :argname("LEVEL"):convert(cli.one_of("level", { "edge", "node", "neuron" }))
   cli.batch_size_option(parser)

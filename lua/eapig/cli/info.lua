@@ -3,6 +3,7 @@
 -- for a batch size and sequence length, against the memory budget. Loading the model is the
 -- check: a bad checkpoint fails here with the loader's message naming the file and the field.
 local cli = require("eapig.cli")
+local options = require("eapig.options")
 local memory_methods = require("eapig.attribute").METHODS
 
 -- Rows of the readable form: label, info key (or a function of the info table).
@@ -66,7 +67,8 @@ return function(argv)
   parser:flag("--json", "Print model:info() as one JSON object.")
   parser:option("--memory", "Print the memory a run needs per phase; GIB is the budget (default: the "
     .. "machine's memory minus a margin)."):argname("GIB"):args("?")
-  parser:option("--batch-size", "Rows per batch, for --memory.", "8"):argname("N"):convert(cli.integer("--batch-size", 1))
+  parser:option("--batch-size", "Rows per batch, for --memory.", tostring(options.DEFAULT_BATCH_SIZE)):argname("N")
+    :convert(cli.integer("--batch-size", 1))
   parser:option("--seq-len", "Positions per row, for --memory.", "16"):argname("P"):convert(cli.integer("--seq-len", 1))
   parser:option("--method", "Attribution method, for --memory.", "EAP-IG-inputs"):argname("NAME")
     :convert(cli.one_of("method", memory_methods))

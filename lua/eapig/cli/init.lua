@@ -6,6 +6,7 @@
 -- so `eapig --help` works even before libeapig is built. The helpers below (argument parsing,
 -- loading models, data and graphs, checking an output path) are shared by the commands.
 local argparse = require("argparse")
+local options = require("eapig.options")
 
 local fmt, concat = string.format, table.concat
 
@@ -231,15 +232,15 @@ function M.data_option(parser)
 end
 
 function M.batch_size_option(parser)
-  parser:option("--batch-size", "Rows per batch.", "8"):argname("N"):convert(M.integer("--batch-size", 1, M.MAX_BATCH))
+  parser:option("--batch-size", "Rows per batch.", tostring(options.DEFAULT_BATCH_SIZE)):argname("N")
+    :convert(M.integer("--batch-size", 1, M.MAX_BATCH))
 end
 
--- What an edge outside the circuit (or an attributed edge) reads instead of its clean value.
-M.INTERVENTIONS = { "patching", "zero", "mean", "mean-positional" }
-
--- --intervention (help: what the command does with it) and --intervention-data.
+-- --intervention (help: what the command does with it) and --intervention-data. The values are
+-- eapig.runs's own list, the one attribute and evaluate accept.
 function M.intervention_options(parser, help)
-  parser:option("--intervention", help, "patching"):argname("KIND"):convert(M.one_of("intervention", M.INTERVENTIONS))
+  local interventions = require("eapig.runs").INTERVENTIONS
+  parser:option("--intervention", help, "patching"):argname("KIND"):convert(M.one_of("intervention", interventions))
   parser:option("--intervention-data", "JSONL dataset the mean interventions average over."):argname("FILE")
 end
 
