@@ -276,7 +276,7 @@ end
 function M.phases(verbose)
   if not verbose then return function(_, fn) return fn() end end
   local memory = require("eapig.memory")
-  local now = require("eapig.apps.train").now -- the one wall clock
+  local now = require("eapig.progress").now -- the one wall clock
   return function(name, fn)
     local reset = memory.reset_peak()
     local t0 = now()
