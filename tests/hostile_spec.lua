@@ -104,12 +104,8 @@ describe("hostile inputs", function()
 
     it("a NaN-payload weight in a llama2.c checkpoint is an error naming the tensor and layer", function()
       -- dim 8, hidden 12, 1 layer, 2 heads, 1 kv head, vocab 5 (untied), seq_len 3
-      local header = ffi.new("int32_t[7]", { 8, 12, 1, 2, 1, -5, 3 })
-      local total = 40 + 8 + 64 + 32 + 32 + 64 + 8 + 96 * 3 + 8 + 6 + 6 + 40
-      local values = ffi.new("float[?]", total)
-      for i = 0, total - 1 do values[i] = 0.01 * (i % 7) end
       local path = dir .. "/nan.bin"
-      write(path, ffi.string(header, 28) .. ffi.string(values, 4 * total))
+      write(path, require("support.tiny").llama2c_bytes())
       poke_u32(path, 28 + 4 * (40 + 8 + 64 + 3), NAN_PAYLOAD) -- wk, element 3
       fails({ "info", "--model", path }, path, "tensor 'wk' of layer 0", "element 3", "is NaN")
     end)

@@ -519,11 +519,17 @@ describe("tokenizer", function()
       assert.same({ BL.d123, 52 }, encode(h, "1234"))
     end)
 
-    it("a pathological pre-tokenizer pattern is stopped by the match limit, with a message", function()
+    -- A core tokenizer of the 256 byte-level tokens that splits text with the given pattern.
+    local function regex_byte_tokenizer(pattern)
       local cfg = ffi.new("eapig_tokenizer_config", { n_vocab = 256, symbols = C.EAPIG_TOK_BYTE_LEVEL,
-        split = C.EAPIG_TOK_SPLIT_REGEX, pattern = "(a+)+$", prefix = C.EAPIG_TOK_PREFIX_NONE, unk_id = -1 })
+        split = C.EAPIG_TOK_SPLIT_REGEX, pattern = pattern, prefix = C.EAPIG_TOK_PREFIX_NONE, unk_id = -1 })
       local h = ffi.gc(core.check_ptr(C.eapig_tokenizer_new(cfg)), C.eapig_tokenizer_free)
       for b = 0, 255 do core.check(C.eapig_tokenizer_set_token(h, b, BYTE_CHAR[b], #BYTE_CHAR[b], 0)) end
+      return h
+    end
+
+    it("a pathological pre-tokenizer pattern is stopped by the match limit, with a message", function()
+      local h = regex_byte_tokenizer("(a+)+$")
       local text = string.rep("a", 64) .. "!" -- 2^64 ways to split the run: never ends without a limit
       local ids, n = ffi.new("int32_t[80]"), ffi.new("size_t[1]")
       assert.equal(C.EAPIG_ERR_ARG, C.eapig_tokenizer_encode(h, text, #text, 0, ids, 80, n))
@@ -533,10 +539,7 @@ describe("tokenizer", function()
     end)
 
     it("a pattern that matches empty at the end of the text stops there (found by fuzzing)", function()
-      local cfg = ffi.new("eapig_tokenizer_config", { n_vocab = 256, symbols = C.EAPIG_TOK_BYTE_LEVEL,
-        split = C.EAPIG_TOK_SPLIT_REGEX, pattern = "\\s+|\\b", prefix = C.EAPIG_TOK_PREFIX_NONE, unk_id = -1 })
-      local h = ffi.gc(core.check_ptr(C.eapig_tokenizer_new(cfg)), C.eapig_tokenizer_free)
-      for b = 0, 255 do core.check(C.eapig_tokenizer_set_token(h, b, BYTE_CHAR[b], #BYTE_CHAR[b], 0)) end
+      local h = regex_byte_tokenizer("\\s+|\\b")
       assert.same({ 97, 98, 32, 99, 100 }, encode(h, "ab cd"))
     end)
 

@@ -168,15 +168,7 @@ local TARGETS = {
   },
   {
     name = "llama2c.bin",
-    setup = function()
-      local header = ffi.new("int32_t[7]", { 8, 12, 1, 2, 1, -5, 3 })
-      local total = 40 + 8 + 64 + 32 + 32 + 64 + 8 + 96 * 3 + 8 + 6 + 6 + 40
-      local values = ffi.new("float[?]", total)
-      for i = 0, total - 1 do values[i] = 0.01 * (i % 7) end
-      local path = work .. "/model.bin"
-      write(path, ffi.string(header, 28) .. ffi.string(values, 4 * total))
-      return path
-    end,
+    setup = function() return write(work .. "/model.bin", require("support.tiny").llama2c_bytes()) end,
     use = function(path) load.load(path) end,
   },
   {

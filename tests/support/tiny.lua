@@ -176,6 +176,17 @@ function tiny.clean_corrupted(kind, seed, lengths, overrides)
   return t
 end
 
+-- The bytes of a small llama2.c checkpoint: dim 8, hidden 12, 1 layer, 2 heads, 1 kv head, vocab
+-- 5 (untied: negative in the header), seq_len 3; the weights 0.01 * (i % 7) in file order. The
+-- weights start at byte 28, wk at float 40 + 8 + 64.
+function tiny.llama2c_bytes()
+  local header = ffi.new("int32_t[7]", { 8, 12, 1, 2, 1, -5, 3 })
+  local total = 40 + 8 + 64 + 32 + 32 + 64 + 8 + 96 * 3 + 8 + 6 + 6 + 40
+  local values = ffi.new("float[?]", total)
+  for i = 0, total - 1 do values[i] = 0.01 * (i % 7) end
+  return ffi.string(header, 28) .. ffi.string(values, 4 * total)
+end
+
 -- x rounded to float32.
 local f32_box = ffi.new("float[1]")
 function tiny.f32(x)
