@@ -8,6 +8,7 @@ local FIXTURE = "../shared/fixtures/gpt2-tiny"
 local MODEL, DATA = FIXTURE .. "/model", FIXTURE .. "/data.jsonl"
 
 local files = require("support.files")
+local testing = require("eapig.testing")
 local exists, read, write = files.exists, files.read, files.write
 
 local shell = require("support.shell")
@@ -43,10 +44,8 @@ end
 describe("eapig command line", function()
   local dir
 
-  setup(function() dir = files.tmpdir() end)
-  teardown(function()
-    if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. quote(dir)) end
-  end)
+  setup(function() dir = testing.tmpdir() end)
+  teardown(function() testing.rmtree(dir) end)
 
   describe("helpers (in process)", function()
     it("define no globals", function()

@@ -3,6 +3,7 @@
 -- line; writing through a temporary file; round trips of arbitrary fields.
 local csv = require("eapig.formats.csv")
 local files = require("support.files")
+local testing = require("eapig.testing")
 
 local tmpdir
 local function tmp_path(name) return tmpdir .. "/" .. name end
@@ -14,8 +15,8 @@ local function parse_error(text)
 end
 
 describe("csv", function()
-  setup(function() tmpdir = files.tmpdir() end)
-  teardown(function() files.rmtree(tmpdir) end)
+  setup(function() tmpdir = testing.tmpdir() end)
+  teardown(function() testing.rmtree(tmpdir) end)
 
   it("defines no globals", function() files.assert_no_globals("eapig.formats.csv") end)
 

@@ -3,6 +3,7 @@
 -- ../shared/fixtures is present.
 local data = require("eapig.data")
 local files = require("support.files")
+local testing = require("eapig.testing")
 
 local FIXTURES = os.getenv("EAPIG_FIXTURES") or "../shared/fixtures"
 
@@ -25,8 +26,8 @@ local GOOD = table.concat({
 }, "\n") .. "\n"
 
 describe("data", function()
-  setup(function() tmpdir = files.tmpdir() end)
-  teardown(function() files.rmtree(tmpdir) end)
+  setup(function() tmpdir = testing.tmpdir() end)
+  teardown(function() testing.rmtree(tmpdir) end)
 
   it("defines no globals", function() files.assert_no_globals("eapig.data") end)
 

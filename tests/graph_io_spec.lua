@@ -8,11 +8,12 @@ local graph_io = require("eapig.formats.graph_io")
 local FIXTURES = require("support.shared").fixtures() -- nil when absent
 
 local files = require("support.files")
+local testing = require("eapig.testing")
 local exists, read, write = files.exists, files.read, files.write
 
 -- A scratch folder for this run, removed at the end.
-local DIR = files.tmpdir()
-teardown(function() files.rmtree(DIR) end)
+local DIR = testing.tmpdir()
+teardown(function() testing.rmtree(DIR) end)
 
 local function files_in(dir)
   local names = {}

@@ -5,6 +5,7 @@
 -- and, for greater-than, on a random GPT-2-shaped model with GPT-2's tokenizer files.
 local eapig = require("eapig")
 local files = require("support.files")
+local testing = require("eapig.testing")
 local exists, read, write = files.exists, files.read, files.write
 
 local MODEL = "models/induction-2l"
@@ -89,8 +90,8 @@ end)
 
 describe("mistakes on the command line", function()
   local dir
-  setup(function() dir = files.tmpdir() end)
-  teardown(function() if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. quote(dir)) end end)
+  setup(function() dir = testing.tmpdir() end)
+  teardown(function() testing.rmtree(dir) end)
 
   it("eapig with no command prints the usage and exits 2", function()
     local out, err, rc = eapig_cmd({}, dir)
@@ -146,8 +147,8 @@ end)
 
 describe("--data reads JSONL and EAP-IG's CSV", function()
   local dir
-  setup(function() dir = files.tmpdir() end)
-  teardown(function() if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. quote(dir)) end end)
+  setup(function() dir = testing.tmpdir() end)
+  teardown(function() testing.rmtree(dir) end)
 
   local function ok(args)
     local out, err, rc = eapig_cmd(args, dir)

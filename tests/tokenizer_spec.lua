@@ -15,6 +15,7 @@ local STORIES_DIR = SHARED .. "/models/stories260K"
 local tmpdir
 
 local files = require("support.files")
+local testing = require("eapig.testing")
 local exists, read, write = files.exists, files.read, files.write
 
 local function mkdir(name)
@@ -227,8 +228,8 @@ end
 -- ---- specs ------------------------------------------------------------------------------------------
 
 describe("tokenizer", function()
-  setup(function() tmpdir = files.tmpdir() end)
-  teardown(function() files.rmtree(tmpdir) end)
+  setup(function() tmpdir = testing.tmpdir() end)
+  teardown(function() testing.rmtree(tmpdir) end)
 
   it("defines no globals", function() files.assert_no_globals("eapig.formats.tokenizer", "eapig.cli.tokenize") end)
 

@@ -23,21 +23,6 @@ function M.write(path, text)
   return path
 end
 
--- A new empty scratch folder (mktemp -d); remove it with rmtree.
-function M.tmpdir()
-  local p = assert(io.popen("mktemp -d"))
-  local dir = p:read("*l")
-  p:close()
-  assert(dir and dir:match("^/."), "mktemp -d made no folder")
-  return dir
-end
-
--- Removes a folder and everything in it (an absolute path below /, as tmpdir makes).
-function M.rmtree(dir)
-  assert(type(dir) == "string" and dir:match("^/[^/]+/."), "rmtree: refusing " .. tostring(dir))
-  os.execute("rm -rf '" .. dir:gsub("'", "'\\''") .. "'")
-end
-
 -- Requires the named modules afresh (dropped from package.loaded first) and asserts that loading
 -- them defines no global.
 function M.assert_no_globals(...)
