@@ -61,6 +61,10 @@ describe("eapig command line", function()
     it("make one line of any error", function()
       local cli = require("eapig.cli")
       assert.are.equal("boom", cli.one_line("/usr/share/lua/5.1/eapig/graph.lua:12: boom"))
+      -- every folder of modules (apps/ and formats/ too), but not a user's own script
+      assert.are.equal("boom", cli.one_line("/x/lua/eapig/apps/train.lua:104: boom"))
+      assert.are.equal("boom", cli.one_line("./lua/eapig/formats/load.lua:9: boom"))
+      assert.are.equal("my/task.lua:3: boom", cli.one_line("my/task.lua:3: boom"))
       assert.are.equal("unknown option '--x'; Did you mean '--y'?",
         cli.one_line("unknown option '--x'\nDid you mean '--y'?\noriginal stack traceback:\n\tfoo.lua:1: in x"))
       assert.are.equal("module 'x.y' not found on package.path",

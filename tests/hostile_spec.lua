@@ -350,6 +350,73 @@ describe("hostile inputs", function()
         "--ig-steps must be <= 10000, got 1e9")
       fails({ "train", "--task", "induction", "--out", dir .. "/t", "--threads", "1e6" },
         "--threads must be <= 1024, got 1e6")
+      -- the dimensions of a new model: the core's own limits (core/model.c), as option errors
+      fails({ "train", "--task", "induction", "--out", dir .. "/t", "--layers", "100000" },
+        "--layers must be <= 4096, got 100000")
+      fails({ "train", "--task", "induction", "--out", dir .. "/t", "--d-mlp", "1e9" },
+        "--d-mlp must be <= 4194304, got 1e9")
+    end)
+  end)
+
+  describe("class 5: sizes beyond one buffer name the field, not LuaJIT", function()
+    -- A neuron-level graph keeps NF x d_model scores and flags: a cfg that declares d_model 2^20
+    -- with 512 layers asks for 2^30 of each (LuaJIT would raise "size of C type is unknown or too
+    -- large" at an internal path). Its edge matrix is small, so only the neuron bound stops it.
+    local BIG = { n_layers = 512, n_heads = 1, d_model = 1048576 }
+    local function no_partial_output(out)
+      assert.is_nil(io.open(out, "rb"), "an output file was left: " .. out)
+      local p = io.popen("ls -a " .. quote(dir))
+      local listing = p:read("*a")
+      p:close()
+      assert.is_nil(listing:find("eapig-tmp", 1, true), "a temporary file was left: " .. listing)
+    end
+
+    it("a graph JSON whose neuron matrix declares 2^30 entries", function()
+      local path = write(dir .. "/neuron-big.json", cjson.encode({ cfg = BIG,
+        nodes = { input = { ["in_graph"] = true, neurons = {} } }, edges = {} }))
+      local out = dir .. "/neuron-big-circuit.json"
+      local msg = fails({ "circuit", "--graph", path, "--topn", "1", "--out", out }, path,
+        "cfg.d_model 1048576 give a 1025 x 1048576 neuron matrix, more than 268435456 entries")
+      assert.is_nil(msg:find("size of C type", 1, true), msg)
+      assert.is_nil(msg:find("%.lua:%d"), msg)
+      no_partial_output(out)
+    end)
+
+    it("a graph safetensors file whose neuron tensors declare 2^30 elements", function()
+      local path = dir .. "/neuron-big.safetensors"
+      local NF = 1 + 512 * 2
+      safetensors.write(path, {
+        { name = "nodes_in_graph", dtype = "U8", shape = { NF }, data = function(buf, n) ffi.fill(buf, n) end },
+      }, { format = "eapig-graph", level = "neuron", cfg = cjson.encode(BIG) })
+      local out = dir .. "/neuron-big-circuit.safetensors"
+      local msg = fails({ "circuit", "--graph", path, "--topn", "1", "--out", out }, path,
+        "cfg.d_model 1048576 give a 1025 x 1048576 neuron matrix, more than 268435456 entries")
+      assert.is_nil(msg:find("size of C type", 1, true), msg)
+      no_partial_output(out)
+    end)
+
+    it("a batch padded beyond one buffer is refused, saying to use a smaller batch", function()
+      local long = {}
+      for i = 1, 40000 do long[i] = 1 + i % 7 end
+      local rows = { { clean = long, corrupted = long, correct = 1, incorrect = 2 } }
+      for i = 2, 14000 do rows[i] = { clean = { 1 }, corrupted = { 2 }, correct = 1, incorrect = 2 } end
+      local ds = require("eapig.data").from_rows(rows)
+      local ok, err = pcall(function() return ds:batches(14000)() end)
+      assert.is_false(ok)
+      assert.truthy(err:find("Dataset:batches: rows 1..14000 padded to the longest (40000 tokens) need 560000000 " ..
+        "token ids, more than one buffer may hold (2 GiB): use a smaller batch size", 1, true), err)
+      assert.equal(40000, ds:batches(1)().P)
+    end)
+
+    it("a buffer request beyond 2 GiB is refused with what it was for", function()
+      local core = require("eapig.core")
+      local ok, err = pcall(core.floats, 2 ^ 40, "neuron scores of 'F'")
+      assert.is_false(ok)
+      assert.truthy(err:find("neuron scores of 'F': 1099511627776 elements of 4 bytes (4096.0 GiB)", 1, true), err)
+      ok, err = pcall(core.bytes, -1)
+      assert.is_false(ok)
+      assert.truthy(err:find("more than one buffer may hold (2 GiB)", 1, true), err)
+      assert.equal(16, ffi.sizeof(core.floats(4)))
     end)
   end)
 

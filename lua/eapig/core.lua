@@ -55,13 +55,27 @@ function core.float32_problem(v)
   return nil
 end
 
--- Float buffers owned by Lua (zeroed by ffi.new).
+-- Buffers owned by Lua (zeroed by ffi.new). LuaJIT allocates at most 2^31 - 1 bytes at once and
+-- reports a larger (or negative, or NaN) size as "size of C type is unknown or too large", which
+-- names nothing: core.check_size refuses it first, naming what the buffer is for. Sizes read from
+-- files and options are bounded where they are read, naming the field; this is the last guard.
+core.MAX_BUFFER_BYTES = 2 ^ 31 - 1
+
+-- Raises unless n elements of elem_size bytes fit one Lua buffer; what names the buffer.
+function core.check_size(n, elem_size, what)
+  if type(n) ~= "number" or n ~= n or n < 0 or n * elem_size > core.MAX_BUFFER_BYTES then
+    error(("%s: %s elements of %d bytes (%.1f GiB) are more than one buffer may hold (2 GiB)")
+      :format(what or "eapig buffer", tostring(n), elem_size, (tonumber(n) or 0) * elem_size / 2 ^ 30), 0)
+  end
+  return n
+end
+
 local float_array = ffi.typeof("float[?]")
 local int32_array = ffi.typeof("int32_t[?]")
 local uint8_array = ffi.typeof("uint8_t[?]")
-function core.floats(n) return float_array(n) end
-function core.int32s(n) return int32_array(n) end
-function core.bytes(n) return uint8_array(n) end
+function core.floats(n, what) return float_array(core.check_size(n, 4, what)) end
+function core.int32s(n, what) return int32_array(core.check_size(n, 4, what)) end
+function core.bytes(n, what) return uint8_array(core.check_size(n, 1, what)) end
 
 -- Per-batch buffers (STYLE 12): big float buffers allocated in C and freed explicitly when the
 -- batch that made them ends (core.with_batch), so a run's memory does not wait for the garbage

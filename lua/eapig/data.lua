@@ -390,6 +390,10 @@ end
 local function make_batch(rows, first, last)
   local B, P = last - first + 1, 0
   for i = first, last do P = max(P, #rows[i].clean, #rows[i].corrupted) end
+  if B * P * 4 > 2 ^ 31 - 1 then -- LuaJIT's limit on one buffer
+    error(("Dataset:batches: rows %d..%d padded to the longest (%d tokens) need %d token ids, more than one " ..
+      "buffer may hold (2 GiB): use a smaller batch size"):format(first, last, P, B * P), 0)
+  end
   local clean, corrupted = int32_array(B * P), int32_array(B * P) -- zero-filled: the padding
   local lengths, corrupted_lengths, last_pos = int32_array(B), int32_array(B), int32_array(B)
   local batch_rows = {}

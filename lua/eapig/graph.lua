@@ -105,7 +105,8 @@ end
 -- The core's own limits on a model's dimensions (core/model.c), applied to graphs too, so a
 -- graph file cannot ask for more than any model this program loads.
 local CFG_LIMITS = { n_layers = 4096, n_heads = 4096, d_model = 2 ^ 20 }
--- Score and mask matrices of NF x NB entries (4 + 1 + 1 bytes each): 2^28 entries is ~1.6 GB,
+-- Score and mask matrices of NF x NB entries, and NF x d_model neuron ones (4 + 1 bytes each):
+-- at most 2^28 entries each (~1.6 GB for the edges),
 -- several times the graph of a 70B-parameter model.
 local MAX_MATRIX = 2 ^ 28
 
@@ -235,6 +236,13 @@ function Graph.new(cfg, opts)
   local o = options(opts, { level = "edge" }, "Graph.new")
   check_level(o.level, "Graph.new")
   local g = setmetatable({ cfg = normalize_cfg(cfg, "Graph.new"), level = o.level }, Graph)
+  if o.level == "neuron" then
+    local NF, D = Graph.size_of(g.cfg), g.cfg.d_model
+    if NF * D > MAX_MATRIX then
+      fail("Graph.new: cfg.n_layers %d, cfg.n_heads %d and cfg.d_model %d give a %d x %d neuron matrix, more than %d entries",
+           g.cfg.n_layers, g.cfg.n_heads, D, NF, D, MAX_MATRIX)
+    end
+  end
   build_layout(g)
   build_real_mask(g)
   local NF, NB, D = g.n_forward, g.n_backward, g.cfg.d_model

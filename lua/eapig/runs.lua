@@ -85,6 +85,9 @@ function runs.compute_means(model, ds, per_position, batch_size)
   end
   if not P_all then error("intervention data is empty", 0) end
   local width = per_position and P_all * D or D
+  -- (NF, P, D) doubles outgrow one Lua buffer (2 GiB) on a big model with long rows: say so
+  core.check_size(NF * width, 8, ("mean%s: the means of %d nodes x %s x %d dimensions"):format(
+    per_position and "-positional" or "", NF, per_position and (P_all .. " positions") or "1", D))
   local sums = ffi.new("double[?]", NF * width)
   local count = 0
   local function add_batch(b) -- the capture is freed when the batch ends

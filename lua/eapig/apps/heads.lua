@@ -31,7 +31,7 @@ function M.scores(model, opts)
     end
   end
   local L, H = model.n_layers, model.n_heads
-  local att = core.floats(L * B * H * P * P)
+  local att = core.floats(L * B * H * P * P, "heads.scores: the attention patterns (layers x rows x heads x P x P)")
   local D = model.d_model
   local cap = model:nodes_buffer(B, P)
   model:forward({ tokens = tokens, lengths = lengths, B = B, P = P }, { attn_probs = att, capture = cap,

@@ -63,10 +63,13 @@ end
 -- a "lua/eapig/x.lua:12: " position prefix (from error(msg, 2) or a bug) means nothing to a
 -- user, so it goes. argparse puts hints ("Did you mean ...?") and its own traceback on further
 -- lines: hints are kept, joined with "; ", tracebacks dropped.
--- True for a path of eapig's own modules: .../eapig/x.lua, .../eapig/cli/x.lua, .../eapig/tasks/x.lua.
+-- True for a path of eapig's own modules: .../eapig/x.lua and .../eapig/<kind>/x.lua for each
+-- folder of modules (cli, tasks, formats, apps).
+local MODULE_FOLDERS = { cli = true, tasks = true, formats = true, apps = true }
 function M.internal_path(path)
-  return path:match("eapig/[%w_]+%.lua$") ~= nil or path:match("eapig/cli/[%w_]+%.lua$") ~= nil
-    or path:match("eapig/tasks/[%w_]+%.lua$") ~= nil
+  if path:match("eapig/[%w_]+%.lua$") then return true end
+  local folder = path:match("eapig/([%w_]+)/[%w_]+%.lua$")
+  return folder ~= nil and MODULE_FOLDERS[folder] == true
 end
 
 -- Removes every "path/eapig/x.lua:12: " position of eapig's own modules from a message.
@@ -153,6 +156,9 @@ end
 M.MAX_BATCH = 65536
 M.MAX_ROWS = 10000000
 M.MAX_STEPS = 100000
+-- The core's limits on a model's dimensions (eapig_model_new in core/model.c), for the options
+-- that size a new model: a bigger value is an option error, not "implausibly large" after parsing.
+M.MAX_MODEL = { n_layers = 4096, n_heads = 4096, d_model = 2 ^ 20, d_mlp = 2 ^ 22, vocab = 2 ^ 24, n_ctx = 2 ^ 24 }
 
 -- For options with a fixed set of values: names the bad value and lists the good ones (argparse's
 -- :choices() does not say what was given). The caller lists them in the help text.

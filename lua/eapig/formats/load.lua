@@ -490,7 +490,8 @@ local function fill_entry(src, e, name, target, dims, bind)
     return
   end
   local parts = #e[1]
-  local tmp = ffi.new("float[?]", parts * rows * cols)
+  -- allocated in C: a fused q/k/v of a wide model can pass LuaJIT's 2 GiB limit on one buffer
+  local tmp = core.batch_floats(parts * rows * cols)
   src:read_into(name, tmp, parts * rows, cols, opts)
   local groups = e.groups and dims[e.groups] or 1
   local block = rows / groups * cols -- floats of one part in one group
