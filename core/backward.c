@@ -215,7 +215,7 @@ static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *
     const eapig_config *c = &r->m->cfg;
     const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, F = c->d_mlp;
-    if (r->ws->override_group == 2 + 2 * l) { /* a constant output: nothing flows back */
+    if (r->ws->override_group == eapig_mlp_group(l)) { /* a constant output: nothing flows back */
         memset(G_m, 0, N * D * sizeof(float));
         return;
     }
@@ -239,7 +239,7 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
     const eapig_config *c = &r->m->cfg;
     const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head, group = H / KV;
-    if (r->ws->override_group == 1 + 2 * l) {
+    if (r->ws->override_group == eapig_heads_group(l)) {
         memset(G, 0, 3 * H * N * D * sizeof(float));
         return;
     }
@@ -273,7 +273,7 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
  * backward's dpre, dup and dxn of this layer (mlp_backward just left them). */
 static void mlp_weight_grads(bwd_run *r, int l, const layer_state *st, const float *g) {
     const eapig_config *c = &r->m->cfg;
-    if (r->ws->override_group == 2 + 2 * l) return; /* a constant output: no weight was used */
+    if (r->ws->override_group == eapig_mlp_group(l)) return; /* a constant output: no weight was used */
     const eapig_layer_weights *lw = r->lw;
     eapig_layer_weights *gl = &r->o->weight_grads->layers[l];
     size_t N = r->N, D = r->D, F = c->d_mlp;
@@ -312,7 +312,7 @@ static void attention_weight_grads(bwd_run *r, int l, const layer_state *st, con
     size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head;
     size_t qd = H * Dh, kvd = KV * Dh;
     int rms = c->norm == EAPIG_NORM_RMSNORM;
-    if (r->ws->override_group == 1 + 2 * l) { /* the heads are constants; b_O is still added */
+    if (r->ws->override_group == eapig_heads_group(l)) { /* the heads are constants; b_O is still added */
         linear_backward_weight(NULL, gl->bo, g, NULL, N, D, 0, D, 0);
         return;
     }

@@ -317,7 +317,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
     size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, nd = N * D;
     size_t n_up = eapig_first_node(H, (size_t)l);
     int32_t first_head = (int32_t)n_up;
-    int overridden = r->o->override_group == 1 + 2 * l;
+    int overridden = r->o->override_group == eapig_heads_group(l);
 
     memset(r->s.attn_out, 0, nd * sizeof(float));
     if (overridden) {
@@ -371,7 +371,7 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
     int32_t node = (int32_t)eapig_mlp_node(H, (size_t)l);
     const float *out;
 
-    if (r->o->override_group == 2 + 2 * l) {
+    if (r->o->override_group == eapig_mlp_group(l)) {
         own[J - 1] = 0;
         out = r->o->override_value;
     } else {
@@ -510,7 +510,7 @@ static int check_inputs(const eapig_model *m, const eapig_batch *bt, const eapig
                                                o->start_layer, v, u);
         }
     }
-    int n_groups = 1 + 2 * c->n_layers;
+    int n_groups = eapig_n_groups(c->n_layers);
     if (o->override_group != EAPIG_GROUP_NONE &&
         (o->override_group < 0 || o->override_group >= n_groups || !o->override_value))
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_forward: override group %d must be in 0..%d with a value",
@@ -593,9 +593,9 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
         int status = eapig_layer_view(m, ws, (int)l, &r.lw, "eapig_forward");
         if (status != EAPIG_OK) return status;
         memcpy(r.s.x_in, r.s.resid, N * D * sizeof(float));
-        record_resid(&r, 2 * l, r.s.x_in);
+        record_resid(&r, eapig_attn_reader(l), r.s.x_in);
         attention_block(&r, (int)l, st, own, r.s.x_in, bt->lengths);
-        record_resid(&r, 2 * l + 1, c->parallel_attn_mlp ? r.s.x_in : r.s.resid);
+        record_resid(&r, eapig_mlp_reader(l), c->parallel_attn_mlp ? r.s.x_in : r.s.resid);
         mlp_block(&r, (int)l, st, own, c->parallel_attn_mlp ? r.s.x_in : r.s.resid);
         for (size_t j = 0; j < J; j++) any_patched |= own[j];
         if (!keep) ws->layers[0].own_flags = ws->flags; /* only slot 0 exists */
@@ -605,7 +605,7 @@ int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eapig_batch *
     size_t nb = (size_t)eapig_model_n_backward(m), nf = (size_t)eapig_model_n_forward(m);
     uint8_t logits_own = 0;
     const float *x_final = r.s.resid;
-    record_resid(&r, 2 * L, r.s.resid);
+    record_resid(&r, eapig_logits_reader(L), r.s.resid);
     if (patch_deltas(&r, nf, nb - 1, 1, &logits_own)) {
         for (size_t i = 0; i < N * D; i++) r.s.own_in[i] = r.s.resid[i] + r.s.delta[i];
         x_final = r.s.own_in;

@@ -44,6 +44,16 @@ static inline int eapig_node_layer(size_t H, size_t u) { return u == 0 ? -1 : (i
 /* The layer of destination v (L for the logits), and whether it is an MLP input. */
 static inline int eapig_dest_layer(size_t H, size_t v) { return (int)(v / eapig_layer_dests(H)); }
 static inline int eapig_dest_is_mlp(size_t H, size_t v) { return v % eapig_layer_dests(H) == 3 * H; }
+/* Node groups (eapig_forward_opts.override_group): 0 the input, 1 + 2l layer l's heads, 2 + 2l
+ * its MLP; 2L + 1 in all. */
+static inline int eapig_heads_group(int l) { return 1 + 2 * l; }
+static inline int eapig_mlp_group(int l) { return 2 + 2 * l; }
+static inline int eapig_n_groups(int L) { return 1 + 2 * L; }
+/* Residual-stream readers (eapig_forward_opts.resid): 2l layer l's heads, 2l + 1 its MLP, 2L the
+ * logits; 2L + 1 in all. */
+static inline size_t eapig_attn_reader(size_t l) { return 2 * l; }
+static inline size_t eapig_mlp_reader(size_t l) { return 2 * l + 1; }
+static inline size_t eapig_logits_reader(size_t L) { return 2 * L; }
 
 /* Checked size arithmetic: returns 0 and sets an error on overflow. */
 static inline int eapig_mul_ok(size_t a, size_t b, size_t *out) {

@@ -131,14 +131,8 @@ local function eap_ig_activations(ctx, b)
   local H, L = model.n_heads, model.n_layers
   local steps = {}
   for k = 1, m do steps[k] = k end
-  for group = 0, 2 * L do
-    -- first node and node count of the group
-    local u0, count
-    if group == 0 then u0, count = 0, 1
-    else
-      local l = math.floor((group - 1) / 2)
-      if group % 2 == 1 then u0, count = indices.first_node(H, l), H else u0, count = indices.mlp_node(H, l), 1 end
-    end
+  for group = 0, indices.n_groups(L) - 1 do
+    local u0, count = indices.group_nodes(H, group)
     batched_steps(ctx, b, clean, clean_logits, diff, group, steps, function(first, n_steps)
       -- override layout: (node in group, step-major rows, P, D)
       local value = core.batch_floats(count * n_steps * blk)
@@ -147,7 +141,7 @@ local function eap_ig_activations(ctx, b)
       return value
     end)
   end
-  return (1 + 2 * L) * m
+  return indices.n_groups(L) * m
 end
 
 -- clean-corrupted: the gradient at the clean input plus the gradient at the corrupted input.
@@ -233,7 +227,7 @@ local function exact(ctx, b)
   local R = runs.reference(model, b, ctx.intervention, ctx.means, ctx.reference)
   local clean = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
-  local cap, resid = runs.nodes(model, b.B, b.P), core.batch_floats((2 * L + 1) * blk)
+  local cap, resid = runs.nodes(model, b.B, b.P), core.batch_floats(indices.n_readers(L) * blk)
   local clean_logits = model:forward(clean, { logit_pos = b.last_pos, capture = cap, resid = resid })
   local baseline = batch_loss(ctx, b, {}, clean_logits)
   local W = core.floats(NF * NB)
@@ -243,7 +237,7 @@ local function exact(ctx, b)
   local function loss(layer)
     local opts = { patch_ref = R, patch_w = W }
     if layer > 0 then
-      opts.start_layer, opts.start_resid, opts.start_capture = layer, resid + 2 * layer * blk, cap
+      opts.start_layer, opts.start_resid, opts.start_capture = layer, resid + indices.attn_reader(layer) * blk, cap
     end
     return batch_loss(ctx, b, opts, clean_logits) - baseline
   end
@@ -283,7 +277,7 @@ local function information_flow_routes(ctx, b)
   local H, L, NB = model.n_heads, model.n_layers, model.n_backward
   local blk = B * P * D
   local cap = runs.nodes(model, B, P)
-  local resid = core.batch_floats((2 * L + 1) * blk)
+  local resid = core.batch_floats(indices.n_readers(L) * blk)
   model:forward(clean, { capture = cap, resid = resid, no_logits = true })
   local imp = ffi.new("double[?]", model.n_forward)
   local S = ctx.sums.edges
@@ -299,10 +293,10 @@ local function information_flow_routes(ctx, b)
   for l = 0, L - 1 do
     local cols = {}
     for j = 0, 3 * H - 1 do cols[#cols + 1] = indices.first_dest(H, l) + j end
-    add(2 * l, indices.first_node(H, l), cols)
-    add(2 * l + 1, indices.mlp_upstream(H, l, model.parallel_attn_mlp), { indices.mlp_dest(H, l) })
+    add(indices.attn_reader(l), indices.first_node(H, l), cols)
+    add(indices.mlp_reader(l), indices.mlp_upstream(H, l, model.parallel_attn_mlp), { indices.mlp_dest(H, l) })
   end
-  add(2 * L, model.n_forward, { NB - 1 })
+  add(indices.logits_reader(L), model.n_forward, { NB - 1 })
   return 1
 end
 

@@ -28,6 +28,25 @@ function M.mlp_dest(H, l) return l * (3 * H + 1) + 3 * H end
 -- The layer of destination v (L for the logits).
 function M.dest_layer(H, v) return floor(v / (3 * H + 1)) end
 
+-- Node groups (the forward's override_group): 0 the input, 1 + 2l layer l's heads, 2 + 2l its
+-- MLP; 2L + 1 in all. group_nodes gives a group's first node and its node count.
+function M.heads_group(l) return 1 + 2 * l end
+function M.mlp_group(l) return 2 + 2 * l end
+function M.n_groups(L) return 1 + 2 * L end
+function M.group_nodes(H, g)
+  if g == 0 then return 0, 1 end
+  local l = floor((g - 1) / 2)
+  if g % 2 == 1 then return M.first_node(H, l), H end
+  return M.mlp_node(H, l), 1
+end
+
+-- Residual-stream readers (the forward's resid buffer): 2l layer l's heads, 2l + 1 its MLP, 2L the
+-- logits; 2L + 1 in all.
+function M.attn_reader(l) return 2 * l end
+function M.mlp_reader(l) return 2 * l + 1 end
+function M.logits_reader(L) return 2 * L end
+function M.n_readers(L) return 2 * L + 1 end
+
 -- NF and NB of a model of L layers of H heads.
 function M.sizes(L, H) return 1 + L * (H + 1), L * (3 * H + 1) + 1 end
 
