@@ -314,12 +314,17 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Reductions (each returns a scalar)
 
+-- x[0] + ... + x[n-1], in index order.
+local function total(x, n)
+  local s = 0
+  for i = 0, n - 1 do s = s + x[i] end
+  return s
+end
+
 function Vec.sum(a)
   a = check_vec(a, "sum")
   local v = new_node(a.tape, 1, "sum", a)
-  local x, s = a.val, 0
-  for i = 0, a.n - 1 do s = s + x[i] end
-  v.val[0] = s
+  v.val[0] = total(a.val, a.n)
   return v
 end
 
@@ -332,9 +337,7 @@ end
 function Vec.mean(a)
   a = check_vec(a, "mean")
   local v = new_node(a.tape, 1, "mean", a)
-  local x, s = a.val, 0
-  for i = 0, a.n - 1 do s = s + x[i] end
-  v.val[0] = s / a.n
+  v.val[0] = total(a.val, a.n) / a.n
   return v
 end
 
