@@ -258,26 +258,20 @@ describe("eapig command line", function()
         return eapig(args)
       end
 
-      it("on an unknown method", function()
-        local path = dir .. "/bad-method.json"
-        local out, rc = attribute({ "--method", "EAP-XYZ" }, path)
-        assert_fails(out, rc, "EAP%-XYZ")
-        assert.is_false(exists(path))
-      end)
-
-      it("on an unknown option", function()
-        local path = dir .. "/bad-option.json"
-        local out, rc = attribute({ "--frobnicate", "3" }, path)
-        assert_fails(out, rc, "unknown option '%-%-frobnicate'")
-        assert.is_false(exists(path))
-      end)
-
-      it("on an unknown metric", function()
-        local path = dir .. "/bad-metric.json"
-        local out, rc = attribute({ "--metric", "nope" }, path)
-        assert_fails(out, rc, "unknown metric 'nope'")
-        assert.is_false(exists(path))
-      end)
+      -- attribute with one bad option: fails with the pattern, writing no --out
+      for _, case in ipairs({
+        { "on an unknown method", "bad-method.json", { "--method", "EAP-XYZ" }, "EAP%-XYZ" },
+        { "on an unknown option", "bad-option.json", { "--frobnicate", "3" }, "unknown option '%-%-frobnicate'" },
+        { "on an unknown metric", "bad-metric.json", { "--metric", "nope" }, "unknown metric 'nope'" },
+      }) do
+        local name, file, extra, pattern = case[1], case[2], case[3], case[4]
+        it(name, function()
+          local path = dir .. "/" .. file
+          local out, rc = attribute(extra, path)
+          assert_fails(out, rc, pattern)
+          assert.is_false(exists(path))
+        end)
+      end
 
       it("without --out", function()
         local out, rc = eapig({ "attribute", "--model", MODEL, "--data", DATA, "--quiet" })
