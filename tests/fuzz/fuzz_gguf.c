@@ -6,6 +6,16 @@
 #include "eapig.h"
 #include "fuzz_input.h"
 
+/* Looks a key or tensor up again by the name the file gave it (len bytes, not terminated). */
+static void find_by_name(const eapig_gguf *g, const char *name, uint64_t len,
+                         int64_t (*find)(const eapig_gguf *, const char *)) {
+    if (!name || len >= 256) return;
+    char z[256];
+    memcpy(z, name, len);
+    z[len] = 0;
+    find(g, z);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fuzz_file(data, size);
     if (!path) return 0;
@@ -16,13 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t n_keys = eapig_gguf_n_keys(g), n_tensors = eapig_gguf_n_tensors(g);
     for (int64_t i = 0; i < n_keys && i < 4096; i++) {
         uint64_t len = 0, count = 0;
-        const char *name = eapig_gguf_key(g, i, &len);
-        if (name && len < 256) {
-            char z[256];
-            memcpy(z, name, len);
-            z[len] = 0;
-            eapig_gguf_find_key(g, z);
-        }
+        find_by_name(g, eapig_gguf_key(g, i, &len), len, eapig_gguf_find_key);
         int32_t elem = -1;
         int32_t type = eapig_gguf_key_type(g, i, &elem, &count);
         if (type < 0) continue;
@@ -40,13 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     for (int64_t i = 0; i < n_tensors && i < 4096; i++) {
         uint64_t len = 0, begin = 0, end = 0;
-        const char *name = eapig_gguf_tensor_name(g, i, &len);
-        if (name && len < 256) {
-            char z[256];
-            memcpy(z, name, len);
-            z[len] = 0;
-            eapig_gguf_find_tensor(g, z);
-        }
+        find_by_name(g, eapig_gguf_tensor_name(g, i, &len), len, eapig_gguf_find_tensor);
         int32_t type = 0, n_dims = 0;
         int64_t ne[4], n_elements = 0;
         if (eapig_gguf_tensor_info(g, i, &type, &n_dims, ne, &n_elements, &begin, &end) != EAPIG_OK) continue;
