@@ -51,6 +51,17 @@ local function same_bytes(a, b, n)
   return ffi.string(a, n) == ffi.string(b, n)
 end
 
+-- Writes text to DIR/name and asserts that read_graph(path) fails with an error naming the file
+-- and containing pattern.
+local function assert_read_fails(read_graph, name, text, pattern)
+  local path = DIR .. "/" .. name
+  write(path, text)
+  local ok, err = pcall(read_graph, path)
+  assert.is_false(ok)
+  assert.is_truthy(err:find(path, 1, true), err)
+  assert.is_truthy(err:find(pattern, 1, true), err)
+end
+
 local function assert_same_graph(a, b)
   local NF, NB = a.n_forward, a.n_backward
   assert.are.same(a.cfg, b.cfg)
@@ -174,14 +185,7 @@ describe("Graph JSON", function()
 
   it("names the file and the edge or node in bad content", function()
     local cfg = '{"n_layers": 1, "n_heads": 1, "parallel_attn_mlp": false, "d_model": 4}'
-    local function fails_with(text, pattern)
-      local path = DIR .. "/bad.json"
-      write(path, text)
-      local ok, err = pcall(Graph.from_json, path)
-      assert.is_false(ok)
-      assert.is_truthy(err:find(path, 1, true), err)
-      assert.is_truthy(err:find(pattern, 1, true), err)
-    end
+    local function fails_with(text, pattern) assert_read_fails(Graph.from_json, "bad.json", text, pattern) end
     fails_with("{not json", "not valid JSON: expected a string at byte 1")
     fails_with('{"cfg": ' .. cfg .. ', "nodes": {}}', "missing or malformed key 'edges'")
     fails_with('{"cfg": {"n_layers": 1}, "nodes": {}, "edges": {}}', "bad cfg: Graph.new: cfg.n_heads must be")
@@ -353,14 +357,7 @@ describe("Graph safetensors", function()
     local good = DIR .. "/good.safetensors"
     g:to_safetensors(good)
     local data = read(good)
-    local function fails_with(text, pattern)
-      local path = DIR .. "/bad.safetensors"
-      write(path, text)
-      local ok, err = pcall(Graph.from_safetensors, path)
-      assert.is_false(ok)
-      assert.is_truthy(err:find(path, 1, true), err)
-      assert.is_truthy(err:find(pattern, 1, true), err)
-    end
+    local function fails_with(text, pattern) assert_read_fails(Graph.from_safetensors, "bad.safetensors", text, pattern) end
     fails_with("abc", "shorter than the 8-byte header length")
     fails_with(data:sub(1, 8) .. "{}", "is larger than the file")
     fails_with(data:sub(1, #data - 10), "leave the data section")
