@@ -174,20 +174,16 @@ local TARGETS = {
   {
     name = "data.jsonl",
     setup = function()
-      local path = work .. "/data.jsonl"
-      write(path, '{"clean": [1, 2, 3], "corrupted": [1, 5, 3], "correct": [7], "incorrect": [8, 9]}\n' ..
+      return write(work .. "/data.jsonl", '{"clean": [1, 2, 3], "corrupted": [1, 5, 3], "correct": [7], "incorrect": [8, 9]}\n' ..
         '{"clean": [4, 2], "corrupted": [4, 6], "correct": 3, "incorrect": 2, "note": "x"}\n')
-      return path
     end,
     use = function(path) data.load_jsonl(path, { vocab = 16, n_ctx = 8 }) end,
   },
   {
     name = "data.csv",
     setup = function()
-      local path = work .. "/data.csv"
-      write(path, 'clean,corrupted,correct_idx,incorrect_idx,clean_ids,corrupted_ids\n' ..
+      return write(work .. "/data.csv", 'clean,corrupted,correct_idx,incorrect_idx,clean_ids,corrupted_ids\n' ..
         '"a, b",c d,3,[4],"[1,2,3]","[1,5,3]"\n"x ""y""",z,1,2,"[4,2]","[4,6]"\n')
-      return path
     end,
     use = function(path) data.load_csv(path, { vocab = 16, n_ctx = 8 }) end,
   },
