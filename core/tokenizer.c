@@ -71,6 +71,8 @@ typedef struct trie_edge {
 #endif
 #define PRETOK_BUDGET_PER_BYTE 128
 #define PRETOK_BUDGET_BASE ((size_t)1 << 20)
+/* The same for the added-token trie walks of encoding (plus PRETOK_BUDGET_BASE): see there. */
+#define ADDED_WALK_PER_BYTE 64
 
 struct eapig_tokenizer {
     eapig_tokenizer_config cfg; /* pattern and space point at the copies below */
@@ -1060,15 +1062,32 @@ int eapig_tokenizer_encode(const eapig_tokenizer *t, const char *text, size_t le
     int st = EAPIG_OK;
     size_t start = 0;
     if ((flags & EAPIG_ENCODE_SPECIAL) && t->n_match) {
-        /* Added tokens are cut out first, leftmost then longest; the text between is tokenized. */
+        /* Added tokens are cut out first, leftmost then longest; the text between is tokenized.
+         * The trie walk at each position costs the longest prefix of a token found there: tokens
+         * of up to ADDED_WALK_PER_BYTE bytes (every real tokenizer's) always fit the budget; a
+         * long one whose prefixes the text repeats ("aaa...ab" on a run of a) would make the
+         * scan quadratic, and is refused instead. */
+        size_t walk_budget = len <= (SIZE_MAX - PRETOK_BUDGET_BASE) / ADDED_WALK_PER_BYTE
+                                 ? len * ADDED_WALK_PER_BYTE + PRETOK_BUDGET_BASE
+                                 : SIZE_MAX;
         for (size_t i = 0; i < len && st == EAPIG_OK;) {
             int32_t hit = -1; /* the longest matchable token starting at i */
-            for (size_t j = i, node = 0; j < len; j++) {
+            size_t j = i;
+            for (size_t node = 0; j < len; j++) {
                 int32_t child = trie_child(t, (int32_t)node, (uint8_t)text[j]);
                 if (child < 0) break;
                 node = (size_t)child;
                 if (t->node_match[node] >= 0) hit = t->node_match[node];
             }
+            if (j - i > walk_budget) {
+                st = eapig_set_error(EAPIG_ERR_ARG,
+                                     "eapig_tokenizer_encode: the added tokens need more than linear work on this "
+                                     "input (a long added token whose prefixes the text repeats: more than %d bytes "
+                                     "compared per byte of text; stopped at byte %zu of %zu)",
+                                     ADDED_WALK_PER_BYTE, i, len);
+                break;
+            }
+            walk_budget -= j - i;
             if (hit < 0) {
                 i++;
                 continue;

@@ -689,6 +689,24 @@ describe("tokenizer", function()
       end
     end)
 
+    it("a long added token whose prefixes the text repeats is refused quickly; real ones never are", function()
+      local doc = byte_level_doc({ ignore_merges = false })
+      doc.added_tokens[#doc.added_tokens + 1] = { id = 272, content = string.rep("a", 5000) .. "b", special = true }
+      doc.added_tokens[#doc.added_tokens + 1] = { id = 273, content = string.rep(" ", 100), special = true }
+      local path = write_json("long-added", doc)
+      local tok = tokenizer.load(path)
+      local t, ok, err = seconds(function() tok:encode(string.rep("a", 1000000)) end)
+      assert.False(ok)
+      has(err, "eapig.tokenizer: encode: " .. path .. ": the added tokens need more than linear work on this input")
+      assert.is_true(t < 3, ("refused after %.2f s"):format(t))
+      -- the token itself, and 100 kB of spaces cut into 100-space tokens, are fine
+      assert.same({ 272 }, tok:encode(string.rep("a", 5000) .. "b", { bos = false }))
+      local ids = tok:encode(string.rep(" ", 100000) .. "x", { bos = false })
+      assert.equal(1001, #ids)
+      assert.equal(273, ids[1000])
+      assert.equal(120, ids[1001])
+    end)
+
     it("eapig tokenize refuses a megabyte line with such a pattern: exit 1, one line", function()
       local _, path = with_pattern("quadratic-cli", "\\p{L}+\\d|.")
       local input = write(tmpdir .. "/letters.txt", string.rep("a", 1000000) .. "\n")
