@@ -1,6 +1,6 @@
 -- Training small models from scratch: GPT-2's initialisation, next-token cross-entropy, AdamW
--- with weight decay, warmup + cosine learning rate, gradient clipping by global norm, and a
--- writer for Hugging Face folders (config.json, model.safetensors, tokenizer.json).
+-- with weight decay, warmup + cosine learning rate, gradient clipping by global norm; trained
+-- models are saved as Hugging Face folders by eapig.formats.save.
 --
 --   local train = require("eapig.train")
 --   local task = require("eapig.tasks.induction").new({ vocab = 64, seq_len = 32 })
@@ -24,12 +24,9 @@
 --
 -- Glossary: B = rows in a batch, P = positions, V = vocab, D = d_model, L = layers.
 local ffi = require("ffi")
-local cjson = require("cjson")
 local core = require("eapig.core")
-local files = require("eapig.formats.files")
-local json = require("eapig.formats.json")
 local Model = require("eapig.model")
-local safetensors = require("eapig.formats.safetensors")
+local save = require("eapig.formats.save")
 local Progress = require("eapig.progress")
 local random = require("eapig.rng")
 
@@ -365,139 +362,7 @@ function train.train(model, task, opts)
 end
 
 ---------------------------------------------------------------------------------------------------
--- Hugging Face folders
-
-local function write_text(path, text)
-  files.write_atomic(path, "eapig.train", text)
-end
-
--- Sorted keys, 2-space indentation: saved files diff cleanly.
-local PRETTY = { indent = "  " }
-
--- A tensor's data as stored transposed: the matrices w_1..w_k (each (rows_i, cols), stacked by
--- rows into (R, cols)) written as their (cols, R) transpose, GPT-2's Conv1D layout.
-local function transposed(mats, cols)
-  local R, rows = 0, {}
-  for i, m in ipairs(mats) do
-    rows[i] = R
-    R = R + m[2]
-  end
-  local e = 0
-  return function(buf, n)
-    for i = 0, n - 1 do
-      local c, r = floor(e / R), e % R
-      for j = #mats, 1, -1 do
-        if r >= rows[j] then
-          buf[i] = mats[j][1][(r - rows[j]) * cols + c]
-          break
-        end
-      end
-      e = e + 1
-    end
-  end
-end
-
-local function tensor(name, shape, data)
-  return { name = name, dtype = "F32", shape = shape, data = data }
-end
-
-local function gpt2_tensors(model, w, tied)
-  local cfg = model.cfg
-  local D, F, V, Cx, L = cfg.d_model, cfg.d_mlp, cfg.vocab, cfg.n_ctx, cfg.n_layers
-  local t, p = {}, "transformer."
-  t[#t + 1] = tensor(p .. "wte.weight", { V, D }, w.wte)
-  t[#t + 1] = tensor(p .. "wpe.weight", { Cx, D }, w.wpe)
-  for l = 0, L - 1 do
-    local lw, h = w.layers[l], p .. "h." .. l .. "."
-    local qkv_bias = ffi.new("float[?]", 3 * D)
-    ffi.copy(qkv_bias, lw.bq, D * float_size)
-    ffi.copy(qkv_bias + D, lw.bk, D * float_size)
-    ffi.copy(qkv_bias + 2 * D, lw.bv, D * float_size)
-    t[#t + 1] = tensor(h .. "ln_1.weight", { D }, lw.ln1_w)
-    t[#t + 1] = tensor(h .. "ln_1.bias", { D }, lw.ln1_b)
-    t[#t + 1] = tensor(h .. "attn.c_attn.weight", { D, 3 * D }, transposed({ { lw.wq, D }, { lw.wk, D }, { lw.wv, D } }, D))
-    t[#t + 1] = tensor(h .. "attn.c_attn.bias", { 3 * D }, qkv_bias)
-    t[#t + 1] = tensor(h .. "attn.c_proj.weight", { D, D }, transposed({ { lw.wo, D } }, D))
-    t[#t + 1] = tensor(h .. "attn.c_proj.bias", { D }, lw.bo)
-    t[#t + 1] = tensor(h .. "ln_2.weight", { D }, lw.ln2_w)
-    t[#t + 1] = tensor(h .. "ln_2.bias", { D }, lw.ln2_b)
-    t[#t + 1] = tensor(h .. "mlp.c_fc.weight", { D, F }, transposed({ { lw.w_in, F } }, D))
-    t[#t + 1] = tensor(h .. "mlp.c_fc.bias", { F }, lw.b_in)
-    t[#t + 1] = tensor(h .. "mlp.c_proj.weight", { F, D }, transposed({ { lw.w_out, D } }, F))
-    t[#t + 1] = tensor(h .. "mlp.c_proj.bias", { D }, lw.b_out)
-  end
-  t[#t + 1] = tensor(p .. "ln_f.weight", { D }, w.lnf_w)
-  t[#t + 1] = tensor(p .. "ln_f.bias", { D }, w.lnf_b)
-  if not tied then t[#t + 1] = tensor("lm_head.weight", { V, D }, w.w_unembed) end
-  local config = {
-    model_type = "gpt2", architectures = { "GPT2LMHeadModel" }, n_layer = L, n_head = cfg.n_heads, n_embd = D,
-    n_inner = F, vocab_size = V, n_positions = Cx, n_ctx = Cx, layer_norm_epsilon = model.training.norm_eps,
-    activation_function = "gelu_new", tie_word_embeddings = tied, torch_dtype = "float32",
-    resid_pdrop = 0, embd_pdrop = 0, attn_pdrop = 0, initializer_range = model.training.init_std,
-  }
-  return t, config
-end
-
-local function llama_tensors(model, w, tied)
-  local cfg = model.cfg
-  local D, F, V, L = cfg.d_model, cfg.d_mlp, cfg.vocab, cfg.n_layers
-  local QD, KVD = cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
-  local t = {}
-  t[#t + 1] = tensor("model.embed_tokens.weight", { V, D }, w.wte)
-  for l = 0, L - 1 do
-    local lw, p = w.layers[l], "model.layers." .. l .. "."
-    -- The core's RoPE layout is Hugging Face's (half split): rows are stored as they are.
-    t[#t + 1] = tensor(p .. "input_layernorm.weight", { D }, lw.ln1_w)
-    t[#t + 1] = tensor(p .. "self_attn.q_proj.weight", { QD, D }, lw.wq)
-    t[#t + 1] = tensor(p .. "self_attn.k_proj.weight", { KVD, D }, lw.wk)
-    t[#t + 1] = tensor(p .. "self_attn.v_proj.weight", { KVD, D }, lw.wv)
-    t[#t + 1] = tensor(p .. "self_attn.o_proj.weight", { D, QD }, lw.wo)
-    t[#t + 1] = tensor(p .. "post_attention_layernorm.weight", { D }, lw.ln2_w)
-    t[#t + 1] = tensor(p .. "mlp.gate_proj.weight", { F, D }, lw.w_gate)
-    t[#t + 1] = tensor(p .. "mlp.up_proj.weight", { F, D }, lw.w_in)
-    t[#t + 1] = tensor(p .. "mlp.down_proj.weight", { D, F }, lw.w_out)
-  end
-  t[#t + 1] = tensor("model.norm.weight", { D }, w.lnf_w)
-  if not tied then t[#t + 1] = tensor("lm_head.weight", { V, D }, w.w_unembed) end
-  local config = {
-    model_type = "llama", architectures = { "LlamaForCausalLM" }, num_hidden_layers = L,
-    num_attention_heads = cfg.n_heads, num_key_value_heads = cfg.n_kv_heads, hidden_size = D,
-    intermediate_size = F, vocab_size = V, max_position_embeddings = cfg.n_ctx,
-    rms_norm_eps = model.training.norm_eps, rope_theta = model.training.rope_theta, hidden_act = "silu",
-    tie_word_embeddings = tied, attention_bias = false, torch_dtype = "float32",
-    initializer_range = model.training.init_std,
-  }
-  if cfg.d_head * cfg.n_heads ~= D then config.head_dim = cfg.d_head end
-  return t, config
-end
-
--- A character-level BPE tokenizer.json (no merges: one token per character, pieces[i] is id
--- i - 1) that both eapig.tokenizer and Hugging Face tokenizers read, plus tokenizer_config.json.
-function train.write_tokenizer(dir, pieces, opts)
-  opts = opts or {}
-  local vocab = {}
-  for i, piece in ipairs(pieces) do
-    if type(piece) ~= "string" or piece == "" then error("eapig.train: tokenizer pieces must be non-empty strings", 2) end
-    if vocab[piece] then error(fmt("eapig.train: tokenizer piece '%s' appears twice", piece), 2) end
-    vocab[piece] = i - 1
-  end
-  local null = cjson.null
-  local doc = {
-    version = "1.0", truncation = null, padding = null, added_tokens = json.array({}),
-    normalizer = null, pre_tokenizer = null, post_processor = null,
-    -- Fuse: decoding concatenates the pieces (without a decoder Hugging Face joins them with spaces).
-    decoder = { type = "Fuse" },
-    -- Only fields every tokenizers release reads (byte_fallback and ignore_merges are newer,
-    -- and false by default).
-    model = { type = "BPE", dropout = null, unk_token = null, continuing_subword_prefix = null,
-              end_of_word_suffix = null, fuse_unk = false, vocab = json.ordered(vocab, pieces),
-              merges = json.array({}) },
-  }
-  write_text(dir .. "/tokenizer.json", json.encode(doc, PRETTY) .. "\n")
-  write_text(dir .. "/tokenizer_config.json", json.encode({
-    tokenizer_class = "PreTrainedTokenizerFast", model_max_length = opts.n_ctx, clean_up_tokenization_spaces = false,
-  }, PRETTY) .. "\n")
-end
+-- Hugging Face folders (written by eapig.formats.save, from the family tables the loader reads)
 
 -- Writes a Hugging Face folder for model (gpt2 or llama family): config.json and
 -- model.safetensors with the names and layouts transformers saves (gpt2: Conv1D (in, out)
@@ -508,25 +373,19 @@ function train.save_pretrained(model, dir, opts)
   opts = opts or {}
   local training = model.training
   if not training then error("eapig.train.save_pretrained: model has no training record (use train.new_model)", 2) end
-  local w = C.eapig_model_weights(model.handle)
-  local tied = training.tied
-  local tensors, config
-  if training.family == "gpt2" then
-    tensors, config = gpt2_tensors(model, w, tied)
-  elseif training.family == "llama" then
-    tensors, config = llama_tensors(model, w, tied)
-  else
+  if not FAMILIES[training.family] then
     error("eapig.train.save_pretrained: cannot save family " .. tostring(training.family), 2)
   end
+  local cfg = model.cfg
+  -- norm_eps and rope_theta as given (cfg holds them as float32)
+  local c = { n_layers = cfg.n_layers, n_heads = cfg.n_heads, n_kv_heads = cfg.n_kv_heads, d_model = cfg.d_model,
+              d_head = cfg.d_head, d_mlp = cfg.d_mlp, vocab = cfg.vocab, n_ctx = cfg.n_ctx, act = cfg.act,
+              rotary_dim = cfg.rotary_dim, norm_eps = training.norm_eps, rope_theta = training.rope_theta,
+              tied = training.tied, flags = {} }
+  local config = { initializer_range = training.init_std }
   for k, v in pairs(opts.config or {}) do config[k] = v end
-  local ok = os.execute("mkdir -p '" .. dir:gsub("'", "'\\''") .. "'")
-  if not (ok == 0 or ok == true) then error("eapig.train.save_pretrained: cannot create " .. dir, 0) end
-  local meta = { format = "pt" }
-  for k, v in pairs(opts.metadata or {}) do meta[k] = tostring(v) end
-  safetensors.write(dir .. "/model.safetensors", tensors, meta)
-  write_text(dir .. "/config.json", json.encode(config, PRETTY) .. "\n")
-  if opts.tokenizer then train.write_tokenizer(dir, opts.tokenizer, { n_ctx = model.n_ctx }) end
-  return dir
+  return save.folder(dir, training.family, c, { weights = C.eapig_model_weights(model.handle), config = config,
+                                                metadata = opts.metadata, tokenizer = opts.tokenizer })
 end
 
 return train
