@@ -363,6 +363,9 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
         if (feature)
             return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight gradients of models with %s are not "
                                    "implemented", feature);
+        if (m->cfg.shared_unembed)
+            return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight gradients need the embedding and the "
+                                                  "unembedding apart (a model with shared_unembed = 0)");
         if (o->weight_grads == m || o->weight_grads->stored ||
             memcmp(&o->weight_grads->cfg, &m->cfg, sizeof m->cfg) != 0)
             return eapig_set_error(EAPIG_ERR_ARG,

@@ -92,6 +92,8 @@ static void point_weights(eapig_model *m, carver *cv) {
             eapig_tensor_shape(c, t, &rows, &cols);
             if (!eapig_tensor_present(c, t))
                 *slot = NULL;
+            else if (t->kind == EAPIG_TENSOR_UNEMBED && c->shared_unembed && !m->stored)
+                *slot = m->w.wte; /* carved just before: the table lists wte first */
             else
                 *slot = t->matrix >= 0 ? carve_matrix(cv, rows * cols, m->stored) : carve(cv, rows * cols);
         }
@@ -273,6 +275,9 @@ int eapig_model_finalize(eapig_model *m) {
     size_t kvd = (size_t)c->n_kv_heads * c->d_head;
     int status = eapig_model_check_bound(m, "eapig_model_finalize");
     if (status != EAPIG_OK) return status;
+    if (c->norm == EAPIG_NORM_LAYERNORM && m->w.w_unembed && m->w.w_unembed == m->w.wte)
+        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_finalize: centring the embedding would change a shared "
+                                              "unembedding (LayerNorm models keep two copies: shared_unembed = 0)");
     float *wo_f32 = NULL; /* stored mode: one layer's W_O, converted to fold its value bias */
     for (int l = 0; l < c->n_layers; l++) {
         eapig_layer_weights *lw = &m->layers[l];

@@ -170,7 +170,8 @@ int eapig_model_init(eapig_model *m, uint64_t seed, float std, int32_t tied) {
             if (e + 1 < n) p[e + 1] = (float)(s * r * sin(a));
         }
     }
-    if (tied) memcpy(m->w.w_unembed, m->w.wte, (size_t)m->cfg.vocab * m->cfg.d_model * sizeof(float));
+    if (tied && m->w.w_unembed != m->w.wte)
+        memcpy(m->w.w_unembed, m->w.wte, (size_t)m->cfg.vocab * m->cfg.d_model * sizeof(float));
     free(t);
     m->finalized = 0;
     return EAPIG_OK;
@@ -264,7 +265,8 @@ int eapig_adamw_step(eapig_model *m, const eapig_model *grads, eapig_model *m1, 
             w[e] -= step_size * mo[e] / (sqrtf(v[e]) * inv_sqrt_bc2 + eps);
         }
     }
-    if (o->tied) memcpy(m->w.w_unembed, m->w.wte, (size_t)m->cfg.vocab * m->cfg.d_model * sizeof(float));
+    if (o->tied && m->w.w_unembed != m->w.wte)
+        memcpy(m->w.w_unembed, m->w.wte, (size_t)m->cfg.vocab * m->cfg.d_model * sizeof(float));
     free(t);
     return EAPIG_OK;
 }

@@ -86,6 +86,9 @@ typedef struct eapig_config {
     int32_t sliding_window;        /* key j visible from query i only if i - j < window; 0 = none */
     int32_t sliding_period;        /* with a window: 0 = every layer slides; p > 0 = layers l with
                                     * (l + 1) % p == 0 are global, the others slide (gemma2: 2) */
+    int32_t shared_unembed;        /* 1: w_unembed is wte itself, one copy (a tied model that is
+                                    * neither trained nor centred: RMSNorm families; f32 weights only,
+                                    * ignored when stored) */
 } eapig_config;
 
 /* Weights, float32, in PyTorch Linear layout (out, in). Every bias exists (zero when the

@@ -221,9 +221,9 @@ local function fill_family(src, fam, c, w, handle)
   local unembed = c.tied and embedding or fam.unembed
   if handle then
     src:bind(unembed, handle, -1, C.EAPIG_MAT_UNEMBED, dims.V, dims.D)
-  elseif c.tied then
+  elseif c.tied and c.shared_unembed == 0 then
     ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
-  else
+  elseif not c.tied then
     fill_entry(src, { "w_unembed", unembed, "V", "D" }, unembed, w, dims)
   end
   return src:dtype(embedding)
@@ -242,11 +242,19 @@ local function config_of(c)
   -- the later families' fields: absent means zero, the behaviour of the families before them
   for _, k in ipairs({ "rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
                        "rope_original_ctx", "embed_scale", "block_norms", "qk_norm", "attn_scale", "attn_softcap",
-                       "final_softcap", "sliding_window", "sliding_period" }) do
+                       "final_softcap", "sliding_window", "sliding_period", "shared_unembed" }) do
     cfg[k] = c[k] or 0
   end
   cfg.parallel_attn_mlp = c.parallel_attn_mlp and 1 or 0
   return cfg
+end
+
+-- A tied model's unembedding is its embedding matrix, one copy, unless finalize centres the
+-- embedding (LayerNorm models: the unembedding must stay as stored) or the load is for training
+-- (the two get separate gradients). Only f32 weights share; stored ones bind the tensor twice.
+local function mark_shared_unembed(c, opts)
+  local shares = c.tied and c.norm ~= C.EAPIG_NORM_LAYERNORM and not (opts and opts.finalize == false)
+  c.shared_unembed = shares and 1 or 0
 end
 
 -- Which weights a load keeps: opts.weights "f32" (converted whole at load), "stored" (kept in
@@ -322,6 +330,7 @@ local function load_family(json, cfg_path, open_src, path, folder, opts, mode_of
     fail("%s: field 'model_type': unknown model_type '%s' (known: %s)", cfg_path, model_type, families.KNOWN)
   end
   local c = fam.config(get, model_type)
+  mark_shared_unembed(c, opts)
   local mode, why = mode_of(c)
   local m = new_model(c, cfg_path, mode)
   local src = open_src()
@@ -450,6 +459,7 @@ local function load_llama2c(path, opts)
   local dims = dims_of(c)
   dims.KV, dims.HALF = c.n_kv_heads, c.d_head / 2
   local plan = llama2c_plan(path, c, dims, size)
+  mark_shared_unembed(c, opts)
   local mode, why = weights_mode(c, opts, path)
   local m = new_model(c, path, mode)
   local w = C.eapig_model_weights(m)
@@ -483,7 +493,7 @@ local function load_llama2c(path, opts)
   if c.tied and mode == "stored" then
     core.check(C.eapig_model_bind(m, -1, C.EAPIG_MAT_UNEMBED, file, wte_plan.b, wte_plan.e, C.EAPIG_DTYPE_F32,
                                   wte_plan.rows, 0, nil), path)
-  elseif c.tied then
+  elseif c.tied and c.shared_unembed == 0 then
     ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
   end
   C.eapig_file_close(ffi.gc(file, nil))
