@@ -354,6 +354,9 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
         return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: batch %d is not a whole number of diff_B %d rows",
                                ws->B, bd);
     if (o->weight_grads) {
+        if (m->cfg.shared_unembed)
+            return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight gradients need the embedding and the "
+                                                  "unembedding apart (a model with shared_unembed = 0)");
         if (!ws->kept_weights)
             return eapig_set_error(EAPIG_ERR_STATE,
                                    "eapig_backward: weight_grads needs a forward run with keep_for_weights");
@@ -363,9 +366,6 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
         if (feature)
             return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight gradients of models with %s are not "
                                    "implemented", feature);
-        if (m->cfg.shared_unembed)
-            return eapig_set_error(EAPIG_ERR_ARG, "eapig_backward: weight gradients need the embedding and the "
-                                                  "unembedding apart (a model with shared_unembed = 0)");
         if (o->weight_grads == m || o->weight_grads->stored ||
             memcmp(&o->weight_grads->cfg, &m->cfg, sizeof m->cfg) != 0)
             return eapig_set_error(EAPIG_ERR_ARG,

@@ -301,6 +301,55 @@ describe("random checkpoints round-trip through the loader", function()
   end)
 end)
 
+describe("a tied unembedding", function()
+  local function same_pointer(m)
+    local w = weights(m)
+    return ffi.cast("uintptr_t", w.wte) == ffi.cast("uintptr_t", w.w_unembed)
+  end
+  local function f32_bytes(m) return tonumber(C.eapig_weights_f32_bytes(C.eapig_model_config(m.handle))) end
+
+  it("is the embedding matrix itself in tied RMSNorm models: one copy, the same logits", function()
+    local dir = model_dir("tied-llama", { family = "llama", tied = true, seed = 31 })
+    local shared = load.load(dir)
+    local apart = load.load(dir, { weights = "stored" }) -- stored weights bind the tensor twice
+    assert.is_true(shared.info.tied)
+    assert.is_true(same_pointer(shared))
+    local V, D = shared.info.vocab, shared.info.d_model
+    local train = load.load(dir, { finalize = false })
+    assert.is_false(same_pointer(train)) -- training updates the two apart
+    assert.are.equal(4 * V * D, f32_bytes(train) - f32_bytes(shared))
+    local eapig = require("eapig")
+    local a = eapig.Model.new(shared.handle, shared.info, shared)
+    local b = eapig.Model.new(apart.handle, apart.info, apart)
+    local batch = require("support.tiny").batch(a, { 5, 3 }, 2)
+    local la, lb = a:forward(batch), b:forward(batch)
+    assert.are.equal(0, max_diff(la, lb, 2 * 5 * V))
+    a:free()
+    b:free()
+    train.handle = nil
+  end)
+
+  it("stays a copy in LayerNorm models, whose embedding finalize centres", function()
+    local m = load.load(model_dir("tied-gpt2", { family = "gpt2", seed = 32 }))
+    assert.is_true(m.info.tied)
+    assert.is_false(same_pointer(m))
+  end)
+
+  it("refuses weight gradients on a model that shares it", function()
+    local m = load.load(model_dir("tied-llama", { family = "llama", tied = true, seed = 31 }))
+    local eapig = require("eapig")
+    local model = eapig.Model.new(m.handle, m.info, m)
+    local grads = load.load(model_dir("tied-llama", { family = "llama", tied = true, seed = 31 }))
+    local batch = require("support.tiny").batch(model, { 4 }, 3)
+    local logits = model:forward(batch, { keep = true })
+    local status = C.eapig_backward(m.handle, model.workspace,
+      ffi.new("eapig_backward_opts", { dlogits = logits, weight_grads = grads.handle }))
+    assert.are.equal(C.EAPIG_ERR_ARG, status)
+    assert.matches("embedding and the unembedding apart", ffi.string(C.eapig_last_error()))
+    model:free()
+  end)
+end)
+
 describe("dtypes and shards", function()
   for _, case in ipairs({ { "F16", 2 ^ -11 }, { "BF16", 2 ^ -8 } }) do
     local dtype, rel = case[1], case[2]
