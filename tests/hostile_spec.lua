@@ -355,6 +355,12 @@ describe("hostile inputs", function()
         "--layers must be <= 4096, got 100000")
       fails({ "train", "--task", "induction", "--out", dir .. "/t", "--d-mlp", "1e9" },
         "--d-mlp must be <= 4194304, got 1e9")
+      -- a step's logits beyond one Lua buffer (2 GiB), refused before any work
+      fails({ "train", "--task", "induction", "--out", dir .. "/t", "--steps", "1", "--batch-size", "65536",
+        "--ctx", "150", "--vocab", "156", "--quiet" },
+        "train: the logits of a step (--batch-size 65536 x 150 positions x vocab 156): 1533542400 elements of 4 " ..
+        "bytes (5.7 GiB) are more than one buffer may hold (2 GiB)")
+      assert.is_nil(io.open(dir .. "/t/model.safetensors", "rb"))
     end)
   end)
 

@@ -65,7 +65,7 @@ core.MAX_BUFFER_BYTES = 2 ^ 31 - 1
 function core.check_size(n, elem_size, what)
   if type(n) ~= "number" or n ~= n or n < 0 or n * elem_size > core.MAX_BUFFER_BYTES then
     error(("%s: %s elements of %d bytes (%.1f GiB) are more than one buffer may hold (2 GiB)")
-      :format(what or "eapig buffer", tostring(n), elem_size, (tonumber(n) or 0) * elem_size / 2 ^ 30), 0)
+      :format(what or "a Lua buffer", tostring(n), elem_size, (tonumber(n) or 0) * elem_size / 2 ^ 30), 0)
   end
   return n
 end

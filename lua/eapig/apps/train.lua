@@ -313,7 +313,8 @@ function train.train(model, task, opts)
     local rows = batch.B * batch.P
     if rows > cap then
       cap = rows
-      bufs.logits = core.floats(rows * model.vocab)
+      bufs.logits = core.floats(rows * model.vocab, ("train: the logits of a step (--batch-size %d x %d positions " ..
+        "x vocab %d)"):format(batch.B, batch.P, model.vocab))
       bufs.losses = core.floats(rows)
       bufs.targets = core.int32s(rows)
     end
