@@ -101,33 +101,20 @@ end
 -- A right-padded batch with the given lengths.
 local function make_batch(model, lengths, seed) return tiny.batch(model, lengths, seed, "xorshift32") end
 
-local fwd_opts_t = ffi.typeof("eapig_forward_opts")
-local bwd_opts_t = ffi.typeof("eapig_backward_opts")
-local batch_t = ffi.typeof("eapig_batch")
-
-local function c_batch(batch)
-  local b = batch_t()
-  b.tokens, b.lengths, b.B, b.P = batch.tokens, batch.lengths, batch.B, batch.P
-  return b
-end
+-- The engine's status of a Model call: 0, or -1 with its message in eapig_last_error.
+local function status(ok) return ok and 0 or -1 end
 
 -- Forward (every position or logit_pos), keeping what weight gradients need.
 local function forward(model, batch, logits, opts)
   opts = opts or {}
-  local o = fwd_opts_t()
-  o.logits, o.logit_pos = logits, opts.logit_pos
-  o.override_group = opts.override_group or -1
-  o.override_value = opts.override_value
-  o.keep_for_weights = opts.no_weights and 0 or 1
-  o.keep_for_backward = 1
-  return C.eapig_forward(model.handle, model.workspace, c_batch(batch), o)
+  return status(pcall(model.forward, model, batch, { logits = logits, logit_pos = opts.logit_pos,
+    override_group = opts.override_group, override_value = opts.override_value, keep = true,
+    keep_for_weights = not opts.no_weights }))
 end
 
 local function backward(model, dlogits, grads, opts)
   opts = opts or {}
-  local o = bwd_opts_t()
-  o.dlogits, o.weight_grads, o.dest_grads = dlogits, grads, opts.dest_grads
-  return C.eapig_backward(model.handle, model.workspace, o)
+  return status(pcall(model.backward, model, dlogits, { weight_grads = grads, dest_grads = opts.dest_grads }))
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -309,10 +296,7 @@ describe("weight gradients", function()
       local ref = core.floats(NF * 3 * model.d_model)
       local W = core.floats(NF * NB)
       W[0 * NB + 0] = 0.5
-      local o = fwd_opts_t()
-      o.logits, o.override_group, o.keep_for_weights = logits, -1, 1
-      o.patch_ref, o.patch_w = ref, W
-      core.check(C.eapig_forward(model.handle, model.workspace, c_batch(batch), o))
+      model:forward(batch, { logits = logits, keep_for_weights = true, patch_ref = ref, patch_w = W })
       assert.are_not.equal(0, backward(model, logits, zeros_like(model)))
       assert.matches("patched", ffi.string(C.eapig_last_error()))
     end)

@@ -149,19 +149,15 @@ describe("stored weights", function()
     local tokens, lengths = core.int32s(6), core.int32s(1)
     for i = 0, 5 do tokens[i] = (i * 9 + 2) % 64 end
     lengths[0] = 6
-    local batch = ffi.new("eapig_batch", { tokens, lengths, 1, 6 })
+    local batch = { tokens = tokens, lengths = lengths, B = 1, P = 6 }
     local grads = {}
     for i, m in ipairs({ a, b }) do
       local logits = core.floats(6 * 64)
-      local fo = ffi.new("eapig_forward_opts")
-      fo.logits, fo.override_group, fo.keep_for_weights = logits, C.EAPIG_GROUP_NONE, 1
-      core.check(C.eapig_forward(m.handle, m.workspace, batch, fo))
+      m:forward(batch, { logits = logits, keep_for_weights = true })
       local dl = core.floats(6 * 64)
       for j = 0, 6 * 64 - 1 do dl[j] = ((j * 7) % 13 - 6) * 1e-2 end
       local g = ffi.gc(C.eapig_model_new(m.cfg), C.eapig_model_free)
-      local bo = ffi.new("eapig_backward_opts")
-      bo.dlogits, bo.weight_grads = dl, g
-      core.check(C.eapig_backward(m.handle, m.workspace, bo))
+      m:backward(dl, { weight_grads = g })
       local n = ffi.new("int64_t[1]")
       grads[i] = { C.eapig_model_arena(g, n), tonumber(n[0]), g }
     end

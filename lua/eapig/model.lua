@@ -60,8 +60,10 @@ function Model:nodes_buffer(B, P) return core.floats(self.n_forward * B * P * se
 -- Runs the forward. batch = {tokens = int32[B*P], lengths = int32[B], B =, P =}; opts:
 --   logit_pos (int32[B] or nil: every position), logits (float buffer or nil: allocated),
 --   capture (float buffer (NF,B,P,D) or nil), capture_diff (1: capture holds R and becomes
---   R - output; -1: output - R), patch_ref + patch_w, override_group + override_value,
---   keep (keep activations for :backward), no_logits (skip the unembedding).
+--   R - output; -1: output - R), patch_ref + patch_w (+ patch_scale), override_group +
+--   override_value, resid, attn_probs, start_layer + start_resid + start_capture, keep (keep
+--   activations for :backward), keep_for_weights (also keep what weight gradients need; implies
+--   keep), no_logits (skip the unembedding): every field of eapig_forward_opts (core/include/eapig.h).
 -- Returns the logits buffer.
 function Model:forward(batch, opts)
   opts = opts or {}
@@ -83,14 +85,18 @@ function Model:forward(batch, opts)
   o.start_resid, o.start_capture = opts.start_resid, opts.start_capture
   o.override_group = opts.override_group or -1
   o.override_value = opts.override_value
-  o.keep_for_backward = opts.keep and 1 or 0
+  o.keep_for_backward = (opts.keep or opts.keep_for_weights) and 1 or 0
+  o.keep_for_weights = opts.keep_for_weights and 1 or 0
   core.check(C.eapig_forward(self.handle, self.workspace, b, o), "forward")
   return logits
 end
 
 -- Backward from dlogits (same shape as the last kept forward's logits). opts: diff, diff_B,
 -- scores, node_scores, neuron_scores, dest_grads, node_grads (float buffers, see eapig.h),
--- score_memory (bytes the edge-score accumulation may gather; nil: the engine's default).
+-- score_memory (bytes the edge-score accumulation may gather; nil: the engine's default),
+-- weight_grads (a Model or eapig_model* of the same config whose weights accumulate every
+-- weight's gradient; the forward must have had keep_for_weights): every field of
+-- eapig_backward_opts.
 function Model:backward(dlogits, opts)
   opts = opts or {}
   local o = bwd_opts_t()
@@ -99,6 +105,9 @@ function Model:backward(dlogits, opts)
   o.scores, o.node_scores, o.neuron_scores = opts.scores, opts.node_scores, opts.neuron_scores
   o.dest_grads, o.node_grads = opts.dest_grads, opts.node_grads
   o.score_memory = opts.score_memory or 0
+  local wg = opts.weight_grads
+  if type(wg) == "table" then wg = wg.handle end
+  o.weight_grads = wg
   core.check(C.eapig_backward(self.handle, self.workspace, o), "backward")
 end
 

@@ -36,9 +36,6 @@ local fmt = string.format
 
 local train = {}
 
-local batch_t = ffi.typeof("eapig_batch")
-local fwd_opts_t = ffi.typeof("eapig_forward_opts")
-local bwd_opts_t = ffi.typeof("eapig_backward_opts")
 local adamw_opts_t = ffi.typeof("eapig_adamw_opts")
 local float_size = ffi.sizeof("float")
 local norm_out = ffi.new("double[1]")
@@ -218,23 +215,12 @@ end
 -- loss and the number of counted positions.
 function train.loss_and_grads(model, batch, targets, count, bufs, grads)
   local B, P, V = batch.B, batch.P, model.vocab
-  local b = batch_t()
-  b.tokens, b.lengths, b.B, b.P = batch.tokens, batch.lengths, B, P
-  local o = fwd_opts_t()
-  o.logits = bufs.logits
-  o.override_group = -1
-  o.keep_for_weights = grads and 1 or 0
-  core.check(C.eapig_forward(model.handle, model.workspace, b, o), "eapig.train: forward")
+  model:forward(batch, { logits = bufs.logits, keep_for_weights = grads ~= nil })
   core.check(C.eapig_cross_entropy(bufs.losses, bufs.logits, bufs.logits, targets, B * P, V, 1 / max(count, 1)),
     "eapig.train: loss")
   local total = 0
   for i = 0, B * P - 1 do total = total + bufs.losses[i] end
-  if grads then
-    local bo = bwd_opts_t()
-    bo.dlogits = bufs.logits
-    bo.weight_grads = grads
-    core.check(C.eapig_backward(model.handle, model.workspace, bo), "eapig.train: backward")
-  end
+  if grads then model:backward(bufs.logits, { weight_grads = grads }) end
   return total / max(count, 1), count
 end
 
