@@ -26,6 +26,28 @@ describe("sweep", function()
   local graph = eapig.Graph.from_model(model)
   eapig.attribute(model, graph, data, "logit_diff", { method = "EAP-IG-inputs", ig_steps = 3, quiet = true })
 
+  it("evaluate_graphs equals evaluate_graph of each graph (shared references, every intervention)", function()
+    local evaluate = require("eapig.evaluate")
+    local metrics = { "logit_diff", "kl_div" }
+    for _, intervention in ipairs({ "patching", "zero", "mean" }) do
+      local graphs, single = {}, {}
+      for k, n in ipairs({ 0, 3, 20, graph:n_edges() }) do
+        graphs[k] = graph:clone()
+        graphs[k]:apply_topn(n)
+      end
+      local opts = { intervention = intervention, intervention_data = data, quiet = true, batch_size = 3 }
+      for k = 1, #graphs do single[k] = evaluate.evaluate_graph(model, graphs[k]:clone(), data, metrics, opts) end
+      local many = evaluate.evaluate_graphs(model, graphs, data, metrics, opts)
+      assert.are.equal(#graphs, #many)
+      for k = 1, #graphs do assert.are.same(single[k], many[k], intervention .. " graph " .. k) end
+    end
+    local selected, unselected = graph:clone(), eapig.Graph.from_model(model)
+    selected:apply_topn(5)
+    assert.has_error(function() evaluate.evaluate_graphs(model, { selected, unselected }, data, "logit_diff") end,
+      "evaluate_graphs: graph 2 has no edges selected: choose a circuit first with graph:apply_topn(n), "
+      .. "apply_threshold(t) or apply_greedy(n) (apply_topn(0) evaluates the empty circuit on purpose)")
+  end)
+
   for _, signed in ipairs({ false, true }) do
     it(("areas match the trapezoid rule (%s scores)"):format(signed and "signed" or "absolute"), function()
       local fractions = { 0.05, 0.1, 0.3, 1.0 }

@@ -92,10 +92,14 @@ end
 local EVAL_OPTIONS = { "intervention", "intervention_data", "reference", "batch_size", "prune", "quiet",
   "skip_clean", "memory" }
 
--- The patched runs of a circuit given by its weights W (1 = the edge reads its reference value).
--- The clean forward is only needed for metrics that read the clean logits, for a circuit that
--- patches nothing (its logits are the clean ones), or when skip_clean = false asks for it.
-local function run_circuit(model, data, list, W, scale, any, opts)
+-- The patched runs of several circuits over one pass through the data. Each circuit is
+-- {W =, scale =, any =} (circuit_weights): W = 1 where the edge reads its reference value. Per
+-- batch the reference values and the clean logits are computed once and shared by every circuit,
+-- which is what makes a sweep over circuit sizes cheaper than separate evaluations. The clean
+-- forward runs only for metrics that read the clean logits, for a circuit that patches nothing
+-- (its logits are the clean ones), or when skip_clean = false asks for it. Returns, per circuit,
+-- the per-metric lists of per-example values.
+local function run_circuits(model, data, list, circuits, opts)
   local intervention = opts.intervention or "patching"
   local batch_size = opts.batch_size or options.DEFAULT_BATCH_SIZE
   -- before any run: the largest batch must fit the memory budget (opts.memory GiB)
@@ -105,31 +109,45 @@ local function run_circuit(model, data, list, W, scale, any, opts)
   if intervention:find("^mean") then
     means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)
   end
-  local need_clean = not any or opts.skip_clean == false
+  local need_clean, need_ref = opts.skip_clean == false, false
   for _, mt in ipairs(list) do
     if mt.needs_clean then need_clean = true end
   end
-  local rows = row_values(#list, #data)
-  local progress = Progress.new("evaluate", #data, opts.quiet or not parallel.is_root())
+  local rows = {}
+  for c, circuit in ipairs(circuits) do
+    if circuit.any then need_ref = true else need_clean = true end
+    rows[c] = row_values(#list, #data)
+  end
+  local batches = { batch = -1 } -- the batch counter take_batch advances
+  local progress = Progress.new("evaluate", #data * #circuits, opts.quiet or not parallel.is_root())
   -- one batch; its reference buffer is freed when it ends (core.with_batch)
   local function run_batch(b)
     local clean = runs.engine_batches(b)
     local clean_logits = need_clean and model:forward(clean, { logit_pos = b.last_pos }) or nil
-    local logits = clean_logits
-    if any then
-      local R = runs.reference(model, b, intervention, means, opts.reference)
-      logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = W, patch_scale = scale })
-    end
-    for i, mt in ipairs(list) do
-      put_values(rows, i, b, runs.metric_values(model, mt, b, logits, clean_logits, b.rows))
+    local R = need_ref and runs.reference(model, b, intervention, means, opts.reference) or nil
+    for c, circuit in ipairs(circuits) do
+      local logits = clean_logits
+      if circuit.any then
+        logits = model:forward(clean, { logit_pos = b.last_pos, patch_ref = R, patch_w = circuit.W,
+          patch_scale = circuit.scale })
+      end
+      for i, mt in ipairs(list) do
+        put_values(rows[c], i, b, runs.metric_values(model, mt, b, logits, clean_logits, b.rows))
+      end
+      progress:step(b.B)
     end
   end
   for b in data:batches(batch_size) do
-    if take_batch(rows) then core.with_batch(run_batch, b) end
-    progress:step(b.B)
+    if take_batch(batches) then
+      core.with_batch(run_batch, b)
+    else
+      progress:step(b.B * #circuits)
+    end
   end
   progress:finish()
-  return finish_rows(rows)
+  local results = {}
+  for c = 1, #circuits do results[c] = finish_rows(rows[c]) end
+  return results
 end
 
 local function check_eval_opts(opts, where)
@@ -137,6 +155,19 @@ local function check_eval_opts(opts, where)
   local intervention = opts.intervention or "patching"
   runs.check_intervention(intervention, opts.intervention_data, opts.reference)
   return opts
+end
+
+-- The circuit of a graph (pruned first unless opts.prune = false, as EAP-IG does), checked
+-- against the model; what names the graph in errors.
+local function graph_circuit(model, graph, opts, what)
+  graph:check_matches(model:info())
+  if opts.prune ~= false then graph:prune() end
+  if not graph.selected and graph:count_included_edges() == 0 then
+    error(what .. " has no edges selected: choose a circuit first with graph:apply_topn(n), " ..
+      "apply_threshold(t) or apply_greedy(n) (apply_topn(0) evaluates the empty circuit on purpose)", 0)
+  end
+  local W, scale, any = circuit_weights(model, graph)
+  return { W = W, scale = scale, any = any }
 end
 
 -- evaluate_graph(model, graph, data, metrics, opts): per-example metric values of the circuit
@@ -150,15 +181,25 @@ end
 -- or use evaluate_empty.
 function M.evaluate_graph(model, graph, data, ms, opts)
   opts = check_eval_opts(opts, "evaluate_graph")
-  graph:check_matches(model:info())
   local list, many = metric_list(ms)
-  if opts.prune ~= false then graph:prune() end
-  if not graph.selected and graph:count_included_edges() == 0 then
-    error("evaluate_graph: the graph has no edges selected: choose a circuit first with graph:apply_topn(n), " ..
-      "apply_threshold(t) or apply_greedy(n) (apply_topn(0) evaluates the empty circuit on purpose)", 0)
+  local circuit = graph_circuit(model, graph, opts, "evaluate_graph: the graph")
+  return unwrap(run_circuits(model, data, list, { circuit }, opts)[1], many)
+end
+
+-- evaluate_graphs(model, graphs, data, metrics, opts): evaluate_graph of each graph in the list,
+-- in one pass over the data: each batch's reference values (and clean logits, when needed) are
+-- computed once for all the circuits. Returns a list with evaluate_graph's result per graph.
+-- opts as evaluate_graph's.
+function M.evaluate_graphs(model, graphs, data, ms, opts)
+  opts = check_eval_opts(opts, "evaluate_graphs")
+  local list, many = metric_list(ms)
+  local circuits = {}
+  for k, graph in ipairs(graphs) do
+    circuits[k] = graph_circuit(model, graph, opts, ("evaluate_graphs: graph %d"):format(k))
   end
-  local W, scale, any = circuit_weights(model, graph)
-  return unwrap(run_circuit(model, data, list, W, scale, any, opts), many)
+  local results = run_circuits(model, data, list, circuits, opts)
+  for k = 1, #results do results[k] = unwrap(results[k], many) end
+  return results
 end
 
 -- evaluate_empty(model, data, metrics, opts): the empty circuit under an intervention (every
@@ -171,7 +212,7 @@ function M.evaluate_empty(model, data, ms, opts)
   local W = core.floats(NF * NB)
   local graph_real = require("eapig.graph").from_model(model).real
   for i = 0, NF * NB - 1 do W[i] = graph_real[i] end
-  return unwrap(run_circuit(model, data, list, W, nil, true, opts), many)
+  return unwrap(run_circuits(model, data, list, { { W = W, any = true } }, opts)[1], many)
 end
 
 -- evaluate_baseline(model, data, metrics, {run_corrupted}): the model unchanged, on the clean

@@ -43,22 +43,32 @@ end
 local RUN_OPTIONS = { "fractions", "signed", "measure", "intervention", "intervention_data", "reference",
   "batch_size", "quiet" }
 
--- One curve: circuits ranked by absolute or signed scores.
-local function curve(model, graph, data, metric, fractions, absolute, base, eopts, quiet)
+-- The circuits of one curve: the top n edges at each fraction, ranked by absolute or signed
+-- scores (not pruned yet: the evaluation prunes).
+local function curve_graphs(graph, fractions, absolute)
   local total = graph:n_edges()
-  local points = {}
-  for _, frac in ipairs(fractions) do
-    local n = M.edges_at(frac, total)
+  local graphs = {}
+  for k, frac in ipairs(fractions) do
     local g = graph:clone()
-    g:apply_topn(n, { absolute = absolute })
-    local value = base.empty
+    g:apply_topn(M.edges_at(frac, total), { absolute = absolute })
+    graphs[k] = g
+  end
+  return graphs
+end
+
+-- A curve's points from its circuits' mean metric values (values[k] for graphs[k]).
+local function curve_points(graphs, values, fractions, absolute, base, quiet)
+  local total = graphs[1] and graphs[1]:n_edges() or 0
+  local points = {}
+  for k, frac in ipairs(fractions) do
+    local g, n = graphs[k], M.edges_at(frac, total)
     -- A circuit that pruning empties is the empty circuit: m(empty), faithfulness 0.
-    if g:count_included_edges() > 0 then value = evaluate.mean(evaluate.evaluate_graph(model, g, data, metric, eopts)) end
-    points[#points + 1] = { x = frac, y = evaluate.faithfulness(value, base.clean, base.empty), n_edges = n,
+    local value = g:count_included_edges() > 0 and values[k] or base.empty
+    points[k] = { x = frac, y = evaluate.faithfulness(value, base.clean, base.empty), n_edges = n,
       kept_edges = g:count_included_edges(), value = value }
     if not quiet then
       io.stderr:write(("  %6.2f%% of edges (%d, %s scores): faithfulness %.3f\n"):format(100 * frac, n,
-        absolute and "absolute" or "signed", points[#points].y))
+        absolute and "absolute" or "signed", points[k].y))
     end
   end
   table.sort(points, function(a, b) return a.x < b.x end)
@@ -89,17 +99,39 @@ function M.run(model, graph, data, metric, opts)
     clean = evaluate.mean(evaluate.evaluate_baseline(model, data, metric, { batch_size = opts.batch_size })),
     corrupted = evaluate.mean(evaluate.evaluate_baseline(model, data, metric,
       { batch_size = opts.batch_size, run_corrupted = true })),
-    empty = evaluate.mean(evaluate.evaluate_empty(model, data, metric, eopts)),
   }
-  local result = { clean = base.clean, corrupted = base.corrupted, empty = base.empty, measure = measure }
-  if measure ~= "cpr" then
-    result.points = curve(model, graph, data, metric, fractions, true, base, eopts, opts.quiet)
-    result.cmd = M.cmd(result.points)
+  -- Every circuit of every curve, and the empty circuit first, in one pass over the data: the
+  -- reference values of each batch are computed once for all of them.
+  local empty = graph:clone()
+  empty:apply_topn(0)
+  local curves = {}
+  if measure ~= "cpr" then curves[#curves + 1] = { absolute = true } end
+  if measure ~= "cmd" then curves[#curves + 1] = { absolute = false } end
+  local all = { empty }
+  for _, c in ipairs(curves) do
+    c.graphs = curve_graphs(graph, fractions, c.absolute)
+    for _, g in ipairs(c.graphs) do
+      -- circuits that pruning empties are not run: their value is m(empty)
+      g:prune()
+      if g:count_included_edges() > 0 then all[#all + 1] = g; c[#c + 1] = #all else c[#c + 1] = false end
+    end
   end
-  if measure ~= "cmd" then
-    local pts = curve(model, graph, data, metric, fractions, false, base, eopts, opts.quiet)
-    result.cpr = M.cpr(pts)
-    if measure == "cpr" then result.points = pts else result.cpr_points = pts end
+  local eopts_pruned = {}
+  for k, v in pairs(eopts) do eopts_pruned[k] = v end
+  eopts_pruned.prune = false -- pruned above
+  local values = evaluate.evaluate_graphs(model, all, data, metric, eopts_pruned)
+  base.empty = evaluate.mean(values[1])
+  local result = { clean = base.clean, corrupted = base.corrupted, empty = base.empty, measure = measure }
+  for _, c in ipairs(curves) do
+    local means = {}
+    for k = 1, #fractions do means[k] = c[k] and evaluate.mean(values[c[k]]) or base.empty end
+    local pts = curve_points(c.graphs, means, fractions, c.absolute, base, opts.quiet)
+    if c.absolute then
+      result.points, result.cmd = pts, M.cmd(pts)
+    else
+      result.cpr = M.cpr(pts)
+      if measure == "cpr" then result.points = pts else result.cpr_points = pts end
+    end
   end
   return result
 end
