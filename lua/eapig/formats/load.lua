@@ -301,7 +301,8 @@ local function finish(m, c, family, path, folder, opts, weights)
   if not (opts and opts.finalize == false) then core.check(C.eapig_model_finalize(m), path) end
   local info = info_of(family, c)
   info.weights, info.weights_why, info.weights_dtype = weights.mode, weights.why, weights.dtype
-  return { handle = m, info = info, path = path, folder = folder }
+  -- config: the family table's fields (formats/families.lua), what formats/save.lua writes back
+  return { handle = m, info = info, path = path, folder = folder, config = c }
 end
 
 local files = require("eapig.formats.files")
