@@ -101,8 +101,10 @@ local function activation_bytes(model, method, B, P, n, level)
   if method == "EAP" or method == "clean-corrupted" then
     return 3 * nodes + workspace(model, B, P, 0, KEEP) + 2 * logits
   elseif method == "EAP-IG-inputs" then
+    -- one node buffer (the clean capture, turned into the difference in place), the clean
+    -- embeddings, a run's interpolated embeddings, and the logits of the runs
     local run = math.max(workspace(model, B, P, 0, KEEP), workspace(model, n * B, P, B, KEEP))
-    return 3 * nodes + run + n * blk + 3 * n * logits
+    return nodes + blk + n * blk + run + (2 + 3 * n) * logits
   elseif method == "EAP-IG-activations" then
     return 3 * nodes + workspace(model, n * B, P, B, KEEP) + H * n * blk + 3 * n * logits
   elseif method == "exact" then
