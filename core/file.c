@@ -232,11 +232,11 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
                     for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
             }
     }
-    /* A NaN or infinite weight poisons every activation after it, and a NaN with a payload is
-     * not even safe to hand to LuaJIT: refuse the tensor here, naming the stored element. */
     /* The process is done with these file pages (a later read maps them again from the page
      * cache), so a load holds the f32 copy and one tensor of the file, not the whole file. */
     eapig_file_release(src, bytes);
+    /* A NaN or infinite weight poisons every activation after it, and a NaN with a payload is
+     * not even safe to hand to LuaJIT: refuse the tensor here, naming the stored element. */
     int64_t bad = eapig_floats_first_nonfinite(dst, (int64_t)count);
     if (bad >= 0) {
         size_t stored = (size_t)bad;
