@@ -26,6 +26,8 @@
 local ffi = require("ffi")
 local core = require("eapig.core")
 local Model = require("eapig.model")
+local families = require("eapig.formats.families")
+local load = require("eapig.formats.load")
 local save = require("eapig.formats.save")
 local Progress = require("eapig.progress")
 local random = require("eapig.rng")
@@ -44,13 +46,12 @@ local n_out = ffi.new("int64_t[1]")
 ---------------------------------------------------------------------------------------------------
 -- Models
 
--- Families and the parts of their config they fix. Llama has no biases: their gradients are
+-- The families training supports and its defaults for them (the rest of their configuration
+-- comes from their tables in formats/families.lua). Llama has no biases: their gradients are
 -- dropped so they stay zero.
 local FAMILIES = {
-  gpt2 = { norm = "EAPIG_NORM_LAYERNORM", act = "EAPIG_ACT_GELU_TANH", pos = "EAPIG_POS_LEARNED", eps = 1e-5,
-           biases = true, tied = true },
-  llama = { norm = "EAPIG_NORM_RMSNORM", act = "EAPIG_ACT_SILU_GATED", pos = "EAPIG_POS_ROPE", eps = 1e-6,
-            biases = false, tied = false },
+  gpt2 = { eps = 1e-5, biases = true, tied = true },
+  llama = { eps = 1e-6, biases = false, tied = false },
 }
 
 local function positive_int(o, k, who)
@@ -87,14 +88,11 @@ function train.new_model(opts)
   local tied = o.tied
   if tied == nil then tied = fam.tied end
 
-  local cfg = ffi.new("eapig_config")
-  cfg.n_layers, cfg.n_heads, cfg.n_kv_heads = o.layers, o.heads, o.kv_heads
-  cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.vocab, cfg.n_ctx = o.d_model, o.d_head, o.d_mlp, o.vocab, o.n_ctx
-  cfg.norm, cfg.act, cfg.pos = C[fam.norm], C[fam.act], C[fam.pos]
-  cfg.rotary_dim = family == "llama" and o.d_head or 0
-  cfg.parallel_attn_mlp = 0
-  cfg.norm_eps = o.norm_eps or fam.eps
-  cfg.rope_theta = family == "llama" and (o.rope_theta or 10000) or 0
+  -- the configuration eapig.load would give the config.json save_pretrained writes
+  local c = { n_layers = o.layers, n_heads = o.heads, n_kv_heads = o.kv_heads, d_model = o.d_model, d_head = o.d_head,
+              d_mlp = o.d_mlp, vocab = o.vocab, n_ctx = o.n_ctx, norm_eps = o.norm_eps or fam.eps,
+              rope_theta = o.rope_theta or 10000, tied = tied, flags = {} }
+  local cfg = load.config(families.get(family).write_config(c, family), who)
   local handle = ffi.gc(core.check_ptr(C.eapig_model_new(cfg), who), C.eapig_model_free)
   core.check(C.eapig_model_init(handle, o.seed or 1, o.std or 0.02, tied and 1 or 0), who)
   local model = Model.new(handle, { family = family })

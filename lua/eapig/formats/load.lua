@@ -323,14 +323,27 @@ end
 -- Builds a model from config.json fields (json, read from cfg_path) and the tensor source that
 -- open_src returns, opened only once the config is known to be good. mode_of(c) picks how the
 -- weights are kept (weights_mode).
-local function load_family(json, cfg_path, open_src, path, folder, opts, mode_of)
+-- config.json fields (json, read from cfg_path) -> the family table, the family's fields, model_type.
+local function read_config(json, cfg_path)
   local get = config_reader(cfg_path, json)
   local model_type = get.str("model_type")
   local fam = families.get(model_type)
   if not fam then
     fail("%s: field 'model_type': unknown model_type '%s' (known: %s)", cfg_path, model_type, families.KNOWN)
   end
-  local c = fam.config(get, model_type)
+  return fam, fam.config(get, model_type), model_type
+end
+
+-- The core's configuration (eapig_config) of a raw (unfinalized, unshared) model that a
+-- config.json table describes, checked as eapig.load checks it (where: the name errors give).
+-- eapig.train builds its models through it, from the table formats/families.lua writes.
+function load.config(json, where)
+  local _, c = read_config(json, where)
+  return config_of(c)
+end
+
+local function load_family(json, cfg_path, open_src, path, folder, opts, mode_of)
+  local fam, c, model_type = read_config(json, cfg_path)
   mark_shared_unembed(c, opts)
   local mode, why = mode_of(c)
   local m = new_model(c, cfg_path, mode)
