@@ -6,6 +6,7 @@
 -- they follow the engine; the Lua-side buffers of each method are counted here.
 -- Symbols: B = rows, P = positions, D = d_model, V = vocab, NF / NB = source / destination nodes.
 local core = require("eapig.core")
+local indices = require("eapig.indices")
 local C = core.C
 
 local memory = {}
@@ -109,9 +110,9 @@ local function activation_bytes(model, method, B, P, n, level)
     return 3 * nodes + workspace(model, n * B, P, B, KEEP) + H * n * blk + 3 * n * logits
   elseif method == "exact" then
     local extra = level == "edge" and 0 or NF * 4
-    return 2 * nodes + (2 * L + 1) * blk + NF * NB * 4 + workspace(model, B, P, 0, PATCH) + 2 * logits + extra
+    return 2 * nodes + indices.n_readers(L) * blk + NF * NB * 4 + workspace(model, B, P, 0, PATCH) + 2 * logits + extra
   elseif method == "information-flow-routes" then
-    return nodes + (2 * L + 1) * blk + workspace(model, B, P, 0, 0)
+    return nodes + indices.n_readers(L) * blk + workspace(model, B, P, 0, 0)
   elseif method == "evaluate" then
     return nodes + NF * NB * 4 + workspace(model, B, P, 0, PATCH) + 2 * logits
   end

@@ -83,7 +83,7 @@ function Model:forward(batch, opts)
   o.attn_probs = opts.attn_probs
   o.start_layer = opts.start_layer or 0
   o.start_resid, o.start_capture = opts.start_resid, opts.start_capture
-  o.override_group = opts.override_group or -1
+  o.override_group = opts.override_group or C.EAPIG_GROUP_NONE
   o.override_value = opts.override_value
   o.keep_for_backward = (opts.keep or opts.keep_for_weights) and 1 or 0
   o.keep_for_weights = opts.keep_for_weights and 1 or 0
