@@ -249,19 +249,29 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
     return EAPIG_OK;
 }
 
+/* 1 when element i of count at p (F32, F16 or BF16) has an all-ones exponent: NaN or infinite. */
+static int stored_nonfinite(const uint8_t *p, size_t i, int32_t dtype) {
+    if (dtype == EAPIG_DTYPE_F32) {
+        uint32_t bits;
+        memcpy(&bits, p + 4 * i, sizeof bits);
+        return (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    uint16_t h, exp = dtype == EAPIG_DTYPE_F16 ? 0x7c00 : 0x7f80;
+    memcpy(&h, p + 2 * i, sizeof h);
+    return (h & exp) == exp;
+}
+
 int64_t eapig_stored_first_nonfinite(const uint8_t *p, size_t count, int32_t dtype) {
-    if (!p) return -1;
-    for (size_t i = 0; i < count; i++) {
-        if (dtype == EAPIG_DTYPE_F32) {
-            uint32_t bits;
-            memcpy(&bits, p + 4 * i, sizeof bits);
-            if ((bits & 0x7f800000u) == 0x7f800000u) return (int64_t)i;
-        } else if (dtype == EAPIG_DTYPE_F16 || dtype == EAPIG_DTYPE_BF16) {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, sizeof h);
-            uint16_t exp = dtype == EAPIG_DTYPE_F16 ? 0x7c00 : 0x7f80;
-            if ((h & exp) == exp) return (int64_t)i;
-        }
+    if (!p || (dtype != EAPIG_DTYPE_F32 && dtype != EAPIG_DTYPE_F16 && dtype != EAPIG_DTYPE_BF16)) return -1;
+    /* Blocks without an early exit vectorise; only a block that holds one is searched. */
+    enum { BLOCK = 1024 };
+    for (size_t b0 = 0; b0 < count; b0 += BLOCK) {
+        size_t b1 = b0 + BLOCK < count ? b0 + BLOCK : count;
+        int any = 0;
+        for (size_t i = b0; i < b1; i++) any |= stored_nonfinite(p, i, dtype);
+        if (!any) continue;
+        for (size_t i = b0; i < b1; i++)
+            if (stored_nonfinite(p, i, dtype)) return (int64_t)i;
     }
     return -1;
 }

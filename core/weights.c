@@ -12,6 +12,7 @@
  * L = layers, D = d_model, H = heads, KV = kv heads, Dh = d_head, F = d_mlp, V = vocab,
  * Vc = rows of one unembedding chunk, R = rows of logits.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -95,11 +96,15 @@ int eapig_model_bind(eapig_model *m, int32_t layer, int32_t which, eapig_file *f
     /* Stored weights are converted only when used: check them here, once, so a NaN or infinite
      * weight is refused at load with its place, as eapig_file_tensor refuses it for copies. */
     int64_t bad = eapig_stored_first_nonfinite(eapig_file_bytes(f, begin, end), count, dtype);
-    if (bad >= 0)
+    if (bad >= 0) {
+        float value;
+        eapig_convert(&value, eapig_file_bytes(f, begin, end) + (size_t)bad * esize, 1, dtype);
         return eapig_set_error(EAPIG_ERR_IO,
-                               "eapig_model_bind: %s: %s: element %lld (byte %llu) is NaN or infinite; weights must "
-                               "be finite",
-                               path, name, (long long)bad, (unsigned long long)(begin + (uint64_t)bad * esize));
+                               "eapig_model_bind: %s: %s: element %lld (byte %llu) is NaN or infinite (this one is %s); "
+                               "weights must be finite",
+                               path, name, (long long)bad, (unsigned long long)(begin + (uint64_t)bad * esize),
+                               isnan(value) ? "NaN" : "infinite");
+    }
     /* The scan brought the pages in; hand them back so the resident set stays that of a stored
      * model (the kernel keeps them cached and maps them again at use). */
     {

@@ -73,8 +73,11 @@ end
 local function workspace(model, B, P, diff_B, flags)
   local bytes = tonumber(C.eapig_workspace_bytes(model.handle, B, P, diff_B or 0, flags or 0))
   if bytes < 0 then error(require("ffi").string(C.eapig_last_error()), 0) end
-  -- a stored model's converted layer is counted with the weights
-  if model.weights == "stored" then bytes = bytes - tonumber(C.eapig_weights_view_bytes(model.cfg)) end
+  -- a stored model's converted layer is counted with the weights (model.weights says which
+  -- weights a run will use: `eapig info` inspects a stored model for a run that may convert)
+  if C.eapig_model_is_stored(model.handle) ~= 0 then
+    bytes = bytes - tonumber(C.eapig_weights_view_bytes(model.cfg))
+  end
   return bytes
 end
 

@@ -82,7 +82,19 @@ return function(argv)
     budget_gib = v
   end
 
-  local model = cli.load_model(args.model, { weights = args.weights, memory = budget_gib })
+  -- info inspects a checkpoint without converting it: with --weights auto (the default), a
+  -- safetensors or llama2.c checkpoint is opened with its weights as stored (every tensor is still
+  -- checked: table, offsets, finite values), and the rows report the mode a run would choose
+  -- under the same budget. (GGUF tensors are always converted at load.)
+  -- (files.kind never opens the path: a FIFO given as --model is refused by the loader, not read)
+  local is_gguf = require("eapig.formats.files").kind(args.model) == "file"
+    and require("eapig.formats.gguf").is_gguf(args.model)
+  local inspect = args.weights == "auto" and not is_gguf
+  local model = cli.load_model(args.model, { weights = inspect and "stored" or args.weights, memory = budget_gib })
+  if inspect then
+    local memory = require("eapig.memory")
+    model.weights, model.weights_why = memory.choose_weights(model.cfg, memory.budget(budget_gib))
+  end
   if args.memory then return print_memory(model, args, budget_gib) end
   local info = model:info()
   info.path = args.model
