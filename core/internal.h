@@ -73,7 +73,6 @@ typedef struct stored_matrix {
     size_t stored_rows;
     int32_t *row_map;     /* (rows) owned, or NULL */
     int centre_columns;   /* subtract each column's mean over the rows (LayerNorm writers) */
-    int centre_rows;      /* subtract each row's mean (wte on LayerNorm models) */
 } stored_matrix;
 
 /* ---- the weight tensors of a model (core/model_params.c) ---- */
@@ -125,6 +124,9 @@ struct eapig_model {
     size_t arena_floats;
     float *rope_freq;            /* (rotary_dim/2) inverse frequencies, or NULL without RoPE */
     int finalized;
+    /* LayerNorm models: each embedding row is centred as it is read (eapig_embed_rows), so the
+     * table itself stays as stored and a tied unembedding can be that same table. */
+    int centre_embed;
     /* Stored mode: the big matrices are NULL in w and layers and are read from mats instead. */
     int stored;
     stored_matrix *mats;         /* (2 + EAPIG_LAYER_MATS * L), indexed by mat_index() */
@@ -162,7 +164,7 @@ void eapig_model_free_stored(eapig_model *m);
 int eapig_model_check_bound(const eapig_model *m, const char *fn);
 /* Stored mode: matrix which (EAPIG_MAT_*) of layer l converted into dst (rows*cols floats). */
 int eapig_stored_convert(const eapig_model *m, int l, int which, float *dst);
-/* Stored mode, LayerNorm models: centre wo and w_out columns and wte rows at every conversion. */
+/* Stored mode, LayerNorm models: centre wo and w_out columns at every conversion. */
 void eapig_stored_centre(eapig_model *m);
 
 #endif

@@ -275,9 +275,6 @@ int eapig_model_finalize(eapig_model *m) {
     size_t kvd = (size_t)c->n_kv_heads * c->d_head;
     int status = eapig_model_check_bound(m, "eapig_model_finalize");
     if (status != EAPIG_OK) return status;
-    if (c->norm == EAPIG_NORM_LAYERNORM && m->w.w_unembed && m->w.w_unembed == m->w.wte)
-        return eapig_set_error(EAPIG_ERR_ARG, "eapig_model_finalize: centring the embedding would change a shared "
-                                              "unembedding (LayerNorm models keep two copies: shared_unembed = 0)");
     float *wo_f32 = NULL; /* stored mode: one layer's W_O, converted to fold its value bias */
     for (int l = 0; l < c->n_layers; l++) {
         eapig_layer_weights *lw = &m->layers[l];
@@ -319,11 +316,9 @@ int eapig_model_finalize(eapig_model *m) {
     }
     free(wo_f32);
     if (c->norm == EAPIG_NORM_LAYERNORM) {
-        if (m->stored) {
-            eapig_stored_centre(m);
-        } else {
-            centre_rows(m->w.wte, (size_t)c->vocab, D);
-        }
+        if (m->stored) eapig_stored_centre(m);
+        /* wte is centred row by row as tokens read it: a tied unembedding shares the table as stored */
+        m->centre_embed = 1;
         if (m->w.wpe) centre_rows(m->w.wpe, (size_t)c->n_ctx, D);
     }
     m->finalized = 1;

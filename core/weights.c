@@ -166,7 +166,6 @@ int eapig_model_check_bound(const eapig_model *m, const char *fn) {
 }
 
 void eapig_stored_centre(eapig_model *m) {
-    m->mats[EAPIG_MAT_WTE].centre_rows = 1;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         m->mats[mat_index(l, EAPIG_MAT_WO)].centre_columns = 1;
         m->mats[mat_index(l, EAPIG_MAT_W_OUT)].centre_columns = 1;
@@ -260,16 +259,16 @@ int eapig_layer_view(const eapig_model *m, eapig_workspace *ws, int l, const eap
 
 int eapig_embed_rows(const eapig_model *m, float *out, const int32_t *tokens, size_t N) {
     size_t D = (size_t)m->cfg.d_model;
-    if (!m->stored) {
-        for (size_t n = 0; n < N; n++) memcpy(out + n * D, m->w.wte + (size_t)tokens[n] * D, D * sizeof(float));
-        return EAPIG_OK;
-    }
-    const stored_matrix *s = &m->mats[EAPIG_MAT_WTE];
-    if (!s->data) return eapig_model_check_bound(m, "eapig_forward");
+    const stored_matrix *s = m->stored ? &m->mats[EAPIG_MAT_WTE] : NULL;
+    if (s && !s->data) return eapig_model_check_bound(m, "eapig_forward");
     for (size_t n = 0; n < N; n++) {
-        int status = convert_rows(s, (size_t)tokens[n], 1, out + n * D);
-        if (status != EAPIG_OK) return status;
-        if (s->centre_rows) centre_row(out + n * D, D);
+        if (s) {
+            int status = convert_rows(s, (size_t)tokens[n], 1, out + n * D);
+            if (status != EAPIG_OK) return status;
+        } else {
+            memcpy(out + n * D, m->w.wte + (size_t)tokens[n] * D, D * sizeof(float));
+        }
+        if (m->centre_embed) centre_row(out + n * D, D);
     }
     return EAPIG_OK;
 }

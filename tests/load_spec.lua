@@ -116,14 +116,21 @@ describe("random checkpoints round-trip through the loader", function()
     assert_same_models(plain, prefixed)
   end)
 
-  it("gpt2: an untied lm_head is read, and finalize centres the embedding", function()
+  it("gpt2: an untied lm_head is read, and finalize centres the embedding rows tokens read", function()
     local dir = model_dir("gpt2-untied", { family = "gpt2", tied = false, seed = 9 })
     local m = load.load(dir)
     assert.is_false(m.info.tied)
     assert.are.equal(0, max_diff(stored(dir, "lm_head.weight"), weights(m).w_unembed, 64 * 32))
-    local wte, mean = weights(m).wte, 0
-    for i = 0, 31 do mean = mean + wte[5 * 32 + i] end
+    assert.are.equal(0, max_diff(stored(dir, "wte.weight"), weights(m).wte, 64 * 32)) -- the table as stored
+    local model = require("eapig").Model.new(m.handle, m.info, m)
+    local row = ffi.new("float[?]", model.n_forward * 32)
+    model:forward({ tokens = ffi.new("int32_t[1]", 5), lengths = ffi.new("int32_t[1]", 1), B = 1, P = 1 },
+      { capture = row }) -- node 0, the input, is token 5's embedding row
+    local mean, raw = 0, 0
+    for i = 0, 31 do mean, raw = mean + row[i], raw + weights(m).wte[5 * 32 + i] end
     assert.is_true(math.abs(mean / 32) < 1e-6)
+    assert.is_true(math.abs(raw / 32) > 1e-4) -- so the check above saw the centring
+    model:free()
   end)
 
   it("llama with grouped-query attention: names, shapes and an untied head", function()
@@ -329,10 +336,36 @@ describe("a tied unembedding", function()
     train.handle = nil
   end)
 
-  it("stays a copy in LayerNorm models, whose embedding finalize centres", function()
-    local m = load.load(model_dir("tied-gpt2", { family = "gpt2", seed = 32 }))
-    assert.is_true(m.info.tied)
-    assert.is_false(same_pointer(m))
+  it("is one copy in LayerNorm models too: embedding rows are centred as they are read", function()
+    local dir = model_dir("tied-gpt2", { family = "gpt2", seed = 32 })
+    local shared = load.load(dir)
+    local apart = load.load(dir, { weights = "stored" })
+    assert.is_true(shared.info.tied)
+    assert.is_true(same_pointer(shared))
+    local V, D = shared.info.vocab, shared.info.d_model
+    local train = load.load(dir, { finalize = false })
+    assert.are.equal(4 * V * D, f32_bytes(train) - f32_bytes(shared))
+    -- the table is not centred in place: it is the checkpoint's embedding, as the unembedding needs
+    local w, raw = weights(shared), weights(train)
+    assert.are.equal(0, max_diff(w.wte, raw.wte, V * D))
+    local eapig = require("eapig")
+    local a = eapig.Model.new(shared.handle, shared.info, shared)
+    local b = eapig.Model.new(apart.handle, apart.info, apart)
+    local batch = require("support.tiny").batch(a, { 5, 3 }, 2)
+    local nodes = a.n_forward * 2 * 5 * D
+    local ca, cb = ffi.new("float[?]", nodes), ffi.new("float[?]", nodes)
+    local la, lb = a:forward(batch, { capture = ca }), b:forward(batch, { capture = cb })
+    assert.are.equal(0, max_diff(la, lb, 2 * 5 * V))
+    assert.are.equal(0, max_diff(ca, cb, nodes)) -- the input node: centred embedding rows
+    -- and centred they are: every captured input row has mean zero
+    for r = 0, 2 * 5 - 1 do
+      local sum = 0
+      for i = 0, D - 1 do sum = sum + ca[r * D + i] end
+      assert.is_true(math.abs(sum / D) < 1e-6)
+    end
+    a:free()
+    b:free()
+    train.handle = nil
   end)
 
   it("refuses weight gradients on a model that shares it", function()

@@ -87,8 +87,7 @@ typedef struct eapig_config {
     int32_t sliding_period;        /* with a window: 0 = every layer slides; p > 0 = layers l with
                                     * (l + 1) % p == 0 are global, the others slide (gemma2: 2) */
     int32_t shared_unembed;        /* 1: w_unembed is wte itself, one copy (a tied model that is
-                                    * neither trained nor centred: RMSNorm families; f32 weights only,
-                                    * ignored when stored) */
+                                    * not trained; f32 weights only, ignored when stored) */
 } eapig_config;
 
 /* Weights, float32, in PyTorch Linear layout (out, in). Every bias exists (zero when the
@@ -127,7 +126,9 @@ EAPIG_API void eapig_model_free(eapig_model *m);
 EAPIG_API const eapig_config *eapig_model_config(const eapig_model *m);
 EAPIG_API eapig_weights *eapig_model_weights(eapig_model *m);
 /* After the weights are filled: fold value biases into bo and, on LayerNorm models, centre the
- * writing weights (wte, wpe, wo, bo, w_out, b_out) as TransformerLens does on load. Call once. */
+ * writing weights (wte, wpe, wo, bo, w_out, b_out) as TransformerLens does on load. wte itself
+ * is left as it is (a tied unembedding may be the same table): its rows are centred as tokens
+ * read them. Call once. */
 EAPIG_API int eapig_model_finalize(eapig_model *m);
 /* Source nodes (NF) and destinations (NB); -1 (with the error set) for a NULL model. */
 EAPIG_API int32_t eapig_model_n_forward(const eapig_model *m);

@@ -249,11 +249,11 @@ local function config_of(c)
   return cfg
 end
 
--- A tied model's unembedding is its embedding matrix, one copy, unless finalize centres the
--- embedding (LayerNorm models: the unembedding must stay as stored) or the load is for training
--- (the two get separate gradients). Only f32 weights share; stored ones bind the tensor twice.
+-- A tied model's unembedding is its embedding matrix, one copy (LayerNorm models too: finalize
+-- centres embedding rows as they are read, not the table), unless the load is for training (the
+-- two get separate gradients). Only f32 weights share; stored ones bind the tensor twice.
 local function mark_shared_unembed(c, opts)
-  local shares = c.tied and c.norm ~= C.EAPIG_NORM_LAYERNORM and not (opts and opts.finalize == false)
+  local shares = c.tied and not (opts and opts.finalize == false)
   c.shared_unembed = shares and 1 or 0
 end
 
