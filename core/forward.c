@@ -402,10 +402,14 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
     for (size_t i = 0; i < nd; i++) r->s.resid[i] += out[i];
 }
 
-int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_t diff_B, int32_t flags) {
+/* The two arenas of a run of B rows of P positions (flags and diff_B as eapig_workspace_bytes):
+ * eapig_forward's, and eapig_backward's for attribution with keep (edge scores with the default
+ * gather, no node scores); 0 without keep. Returns 0 on bad arguments, naming fn. */
+static int run_floats(const eapig_model *m, int32_t B, int32_t P, int32_t diff_B, int32_t flags, size_t *fwd_floats,
+                      size_t *bwd_floats, const char *fn) {
     if (!m || B < 1 || P < 1 || diff_B < 0 || (diff_B > 0 && B % diff_B != 0)) {
-        eapig_set_error(EAPIG_ERR_ARG, "eapig_workspace_bytes: bad batch (%d, %d) or diff_B %d", B, P, diff_B);
-        return -1;
+        eapig_set_error(EAPIG_ERR_ARG, "%s: bad batch (%d, %d) or diff_B %d", fn, B, P, diff_B);
+        return 0;
     }
     const eapig_config *c = &m->cfg;
     int keep = (flags & (EAPIG_RUN_KEEP | EAPIG_RUN_WEIGHT_GRADS)) != 0;
@@ -419,15 +423,35 @@ int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_
     carve_run(&none, c, &one, 0, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr, &fc);
     carve_run(&with_one, c, &one, 1, &s, (size_t)B, (size_t)P, rows, patching, weights, &fh, &fr, &fc);
     size_t slots = keep ? (size_t)c->n_layers : 1;
-    size_t floats = none.used + (with_one.used - none.used) * slots;
+    *fwd_floats = none.used + (with_one.used - none.used) * slots;
+    *bwd_floats = 0;
     if (keep) {
         size_t steps = diff_B > 0 ? (size_t)(B / diff_B) : 1;
-        /* the attribution backward: edge scores with the default gather, no node scores */
-        floats += eapig_backward_floats(c, (size_t)B, (size_t)P, rows, steps, 1, 0, 0, weights);
+        *bwd_floats = eapig_backward_floats(c, (size_t)B, (size_t)P, rows, steps, 1, 0, 0, weights);
     }
-    size_t bytes = floats * sizeof(float) + (size_t)c->n_layers * eapig_layer_dests((size_t)c->n_heads);
+    return 1;
+}
+
+int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_t diff_B, int32_t flags) {
+    size_t fwd, bwd;
+    if (!run_floats(m, B, P, diff_B, flags, &fwd, &bwd, "eapig_workspace_bytes")) return -1;
+    const eapig_config *c = &m->cfg;
+    size_t bytes = (fwd + bwd) * sizeof(float) + (size_t)c->n_layers * eapig_layer_dests((size_t)c->n_heads);
     if (m->stored) bytes += (size_t)eapig_weights_view_bytes(c);
     return (int64_t)bytes;
+}
+
+int eapig_workspace_reserve(eapig_workspace *ws, const eapig_model *m, int32_t B, int32_t P, int32_t diff_B,
+                            int32_t flags) {
+    size_t fwd, bwd;
+    if (!ws) return eapig_set_error(EAPIG_ERR_ARG, "eapig_workspace_reserve: workspace is NULL");
+    if (!run_floats(m, B, P, diff_B, flags, &fwd, &bwd, "eapig_workspace_reserve")) return EAPIG_ERR_ARG;
+    if (eapig_workspace_grow((void **)&ws->fwd, &ws->fwd_cap, fwd, sizeof(float), "eapig_workspace_reserve",
+                             "activations") != EAPIG_OK ||
+        eapig_workspace_grow((void **)&ws->bwd, &ws->bwd_cap, bwd, sizeof(float), "eapig_workspace_reserve",
+                             "gradients") != EAPIG_OK)
+        return EAPIG_ERR_NOMEM;
+    return EAPIG_OK;
 }
 
 /* The input node is the scaled embedding (gemma's sqrt(d_model), rounded to float32 as Hugging

@@ -52,6 +52,35 @@ describe("memory budget", function()
     assert.are.equal(ws(2, 8, 0, 0) + view, tonumber(C.eapig_workspace_bytes(stored.handle, 2, 8, 0, 0)))
   end)
 
+  it("a reserved workspace gives the runs made in it the same results as a fresh one", function()
+    local other = eapig.load(dir, { weights = "f32" })
+    local data = dataset(64, 3)
+    local batch
+    for b in data:batches(3) do batch = b end
+    local clean = require("eapig.runs").engine_batches(batch)
+    local NF, NB = model.n_forward, model.n_backward
+    local function scores(m, reserve)
+      if reserve then m:reserve(4 * 3, batch.P, 3, C.EAPIG_RUN_KEEP) end
+      local out = core.floats(NF * NB)
+      local diff = m:nodes_buffer(3, batch.P)
+      m:forward(clean, { capture = diff }) -- a small run first, then backward runs of 3 rows
+      local logits = m:forward(clean, { logit_pos = batch.last_pos, keep = true })
+      local dlogits = core.floats(3 * m.vocab)
+      for i = 0, 3 * m.vocab - 1 do dlogits[i] = ((i * 7) % 13 - 6) / 13 end
+      m:backward(dlogits, { diff = diff, scores = out })
+      return out, logits
+    end
+    local a, la = scores(model, true)
+    local b, lb = scores(other, false)
+    assert.are.equal(0, require("support.tiny").max_abs_diff(la, lb, 3 * model.vocab))
+    assert.are.equal(0, require("support.tiny").max_abs_diff(a, b, NF * NB))
+    -- bad shapes are refused with the entry point named, as eapig_workspace_bytes refuses them
+    assert.are.equal(C.EAPIG_ERR_ARG, C.eapig_workspace_reserve(model.workspace, model.handle, 3, 8, 2, C.EAPIG_RUN_KEEP))
+    assert.matches("eapig_workspace_reserve: bad batch %(3, 8%) or diff_B 2", ffi.string(C.eapig_last_error()))
+    assert.are.equal(C.EAPIG_ERR_ARG, C.eapig_workspace_reserve(nil, model.handle, 2, 8, 0, 0))
+    other:free()
+  end)
+
   it("estimates have the three phases, and stored weights need less than f32", function()
     local e = memory.estimate(model, { B = 4, P = 16, method = "EAP-IG-inputs", steps = 5, steps_per_run = 2 })
     assert.are.equal(e.total, e.weights + e.activations + e.scores)

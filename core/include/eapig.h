@@ -380,6 +380,11 @@ EAPIG_API int eapig_forward(const eapig_model *m, eapig_workspace *ws, const eap
  * model's converted layer. Logits on B rows unless EAPIG_RUN_ALL_LOGITS. -1 on bad arguments. */
 enum { EAPIG_RUN_KEEP = 1, EAPIG_RUN_PATCH = 2, EAPIG_RUN_WEIGHT_GRADS = 4, EAPIG_RUN_ALL_LOGITS = 8 };
 EAPIG_API int64_t eapig_workspace_bytes(const eapig_model *m, int32_t B, int32_t P, int32_t diff_B, int32_t flags);
+/* Grows ws's forward and backward arenas to what a run of that shape needs (arguments as in
+ * eapig_workspace_bytes), so that the runs of a batch, the largest one last, allocate and fault
+ * in their memory once instead of once per size. Runs that need more still grow them. */
+EAPIG_API int eapig_workspace_reserve(eapig_workspace *ws, const eapig_model *m, int32_t B, int32_t P, int32_t diff_B,
+                                      int32_t flags);
 
 /* Backward for the last forward run in ws, which must have had keep_for_backward set: the
  * activations, and the weights only when opts.weight_grads is set. */

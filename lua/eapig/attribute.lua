@@ -86,10 +86,18 @@ local function batched_steps(ctx, b, clean, clean_logits, diff, group, steps, ma
   end
 end
 
+-- The workspace of the batch's largest run (n_steps integrated-gradient steps in one run), made
+-- before its first run: the smaller runs before it then reuse that memory instead of each
+-- faulting in an arena of its own size.
+local function reserve_steps(ctx, b, n_steps)
+  ctx.model:reserve(b.B * math.max(1, math.min(ctx.steps_per_run, n_steps)), b.P, b.B, C.EAPIG_RUN_KEEP)
+end
+
 -- EAP-IG-inputs: embeddings e_corr + (k/m)(e_clean - e_corr), k = 0..m-1. The k = 0 step is
 -- the corrupted run itself, so its forward also provides the reference capture.
 local function eap_ig_inputs(ctx, b)
   local model, m = ctx.model, ctx.steps
+  reserve_steps(ctx, b, m - 1)
   local clean, corrupted = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
   -- one buffer: the clean capture, turned into corrupted - clean by the corrupted run
@@ -113,6 +121,7 @@ end
 -- the constant (k/m) clean + (1 - k/m) R for k = 1..m.
 local function eap_ig_activations(ctx, b)
   local model, m = ctx.model, ctx.steps
+  reserve_steps(ctx, b, m)
   local clean = runs.engine_batches(b)
   local blk = model:block_size(b.B, b.P)
   local n = model.n_forward * blk

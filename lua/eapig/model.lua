@@ -111,6 +111,13 @@ function Model:backward(dlogits, opts)
   core.check(C.eapig_backward(self.handle, self.workspace, o), "backward")
 end
 
+-- Grows the workspace to what a run of B rows of P positions needs (diff_B and flags as in
+-- eapig_workspace_bytes: C.EAPIG_RUN_KEEP for a run kept for backward), so that smaller runs
+-- before it reuse that memory.
+function Model:reserve(B, P, diff_B, flags)
+  core.check(C.eapig_workspace_reserve(self.workspace, self.handle, B, P, diff_B or 0, flags or 0), "reserve")
+end
+
 -- Builds a one-row batch from a Lua array of ids.
 local function single_batch(ids)
   local n = #ids

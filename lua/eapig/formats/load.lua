@@ -155,7 +155,9 @@ end
 local FLOAT_DTYPES = { F32 = true, F16 = true, BF16 = true }
 
 -- bind = {handle =, layer =} (stored weights): big matrices are bound instead of read.
-local function fill_entry(src, e, name, target, dims, bind)
+-- scratch = {buf =, n =}: the one buffer fused entries are read into, reused by every layer (a
+-- fresh one per layer would cost its page faults again each time).
+local function fill_entry(src, e, name, target, dims, bind, scratch)
   local rows, cols = dims[e[3]], e[4] and dims[e[4]] or 1
   local dtype = src.info and src:has(name) and src:info(name).dtype -- GGUF sources check their own types
   if dtype and not FLOAT_DTYPES[dtype] then
@@ -183,7 +185,10 @@ local function fill_entry(src, e, name, target, dims, bind)
   end
   local parts = #e[1]
   -- allocated in C: a fused q/k/v of a wide model can pass LuaJIT's 2 GiB limit on one buffer
-  local tmp = core.batch_floats(parts * rows * cols)
+  if scratch.n < parts * rows * cols then
+    scratch.buf, scratch.n = core.batch_floats(parts * rows * cols), parts * rows * cols
+  end
+  local tmp = scratch.buf
   src:read_into(name, tmp, parts * rows, cols, opts)
   local groups = e.groups and dims[e.groups] or 1
   local block = rows / groups * cols -- floats of one part in one group
@@ -207,14 +212,17 @@ local function fill_family(src, fam, c, w, handle)
     fail("%s: missing tensor %s", src.path, table.concat(tried, " or "))
   end
   local global_bind = handle and { handle = handle, layer = -1 }
-  for _, e in ipairs(fam.global) do fill_entry(src, e, prefix .. e[2], w, dims, global_bind) end
-  for l = 0, c.n_layers - 1 do
-    local lp = prefix .. fam.layer_prefix:format(l)
-    local bind = handle and { handle = handle, layer = l }
-    for _, e in ipairs(fam.layer) do
-      if not e.when or c.flags[e.when] then fill_entry(src, e, lp .. e[2], w.layers[l], dims, bind) end
+  core.with_batch(function() -- frees the fused entries' scratch at the end
+    local scratch = { n = 0 }
+    for _, e in ipairs(fam.global) do fill_entry(src, e, prefix .. e[2], w, dims, global_bind, scratch) end
+    for l = 0, c.n_layers - 1 do
+      local lp = prefix .. fam.layer_prefix:format(l)
+      local bind = handle and { handle = handle, layer = l }
+      for _, e in ipairs(fam.layer) do
+        if not e.when or c.flags[e.when] then fill_entry(src, e, lp .. e[2], w.layers[l], dims, bind, scratch) end
+      end
     end
-  end
+  end)
   -- A tied model's checkpoint may or may not repeat the embedding; the embedding is the truth.
   -- (The first global entry of every family is the embedding.)
   local embedding = prefix .. fam.global[1][2]
@@ -224,7 +232,7 @@ local function fill_family(src, fam, c, w, handle)
   elseif c.tied and c.shared_unembed == 0 then
     ffi.copy(w.w_unembed, w.wte, dims.V * dims.D * ffi.sizeof("float"))
   elseif not c.tied then
-    fill_entry(src, { "w_unembed", unembed, "V", "D" }, unembed, w, dims)
+    fill_entry(src, { "w_unembed", unembed, "V", "D" }, unembed, w, dims, nil, nil)
   end
   return src:dtype(embedding)
 end
