@@ -10,6 +10,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The pointwise kernels that run over every activation are compiled for AVX-512 and AVX2 too,
+ * the version matching the CPU chosen when the library loads (x86-64 GCC and Clang; elsewhere
+ * one portable version). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EAPIG_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EAPIG_VECTOR_CLONES
+#endif
+
 /* C (M,N) = A (M,K) @ W^T for W (N,K) in PyTorch Linear layout, + bias (N) when not NULL. */
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t M, size_t N,
                     size_t K, size_t ld_out);
