@@ -26,7 +26,7 @@ typedef struct {
     float *dxn;    /* (N,D) gradient of a normalised input */
     float *dz, *dq, *dk, *dv; /* (N, H*Dh) */
     float *dh, *dpre, *dup;   /* (N,F) */
-    float *scratch;           /* (2,P,P) */
+    float *scratch;           /* (T,2,P,P): one block per thread (attention_backward) */
     float *G;      /* (J,N,D) the current layer's destination gradients (NULL: they go straight
                     * into the score gather, see below) */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
@@ -109,8 +109,8 @@ static void score_gemm(bwd_run *r, size_t u0, size_t u1, size_t c0, size_t c1) {
     size_t ndr = r->N * r->D / r->steps;
     const float *g = r->sg.buf + (r->sg.cap_cols - (r->sg.hi_col - c0)) * ndr;
     double t0 = seconds_now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(u1 - u0), (int)(c1 - c0), (int)ndr, 1.0f,
-                r->o->diff + u0 * ndr, (int)ndr, g, (int)ndr, 1.0f, r->o->scores + u0 * r->NB + c0, (int)r->NB);
+    eapig_gemm(0, 1, u1 - u0, c1 - c0, ndr, 1.0f, r->o->diff + u0 * ndr, ndr, g, ndr, 1.0f,
+               r->o->scores + u0 * r->NB + c0, r->NB);
     r->ws->score_seconds += seconds_now() - t0;
     r->ws->score_flops += 2.0 * (double)(u1 - u0) * (double)(c1 - c0) * (double)ndr;
 }
@@ -263,8 +263,7 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
     for (size_t t = 0; t < 3; t++)
         for (size_t h = 0; h < H; h++) {
             size_t gi = t == 0 ? h : h / group;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)D, (int)Dh, 1.0f, dproj[t] + h * Dh,
-                        (int)(H * Dh), w[t] + gi * Dh * D, (int)D, 0.0f, r->s.dxn, (int)D);
+            eapig_gemm(0, 0, N, D, Dh, 1.0f, dproj[t] + h * Dh, H * Dh, w[t] + gi * Dh * D, D, 0.0f, r->s.dxn, D);
             dest_grad(r, G + (t * H + h) * N * D, st, t * H + h, 0, lw->ln1_w);
         }
 }
@@ -392,7 +391,8 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     /* With one step and scores, the destination gradients are written straight into the gather. */
     int direct = scores && steps == 1;
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
-    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + 2 * P * P + 2 * rows * D;
+    size_t T = (size_t)eapig_get_num_threads();
+    size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
     need += (direct ? 0 : J * nd) + cap_cols * ndr + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
@@ -429,7 +429,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.dz = carve(&p, N * H * Dh), r.s.dq = carve(&p, N * H * Dh), r.s.dk = carve(&p, N * H * Dh);
     r.s.dv = carve(&p, N * H * Dh);
     r.s.dh = carve(&p, N * F), r.s.dpre = carve(&p, N * F), r.s.dup = carve(&p, N * F);
-    r.s.scratch = carve(&p, 2 * r.P * r.P);
+    r.s.scratch = carve(&p, (size_t)eapig_get_num_threads() * 2 * r.P * r.P);
     r.s.G = direct ? NULL : carve(&p, J * nd);
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
     r.s.g_red = nodes && r.steps > 1 ? carve(&p, ndr) : NULL;

@@ -16,7 +16,6 @@
  * B = batch rows, P = positions, N = B*P, D = d_model, H = heads, KV = kv heads, Dh = d_head,
  * F = d_mlp, V = vocab, L = layers, NF = source nodes, NB = destinations, J = 3H+1.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,8 +207,7 @@ static int patch_deltas(fwd_run *r, size_t n_up, size_t col, size_t ncols, uint8
     }
     if (!any) return 0;
     size_t nd = r->N * r->D;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ncols, (int)nd, (int)n_up, 1.0f, w + col, (int)nb,
-                r->s.diff, (int)nd, 0.0f, r->s.delta, (int)nd);
+    eapig_gemm(1, 0, ncols, nd, n_up, 1.0f, w + col, nb, r->s.diff, nd, 0.0f, r->s.delta, nd);
     if (r->s.cur)
         for (size_t j = 0; j < ncols; j++)
             if (own[j]) head_patch_terms(r, n_up, col + j, r->s.delta + j * nd);
@@ -350,8 +348,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
         if (r->o->capture || r->s.diff) {
             /* Each head's output separately: z_h W_O[h]^T, without b_O. */
             for (size_t h = 0; h < H; h++) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)D, (int)Dh, 1.0f, z + h * Dh,
-                            (int)(H * Dh), lw->wo + h * Dh, (int)(H * Dh), 0.0f, r->s.node, (int)D);
+                eapig_gemm(0, 1, N, D, Dh, 1.0f, z + h * Dh, H * Dh, lw->wo + h * Dh, H * Dh, 0.0f, r->s.node, D);
                 for (size_t i = 0; i < nd; i++) r->s.attn_out[i] += r->s.node[i];
                 record_node(r, first_head + (int32_t)h, r->s.node);
             }

@@ -134,6 +134,19 @@ struct eapig_model {
     size_t n_files;
 };
 
+/* ---- threads (core/threads.c) ---- */
+/* A range [begin, end) of some work; index is the range's number (0 runs on the calling thread),
+ * for per-thread scratch: index < eapig_get_num_threads(). */
+typedef void (*eapig_range_fn)(void *ctx, size_t begin, size_t end, size_t index);
+/* Runs fn over [0, n) in up to eapig_get_num_threads() contiguous ranges of whole grains (the
+ * last takes the remainder), the first on the calling thread; returns when all are done. A call
+ * from inside a range runs serially. One calling thread at a time. */
+void eapig_parallel_for(size_t n, size_t grain, eapig_range_fn fn, void *ctx);
+/* Row-major C (M,N) = alpha op(A) op(B) + beta C, op = transpose when trans_* is set, as
+ * cblas_sgemm with OpenBLAS single-threaded, split over the core's threads when large enough. */
+void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
+                const float *B, size_t ldb, float beta, float *C, size_t ldc);
+
 /* ---- files (core/file.c) ---- */
 size_t eapig_dtype_size(int32_t dtype);
 void eapig_file_retain(eapig_file *f);

@@ -1,5 +1,6 @@
-/* ops.c: kernels for one op each, forward and backward. Dense products go through
- * cblas_sgemm (OpenBLAS threads them); pointwise loops stay simple and single-threaded.
+/* ops.c: kernels for one op each, forward and backward. Dense products go through eapig_gemm
+ * and the row-wise kernels through eapig_parallel_for (core/threads.c): each serial kernel
+ * below works on a range of rows, and its public wrapper splits the rows over the threads.
  *
  * N = token rows, D = model width, F = MLP width, H = heads, Dh = head width, P = positions.
  */
@@ -9,21 +10,19 @@
 #include <math.h>
 #include <string.h>
 
-#include "eapig.h"
+#include "internal.h"
 
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, size_t M, size_t N,
                     size_t K, size_t ld_out) {
     if (bias) {
         for (size_t i = 0; i < M; i++) memcpy(out + i * ld_out, bias, N * sizeof(float));
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, inp, (int)K, w, (int)K,
-                bias ? 1.0f : 0.0f, out, (int)ld_out);
+    eapig_gemm(0, 1, M, N, K, 1.0f, inp, K, w, K, bias ? 1.0f : 0.0f, out, ld_out);
 }
 
 void linear_backward_input(float *dinp, const float *dout, const float *w, size_t M, size_t N, size_t K,
                            size_t ld_dout, int accumulate) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, 1.0f, dout, (int)ld_dout, w,
-                (int)K, accumulate ? 1.0f : 0.0f, dinp, (int)K);
+    eapig_gemm(0, 0, M, K, N, 1.0f, dout, ld_dout, w, K, accumulate ? 1.0f : 0.0f, dinp, K);
 }
 
 void linear_forward_naive(float *out, const float *inp, const float *w, const float *bias, size_t M,
@@ -37,8 +36,8 @@ void linear_forward_naive(float *out, const float *inp, const float *w, const fl
 }
 
 EAPIG_VECTOR_CLONES
-void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
-                  size_t N, size_t D, int rms, float eps) {
+static void norm_forward_rows(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
+                              size_t N, size_t D, int rms, float eps) {
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * D;
         double mean = 0.0, var = 0.0;
@@ -59,8 +58,8 @@ void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const 
 }
 
 EAPIG_VECTOR_CLONES
-void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
-                   size_t N, size_t D, int rms) {
+static void norm_backward_rows(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
+                               size_t N, size_t D, int rms) {
     /* Eight partial sums per reduction let the compiler vectorise without reassociating
      * (no fast-math); float is ample for D terms of this size. */
     for (size_t n = 0; n < N; n++) {
@@ -121,7 +120,7 @@ static inline float exp_vec(float x) {
 
 /* Pointwise activations in float: they are a tenth of the forward's time in double. */
 EAPIG_VECTOR_CLONES
-void act_forward(float *out, const float *pre, const float *up, size_t n, int act) {
+static void act_forward_range(float *out, const float *pre, const float *up, size_t n, int act) {
     switch (act) {
     case EAPIG_ACT_GELU_TANH:
         /* 0.5 x (1 + tanh u) = x sigmoid(2u): one expf instead of a tanhf */
@@ -149,8 +148,8 @@ void act_forward(float *out, const float *pre, const float *up, size_t n, int ac
 }
 
 EAPIG_VECTOR_CLONES
-void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
-                  int act) {
+static void act_backward_range(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
+                               int act) {
     switch (act) {
     case EAPIG_ACT_GELU_TANH:
         for (size_t i = 0; i < n; i++) {
@@ -190,6 +189,81 @@ void act_backward(float *dpre, float *dup, const float *dout, const float *pre, 
     }
 }
 
+/* The public row-wise kernels: their arguments, and the range each thread runs. Below
+ * SERIAL_BELOW floats in all a kernel runs on the calling thread. */
+enum { SERIAL_BELOW = 1 << 15, ROW_GRAIN = 4, ELEM_GRAIN = 4096 };
+
+typedef struct {
+    float *out, *xhat, *rstd, *dinp, *dup;
+    const float *inp, *dout, *pre, *up, *w, *b;
+    const float *c_xhat, *c_rstd;
+    size_t D;
+    int rms, act;
+    float eps;
+} rows_args;
+
+static void norm_forward_range(void *ctx, size_t r0, size_t r1, size_t index) {
+    const rows_args *a = ctx;
+    (void)index;
+    norm_forward_rows(a->out + r0 * a->D, a->xhat + r0 * a->D, a->rstd + r0, a->inp + r0 * a->D, a->w, a->b, r1 - r0,
+                      a->D, a->rms, a->eps);
+}
+
+void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
+                  size_t N, size_t D, int rms, float eps) {
+    rows_args a = {.out = out, .xhat = xhat, .rstd = rstd, .inp = inp, .w = w, .b = b, .D = D, .rms = rms, .eps = eps};
+    if (N * D < SERIAL_BELOW)
+        norm_forward_range(&a, 0, N, 0);
+    else
+        eapig_parallel_for(N, ROW_GRAIN, norm_forward_range, &a);
+}
+
+static void norm_backward_range(void *ctx, size_t r0, size_t r1, size_t index) {
+    const rows_args *a = ctx;
+    (void)index;
+    norm_backward_rows(a->dinp + r0 * a->D, a->dout + r0 * a->D, a->c_xhat + r0 * a->D, a->c_rstd + r0, a->w, r1 - r0,
+                       a->D, a->rms);
+}
+
+void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
+                   size_t N, size_t D, int rms) {
+    rows_args a = {.dinp = dinp, .dout = dout, .c_xhat = xhat, .c_rstd = rstd, .w = w, .D = D, .rms = rms};
+    if (N * D < SERIAL_BELOW)
+        norm_backward_range(&a, 0, N, 0);
+    else
+        eapig_parallel_for(N, ROW_GRAIN, norm_backward_range, &a);
+}
+
+static void act_forward_part(void *ctx, size_t i0, size_t i1, size_t index) {
+    const rows_args *a = ctx;
+    (void)index;
+    act_forward_range(a->out + i0, a->pre + i0, a->up ? a->up + i0 : NULL, i1 - i0, a->act);
+}
+
+void act_forward(float *out, const float *pre, const float *up, size_t n, int act) {
+    rows_args a = {.out = out, .pre = pre, .up = up, .act = act};
+    if (n < SERIAL_BELOW)
+        act_forward_part(&a, 0, n, 0);
+    else
+        eapig_parallel_for(n, ELEM_GRAIN, act_forward_part, &a);
+}
+
+static void act_backward_part(void *ctx, size_t i0, size_t i1, size_t index) {
+    const rows_args *a = ctx;
+    (void)index;
+    act_backward_range(a->dinp + i0, a->dup ? a->dup + i0 : NULL, a->dout + i0, a->pre + i0, a->up ? a->up + i0 : NULL,
+                       i1 - i0, a->act);
+}
+
+void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
+                  int act) {
+    rows_args a = {.dinp = dpre, .dup = dup, .dout = dout, .pre = pre, .up = up, .act = act};
+    if (n < SERIAL_BELOW)
+        act_backward_part(&a, 0, n, 0);
+    else
+        eapig_parallel_for(n, ELEM_GRAIN, act_backward_part, &a);
+}
+
 void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, const float *inv_freq,
                 int inverse) {
     size_t half = rot / 2;
@@ -218,72 +292,109 @@ static size_t visible_keys(size_t i, int32_t len, size_t window, size_t *lo) {
     return n;
 }
 
+typedef struct {
+    float *z, *att, *dq, *dk, *dv, *scratch;
+    const float *q, *k, *v, *dz, *c_att;
+    const int32_t *len;
+    size_t B, P, H, Dh;
+    const attn_params *ap;
+} attn_args;
+
+/* Attention of the (row, head) pairs [bh0, bh1): each writes its own probabilities and its own
+ * columns of z, so pairs run on any thread. */
+static void attention_forward_range(void *ctx, size_t bh0, size_t bh1, size_t index) {
+    const attn_args *x = ctx;
+    size_t P = x->P, H = x->H, Dh = x->Dh, ld = H * Dh;
+    float cap = x->ap->softcap;
+    (void)index;
+    for (size_t bh = bh0; bh < bh1; bh++) {
+        size_t b = bh / H, h = bh % H;
+        const float *qb = x->q + b * P * ld + h * Dh, *kb = x->k + b * P * ld + h * Dh, *vb = x->v + b * P * ld + h * Dh;
+        float *a = x->att + (b * H + h) * P * P;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, x->ap->scale, qb, (int)ld, kb,
+                    (int)ld, 0.0f, a, (int)P);
+        for (size_t i = 0; i < P; i++) {
+            float *row = a + i * P;
+            size_t lo, n = visible_keys(i, x->len[b], x->ap->window, &lo);
+            if (cap > 0.0f)
+                for (size_t j = lo; j < n; j++) row[j] = cap * tanhf(row[j] / cap);
+            float mx = row[lo];
+            for (size_t j = lo + 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+            double sum = 0.0;
+            for (size_t j = lo; j < n; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            for (size_t j = 0; j < lo; j++) row[j] = 0.0f;
+            for (size_t j = lo; j < n; j++) row[j] = (float)(row[j] / sum);
+            for (size_t j = n; j < P; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, vb, (int)ld,
+                    0.0f, x->z + b * P * ld + h * Dh, (int)ld);
+    }
+}
+
+/* Below this many multiply-adds in all, attention runs on the calling thread. */
+static const double ATTN_SPLIT_FROM = 1 << 18;
+
 void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
                        const int32_t *len, size_t B, size_t P, size_t H, size_t Dh, const attn_params *ap) {
-    size_t ld = H * Dh;
+    attn_args x = {.z = z, .att = att, .q = q, .k = k, .v = v, .len = len, .B = B, .P = P, .H = H, .Dh = Dh, .ap = ap};
+    if ((double)B * H * P * P * Dh < ATTN_SPLIT_FROM)
+        attention_forward_range(&x, 0, B * H, 0);
+    else
+        eapig_parallel_for(B * H, 1, attention_forward_range, &x);
+}
+
+/* The backward of the (row, head) pairs [bh0, bh1), with range `index`'s own (2, P, P) scratch. */
+static void attention_backward_range(void *ctx, size_t bh0, size_t bh1, size_t index) {
+    const attn_args *x = ctx;
+    size_t P = x->P, H = x->H, Dh = x->Dh, ld = H * Dh;
+    const attn_params *ap = x->ap;
     float cap = ap->softcap;
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < H; h++) {
-            const float *qb = q + b * P * ld + h * Dh, *kb = k + b * P * ld + h * Dh, *vb = v + b * P * ld + h * Dh;
-            float *a = att + (b * H + h) * P * P;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, ap->scale, qb, (int)ld, kb,
-                        (int)ld, 0.0f, a, (int)P);
-            for (size_t i = 0; i < P; i++) {
-                float *row = a + i * P;
-                size_t lo, n = visible_keys(i, len[b], ap->window, &lo);
-                if (cap > 0.0f)
-                    for (size_t j = lo; j < n; j++) row[j] = cap * tanhf(row[j] / cap);
-                float mx = row[lo];
-                for (size_t j = lo + 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
-                double sum = 0.0;
-                for (size_t j = lo; j < n; j++) {
-                    row[j] = expf(row[j] - mx);
-                    sum += row[j];
-                }
-                for (size_t j = 0; j < lo; j++) row[j] = 0.0f;
-                for (size_t j = lo; j < n; j++) row[j] = (float)(row[j] / sum);
-                for (size_t j = n; j < P; j++) row[j] = 0.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, vb,
-                        (int)ld, 0.0f, z + b * P * ld + h * Dh, (int)ld);
+    float *scratch = x->scratch + index * 2 * P * P;
+    float *raw = scratch + P * P; /* soft-capping: the scores before the cap, recomputed */
+    const float *q = x->q, *k = x->k, *v = x->v, *dz = x->dz;
+    for (size_t bh = bh0; bh < bh1; bh++) {
+        size_t b = bh / H, h = bh % H;
+        size_t off = b * P * ld + h * Dh;
+        const float *a = x->c_att + (b * H + h) * P * P;
+        /* dV = A^T dZ; dA = dZ V^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, dz + off,
+                    (int)ld, 0.0f, x->dv + off, (int)ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, 1.0f, dz + off, (int)ld,
+                    v + off, (int)ld, 0.0f, scratch, (int)P);
+        /* softmax backward: dS = A * (dA - sum_j A dA); masked keys (padding, future, outside the
+         * window) have A = 0, so their dS is 0 with no mask of its own */
+        for (size_t i = 0; i < P; i++) {
+            const float *ar = a + i * P;
+            float *dr = scratch + i * P;
+            double dot = 0.0;
+            for (size_t j = 0; j < P; j++) dot += (double)ar[j] * dr[j];
+            for (size_t j = 0; j < P; j++) dr[j] = (float)(ar[j] * (dr[j] - dot));
         }
+        if (cap > 0.0f) { /* d/ds c tanh(s / c) = 1 - tanh^2 */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, ap->scale, q + off,
+                        (int)ld, k + off, (int)ld, 0.0f, raw, (int)P);
+            for (size_t e = 0; e < P * P; e++) {
+                float t = tanhf(raw[e] / cap);
+                scratch[e] *= 1.0f - t * t;
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch,
+                    (int)P, k + off, (int)ld, 0.0f, x->dq + off, (int)ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch, (int)P,
+                    q + off, (int)ld, 0.0f, x->dk + off, (int)ld);
+    }
 }
 
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
                         const float *q, const float *k, const float *v, size_t B, size_t P, size_t H, size_t Dh,
                         const attn_params *ap) {
-    size_t ld = H * Dh;
-    float cap = ap->softcap;
-    float *raw = scratch + P * P; /* soft-capping: the scores before the cap, recomputed */
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < H; h++) {
-            size_t off = b * P * ld + h * Dh;
-            const float *a = att + (b * H + h) * P * P;
-            /* dV = A^T dZ; dA = dZ V^T */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, 1.0f, a, (int)P, dz + off,
-                        (int)ld, 0.0f, dv + off, (int)ld);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, 1.0f, dz + off, (int)ld,
-                        v + off, (int)ld, 0.0f, scratch, (int)P);
-            /* softmax backward: dS = A * (dA - sum_j A dA); masked keys (padding, future, outside the
-             * window) have A = 0, so their dS is 0 with no mask of its own */
-            for (size_t i = 0; i < P; i++) {
-                const float *ar = a + i * P;
-                float *dr = scratch + i * P;
-                double dot = 0.0;
-                for (size_t j = 0; j < P; j++) dot += (double)ar[j] * dr[j];
-                for (size_t j = 0; j < P; j++) dr[j] = (float)(ar[j] * (dr[j] - dot));
-            }
-            if (cap > 0.0f) { /* d/ds c tanh(s / c) = 1 - tanh^2 */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)P, (int)P, (int)Dh, ap->scale, q + off,
-                            (int)ld, k + off, (int)ld, 0.0f, raw, (int)P);
-                for (size_t e = 0; e < P * P; e++) {
-                    float t = tanhf(raw[e] / cap);
-                    scratch[e] *= 1.0f - t * t;
-                }
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch,
-                        (int)P, k + off, (int)ld, 0.0f, dq + off, (int)ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)P, (int)Dh, (int)P, ap->scale, scratch, (int)P,
-                        q + off, (int)ld, 0.0f, dk + off, (int)ld);
-        }
+    attn_args x = {.dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .dz = dz, .c_att = att, .q = q, .k = k, .v = v,
+                   .B = B, .P = P, .H = H, .Dh = Dh, .ap = ap};
+    if ((double)B * H * P * P * Dh < ATTN_SPLIT_FROM)
+        attention_backward_range(&x, 0, B * H, 0);
+    else
+        eapig_parallel_for(B * H, 1, attention_backward_range, &x);
 }

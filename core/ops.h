@@ -60,7 +60,8 @@ typedef struct {
  * are visible. */
 void attention_forward(float *z, float *att, const float *q, const float *k, const float *v,
                        const int32_t *len, size_t B, size_t P, size_t H, size_t Dh, const attn_params *ap);
-/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (2, P, P). The mask needs no lengths:
+/* dq, dk, dv (B*P, H*Dh) = gradients from dz; scratch is (T, 2, P, P) for T =
+ * eapig_get_num_threads() (one (2, P, P) block per thread). The mask needs no lengths:
  * the saved probabilities att are 0 wherever the forward masked a key. */
 void attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dz, const float *att,
                         const float *q, const float *k, const float *v, size_t B, size_t P, size_t H, size_t Dh,

@@ -9,7 +9,6 @@
  * N = token rows, M = rows of a product, K = its inner size, D = d_model, F = d_mlp, P = positions,
  * V = vocab, L = layers, R = rows of logits.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +20,7 @@
 void linear_backward_weight(float *dw, float *db, const float *dout, const float *inp, size_t M, size_t N,
                             size_t K, size_t ld_dout, size_t ld_inp) {
     if (dw && M > 0 && K > 0)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)N, (int)K, (int)M, 1.0f, dout, (int)ld_dout, inp,
-                    (int)ld_inp, 1.0f, dw, (int)K);
+        eapig_gemm(1, 0, N, K, M, 1.0f, dout, ld_dout, inp, ld_inp, 1.0f, dw, K);
     if (db)
         for (size_t m = 0; m < M; m++) {
             const float *row = dout + m * ld_dout;

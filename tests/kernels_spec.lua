@@ -1,4 +1,4 @@
--- The C kernels of core/ops.c tested from C (tests/c/test_kernels.c): forwards against double
+-- The C kernels of core/ops.c (with core/threads.c, which splits them) tested from C (tests/c/test_kernels.c): forwards against double
 -- references written from the definitions, backwards against central differences. The program
 -- is compiled here with the build's flavour (sanitizers in the sanitizer pass) and each of its
 -- checks becomes one test.
@@ -13,8 +13,8 @@ local function compile()
   if os.getenv("EAPIG_SANITIZED") then
     flags = "-std=c11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -fsanitize=address,undefined -fno-sanitize-recover=undefined"
   end
-  local status, out = sh(("%s %s -I core/include -I core tests/c/test_kernels.c core/ops.c -o %s " ..
-    "$(pkg-config --cflags --libs openblas) -lm"):format(os.getenv("CC") or "cc", flags, bin))
+  local status, out = sh(("%s %s -I core/include -I core tests/c/test_kernels.c core/ops.c core/threads.c -o %s " ..
+    "$(pkg-config --cflags --libs openblas) -lm -lpthread"):format(os.getenv("CC") or "cc", flags, bin))
   return status == 0 and bin or nil, out
 end
 

@@ -39,6 +39,9 @@ enum {
 
 /* ---- errors and threads ---------------------------------------------------------------- */
 EAPIG_API const char *eapig_last_error(void);
+/* The threads the core computes with (default: OpenBLAS's count, OPENBLAS_NUM_THREADS or the
+ * cores). The core splits its products and row-wise kernels over them itself and keeps OpenBLAS
+ * single-threaded inside each part (core/threads.c). Calls come from one thread at a time. */
 EAPIG_API void eapig_set_num_threads(int n);
 EAPIG_API int eapig_get_num_threads(void);
 

@@ -1,6 +1,8 @@
 /* test_kernels.c: the kernels of core/ops.c tested directly from C (llm.c's test_gpt2.c style),
  * for the ops whose indexing is easiest to get wrong: norms, RoPE, causal attention with right
- * padding, the MLP activations and the dense products.
+ * padding, the MLP activations and the dense products; and core/threads.c's split of them over
+ * threads (eapig_gemm by rows, columns and inner dimension; the row-wise kernels by rows), at
+ * one, two and three threads.
  *
  * Each forward is compared with a plain double-precision reference written here from the
  * definition; each backward is compared with central differences of that reference applied to
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include "eapig.h"
+#include "internal.h"
 #include "ops.h"
 
 static int failures = 0;
@@ -266,7 +269,101 @@ static void test_activation(int act, const char *name) {
     free(pre), free(up), free(out), free(dout), free(dpre), free(dup), free(ref), free(fd), free(fdu);
 }
 
+/* eapig_gemm against a double reference for each transpose pair, at shapes that take each split:
+ * rows (tall), columns (wide, few rows), the inner dimension (tiny output, long K) and none
+ * (below the split size); sizes that are not multiples of the split grain, alpha and beta both
+ * active. */
+static void test_gemm_splits(int threads) {
+    static const size_t shapes[][3] = {{203, 97, 61}, {5, 3001, 77}, {13, 9, 40000}, {3, 3, 3}};
+    eapig_set_num_threads(threads);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                size_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                size_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 2, ldc = N + 1;
+                float *A = random_floats((ta ? K : M) * lda, 1.0f), *B = random_floats((tb ? N : K) * ldb, 1.0f);
+                float *C = random_floats(M * ldc, 1.0f), *got = malloc(M * N * sizeof(float));
+                double *want = malloc(M * N * sizeof(double));
+                for (size_t i = 0; i < M; i++)
+                    for (size_t j = 0; j < N; j++) {
+                        double acc = 0.0;
+                        for (size_t k = 0; k < K; k++)
+                            acc += (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+                        want[i * N + j] = 0.5 * acc + 0.25 * C[i * ldc + j];
+                    }
+                eapig_gemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 0.25f, C, ldc);
+                for (size_t i = 0; i < M; i++) memcpy(got + i * N, C + i * ldc, N * sizeof(float));
+                char label[96];
+                snprintf(label, sizeof label, "eapig_gemm %zux%zux%zu %c%c, %d thread%s", M, N, K, ta ? 'T' : 'N',
+                         tb ? 'T' : 'N', threads, threads > 1 ? "s" : "");
+                check(label, got, want, M * N, 1e-5);
+                free(A), free(B), free(C), free(got), free(want);
+            }
+}
+
+/* The row-wise kernels split over threads give exactly the one-thread result (each row, each
+ * element, is computed the same way whichever thread runs it). */
+static void test_row_splits(int threads) {
+    size_t N = 301, D = 211, n = N * D;
+    float *x = random_floats(n, 2.0f), *w = random_floats(D, 1.0f), *b = random_floats(D, 1.0f);
+    float *dout = random_floats(n, 1.0f), *up = random_floats(n, 1.0f);
+    float *out[2], *xhat[2], *rstd[2], *dinp[2], *act[2], *dpre[2], *dup[2];
+    for (int k = 0; k < 2; k++) {
+        eapig_set_num_threads(k == 0 ? 1 : threads);
+        out[k] = malloc(n * sizeof(float)), xhat[k] = malloc(n * sizeof(float)), rstd[k] = malloc(N * sizeof(float));
+        dinp[k] = malloc(n * sizeof(float)), act[k] = malloc(n * sizeof(float)), dpre[k] = malloc(n * sizeof(float));
+        dup[k] = malloc(n * sizeof(float));
+        norm_forward(out[k], xhat[k], rstd[k], x, w, b, N, D, 0, 1e-5f);
+        norm_backward(dinp[k], dout, xhat[k], rstd[k], w, N, D, 0);
+        act_forward(act[k], x, up, n, EAPIG_ACT_SILU_GATED);
+        act_backward(dpre[k], dup[k], dout, x, up, n, EAPIG_ACT_SILU_GATED);
+    }
+    int same = !memcmp(out[0], out[1], n * sizeof(float)) && !memcmp(rstd[0], rstd[1], N * sizeof(float)) &&
+               !memcmp(dinp[0], dinp[1], n * sizeof(float)) && !memcmp(act[0], act[1], n * sizeof(float)) &&
+               !memcmp(dpre[0], dpre[1], n * sizeof(float)) && !memcmp(dup[0], dup[1], n * sizeof(float));
+    printf("%-56s max rel diff %s (tol 0) %s\n", threads == 2 ? "norms and activations, 2 threads = 1 thread"
+                                                             : "norms and activations, 3 threads = 1 thread",
+           same ? "0" : "nonzero", same ? "ok" : "FAIL");
+    if (!same) failures++;
+    for (int k = 0; k < 2; k++) free(out[k]), free(xhat[k]), free(rstd[k]), free(dinp[k]), free(act[k]), free(dpre[k]), free(dup[k]);
+    free(x), free(w), free(b), free(dout), free(up);
+}
+
+/* Attention split over (row, head) pairs gives exactly the one-thread result, forward and
+ * backward (each thread with its own scratch block), at a size above the split threshold. */
+static void test_attention_split(int threads) {
+    size_t B = 3, P = 70, H = 4, Dh = 8, n = B * P * H * Dh;
+    int32_t len[3] = {70, 41, 1};
+    attn_params ap = {0.35f, 0.0f, 0};
+    float *q = random_floats(n, 1.0f), *k = random_floats(n, 1.0f), *v = random_floats(n, 1.0f);
+    float *dz = random_floats(n, 1.0f);
+    float *z[2], *att[2], *dq[2], *dk[2], *dv[2];
+    float *scratch = malloc((size_t)threads * 2 * P * P * sizeof(float));
+    for (int r = 0; r < 2; r++) {
+        eapig_set_num_threads(r == 0 ? 1 : threads);
+        z[r] = malloc(n * sizeof(float)), att[r] = malloc(B * H * P * P * sizeof(float));
+        dq[r] = malloc(n * sizeof(float)), dk[r] = malloc(n * sizeof(float)), dv[r] = malloc(n * sizeof(float));
+        attention_forward(z[r], att[r], q, k, v, len, B, P, H, Dh, &ap);
+        attention_backward(dq[r], dk[r], dv[r], scratch, dz, att[r], q, k, v, B, P, H, Dh, &ap);
+    }
+    int same = !memcmp(z[0], z[1], n * sizeof(float)) && !memcmp(att[0], att[1], B * H * P * P * sizeof(float)) &&
+               !memcmp(dq[0], dq[1], n * sizeof(float)) && !memcmp(dk[0], dk[1], n * sizeof(float)) &&
+               !memcmp(dv[0], dv[1], n * sizeof(float));
+    char label[64];
+    snprintf(label, sizeof label, "attention, %d threads = 1 thread", threads);
+    printf("%-56s max rel diff %s (tol 0) %s\n", label, same ? "0" : "nonzero", same ? "ok" : "FAIL");
+    if (!same) failures++;
+    for (int r = 0; r < 2; r++) free(z[r]), free(att[r]), free(dq[r]), free(dk[r]), free(dv[r]);
+    free(q), free(k), free(v), free(dz), free(scratch);
+}
+
 int main(void) {
+    for (int t = 1; t <= 3; t++) test_gemm_splits(t);
+    test_attention_split(2);
+    test_attention_split(3);
+    test_row_splits(2);
+    test_row_splits(3);
+    eapig_set_num_threads(1);
     test_linear();
     test_norm(0);
     test_norm(1);
