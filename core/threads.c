@@ -262,6 +262,7 @@ void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float al
         }
         /* no memory for the partial products: split the output instead */
     }
-    g.split = M >= N || M >= 16 * T ? 0 : 1;
+    /* Each thread packs its part of one input and all of the other: split the larger side. */
+    g.split = M >= N ? 0 : 1;
     eapig_parallel_for(g.split == 0 ? M : N, 16, gemm_range, &g);
 }
