@@ -27,6 +27,7 @@ typedef struct {
     float *dz, *dq, *dk, *dv; /* (N, H*Dh) */
     float *dh, *dpre, *dup;   /* (N,F) */
     float *scratch;           /* (T,2,P,P): one block per thread (attention_backward) */
+    float *tile;   /* (NF, cap_cols) one flush's products (flush_scores) */
     float *G;      /* (J,N,D) the current layer's destination gradients (NULL: they go straight
                     * into the score gather, see below) */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
@@ -103,16 +104,14 @@ void eapig_workspace_score_stats(eapig_workspace *ws, double *seconds, double *f
     if (ws && reset) ws->score_seconds = ws->score_flops = 0.0;
 }
 
-/* S[u0:u1, c0:c1] += diff[u0:u1] @ Gathered[c0:c1]^T. */
-static void score_gemm(bwd_run *r, size_t u0, size_t u1, size_t c0, size_t c1) {
-    if (u1 <= u0 || c1 <= c0) return;
-    size_t ndr = r->N * r->D / r->steps;
-    const float *g = r->sg.buf + (r->sg.cap_cols - (r->sg.hi_col - c0)) * ndr;
-    double t0 = seconds_now();
-    eapig_gemm(0, 1, u1 - u0, c1 - c0, ndr, 1.0f, r->o->diff + u0 * ndr, ndr, g, ndr, 1.0f,
-               r->o->scores + u0 * r->NB + c0, r->NB);
-    r->ws->score_seconds += seconds_now() - t0;
-    r->ws->score_flops += 2.0 * (double)(u1 - u0) * (double)(c1 - c0) * (double)ndr;
+/* Sources upstream of score column c: the real edges into c come from sources u < col_n_up(c).
+ * Non-decreasing in c. */
+static size_t col_n_up(const bwd_run *r, size_t c) {
+    size_t l = (size_t)eapig_dest_layer(r->H, c);
+    if (l >= r->L) return r->NF;
+    size_t n = layer_n_up(r, l);
+    if (eapig_dest_is_mlp(r->H, c) && !r->m->cfg.parallel_attn_mlp) n += r->H; /* its own heads */
+    return n;
 }
 
 /* reduce_steps into the score gather, timed as part of the score accumulation. */
@@ -122,28 +121,29 @@ static void reduce_into_gather(bwd_run *r, float *dst, const float *src, size_t 
     r->ws->score_seconds += seconds_now() - t0;
 }
 
-/* The edges among gathered layers [l0, l1) whose sources lie in those layers: the staircase is
- * split in halves, so every GEMM has as many rows as columns allow (recursive blocking). */
-static void score_triangle(bwd_run *r, size_t l0, size_t l1) {
-    if (l1 - l0 == 1) { /* a layer's own heads feed its MLP (sequential blocks only) */
-        if (l0 < r->L && !r->m->cfg.parallel_attn_mlp) {
-            size_t mlp_col = layer_col(r, l0) + 3 * r->H;
-            score_gemm(r, layer_n_up(r, l0), layer_n_up(r, l0) + r->H, mlp_col, mlp_col + 1);
-        }
-        return;
-    }
-    size_t mid = (l0 + l1) / 2;
-    score_gemm(r, layer_n_up(r, l0), layer_n_up(r, mid), layer_col(r, mid), layer_col(r, l1 - 1) + layer_ncols(r, l1 - 1));
-    score_triangle(r, l0, mid);
-    score_triangle(r, mid, l1);
-}
-
-/* Reduces the gathered layers into the scores and empties the gather. */
+/* Reduces the gathered layers into the scores and empties the gather: one product of every
+ * source upstream of the last gathered column with all gathered columns, into the small tile,
+ * whose real-edge entries (u < col_n_up(c)) are added to the scores. The pairs that are not
+ * edges (a later source, an earlier column) are computed and dropped, about a fifth of a GPT-2
+ * gather's products: one large product runs several times faster than the staircase of small
+ * ones (a row or a layer's 13 sources at a time) that would skip them. Only the real edges' work
+ * counts in the score flops. */
 static void flush_scores(bwd_run *r) {
     score_gather *sg = &r->sg;
     if (sg->lo == sg->hi) return;
-    score_gemm(r, 0, layer_n_up(r, sg->lo), layer_col(r, sg->lo), sg->hi_col);
-    score_triangle(r, sg->lo, sg->hi);
+    size_t c0 = layer_col(r, sg->lo), n = sg->hi_col - c0, ndr = r->N * r->D / r->steps;
+    size_t rows = col_n_up(r, sg->hi_col - 1);
+    const float *g = sg->buf + (sg->cap_cols - n) * ndr;
+    double t0 = seconds_now(), useful = 0.0;
+    eapig_gemm(0, 1, rows, n, ndr, 1.0f, r->o->diff, ndr, g, ndr, 0.0f, r->s.tile, n);
+    for (size_t j = 0; j < n; j++) {
+        size_t up = col_n_up(r, c0 + j);
+        float *col = r->o->scores + c0 + j;
+        for (size_t u = 0; u < up; u++) col[u * r->NB] += r->s.tile[u * n + j];
+        useful += (double)up;
+    }
+    r->ws->score_seconds += seconds_now() - t0;
+    r->ws->score_flops += 2.0 * useful * (double)ndr;
     sg->lo = sg->hi = 0;
 }
 
@@ -393,7 +393,7 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
-    need += (direct ? 0 : J * nd) + cap_cols * ndr + (nodes && steps > 1 ? ndr : 0);
+    need += (direct ? 0 : J * nd) + cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
     need += c->final_softcap > 0.0f ? rows * (size_t)c->vocab : 0;
@@ -432,6 +432,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.scratch = carve(&p, (size_t)eapig_get_num_threads() * 2 * r.P * r.P);
     r.s.G = direct ? NULL : carve(&p, J * nd);
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
+    r.s.tile = carve(&p, r.NF * r.sg.cap_cols);
     r.s.g_red = nodes && r.steps > 1 ? carve(&p, ndr) : NULL;
     int post = c->block_norms != EAPIG_BLOCK_PRE_NORM;
     r.s.g_attn = post ? carve(&p, nd) : NULL, r.s.d_mlp = post ? carve(&p, nd) : NULL;
