@@ -179,6 +179,46 @@ static void populate(const uint8_t *p, size_t n) {
 }
 #endif
 
+/* One tensor's conversion into f32, for eapig_parallel_for: destination rows [b, e) when
+ * transposing (stored (C, R): each stored row becomes a destination column, in square tiles so
+ * that both the reads and the strided writes stay in cache), else elements [b, e). */
+enum { TILE = 32 };
+typedef struct {
+    const uint8_t *src;
+    float *dst;
+    size_t R, Cn;
+    int32_t dtype;
+    size_t esize;
+    int32_t transpose;
+} convert_job;
+
+static void convert_range(void *ctx, size_t b, size_t e, size_t index) {
+    const convert_job *j = ctx;
+    const uint8_t *src = j->src;
+    float *dst = j->dst;
+    size_t R = j->R, Cn = j->Cn, esize = j->esize;
+    int32_t dtype = j->dtype;
+    (void)index;
+    if (!j->transpose) {
+        if (dtype == EAPIG_DTYPE_F32)
+            memcpy(dst + b, src + b * 4, (e - b) * 4);
+        else
+            for (size_t i = b; i < e; i++) dst[i] = element(src + i * esize, dtype);
+        return;
+    }
+    for (size_t c0 = 0; c0 < Cn; c0 += TILE)
+        for (size_t r0 = b; r0 < e; r0 += TILE) {
+            size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < e ? r0 + TILE : e;
+            if (dtype == EAPIG_DTYPE_F32) { /* the common case without the per-element dtype switch */
+                for (size_t r = r0; r < r1; r++)
+                    for (size_t c = c0; c < c1; c++) memcpy(dst + r * Cn + c, src + (c * R + r) * 4, 4);
+                continue;
+            }
+            for (size_t c = c0; c < c1; c++)
+                for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
+        }
+}
+
 int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t dtype, float *dst,
                       int64_t rows, int64_t cols, int32_t transpose) {
     if (!f) return eapig_set_error(EAPIG_ERR_ARG, "eapig_file_tensor: file is NULL");
@@ -210,28 +250,13 @@ int eapig_file_tensor(const eapig_file *f, uint64_t begin, uint64_t end, int32_t
      * advice only: an older kernel refuses it and the reads below fault the pages in as usual. */
     populate(src, bytes);
 #endif
-    if (!transpose) {
-        if (dtype == EAPIG_DTYPE_F32) {
-            memcpy(dst, src, bytes);
-        } else {
-            for (size_t i = 0; i < count; i++) dst[i] = element(src + i * esize, dtype);
-        }
-    } else {
-        /* Stored (C, R): each stored row becomes a destination column, in square tiles so that
-         * both the reads and the strided writes stay in cache. */
-        enum { TILE = 32 };
-        for (size_t c0 = 0; c0 < Cn; c0 += TILE)
-            for (size_t r0 = 0; r0 < R; r0 += TILE) {
-                size_t c1 = c0 + TILE < Cn ? c0 + TILE : Cn, r1 = r0 + TILE < R ? r0 + TILE : R;
-                if (dtype == EAPIG_DTYPE_F32) { /* the common case without the per-element dtype switch */
-                    for (size_t r = r0; r < r1; r++)
-                        for (size_t c = c0; c < c1; c++) memcpy(dst + r * Cn + c, src + (c * R + r) * 4, 4);
-                    continue;
-                }
-                for (size_t c = c0; c < c1; c++)
-                    for (size_t r = r0; r < r1; r++) dst[r * Cn + c] = element(src + (c * R + r) * esize, dtype);
-            }
-    }
+    convert_job job = {src, dst, R, Cn, dtype, esize, transpose};
+    /* Split over the core's threads: destination rows (in whole tiles) when transposing, else
+     * element ranges; each thread also takes its own page faults on dst. */
+    if (transpose)
+        eapig_parallel_for(R, TILE, convert_range, &job);
+    else
+        eapig_parallel_for(count, (size_t)1 << 16, convert_range, &job);
     /* The process is done with these file pages (a later read maps them again from the page
      * cache), so a load holds the f32 copy and one tensor of the file, not the whole file. */
     eapig_file_release(src, bytes);

@@ -191,6 +191,37 @@ describe("eapig_file", function()
     end
   end)
 
+  it("reads big tensors split over threads exactly as on one thread, transposed or not", function()
+    -- (R, Cn) = (203, 77) destination from a stored (77, 203), and 300001 plain elements: both
+    -- above the split sizes (tiles of 32 rows; 65536 elements), neither a multiple of them
+    local R, Cn, n = 203, 77, 300001
+    local vals = {}
+    for i = 1, n do vals[i] = (i * 37 % 1000) / 7 - 60 end
+    local path = dir .. "/big"
+    write_file(path, "xyz" .. f32_bytes(vals))
+    local f = open(path)
+    local eapig = require("eapig")
+    local threads = C.eapig_get_num_threads()
+    for _, t in ipairs({ 1, 2, 3 }) do
+      eapig.set_num_threads(t)
+      local tr = ffi.new("float[?]", R * Cn)
+      assert.are.equal(0, C.eapig_file_tensor(f, 3, 3 + 4 * R * Cn, C.EAPIG_DTYPE_F32, tr, R, Cn, 1))
+      for r = 0, R - 1 do
+        for c = 0, Cn - 1 do
+          if tr[r * Cn + c] ~= ffi.new("float[1]", vals[c * R + r + 1])[0] then
+            error(("%d threads: transposed element (%d, %d) is %g"):format(t, r, c, tr[r * Cn + c]))
+          end
+        end
+      end
+      local plain = ffi.new("float[?]", n)
+      assert.are.equal(0, C.eapig_file_tensor(f, 3, 3 + 4 * n, C.EAPIG_DTYPE_F32, plain, n, 1, 0))
+      for i = 0, n - 1 do
+        if plain[i] ~= ffi.new("float[1]", vals[i + 1])[0] then error(("%d threads: element %d"):format(t, i)) end
+      end
+    end
+    eapig.set_num_threads(threads)
+  end)
+
   it("checks a tensor's range, order, size and shape, naming the file", function()
     local path = dir .. "/eight"
     write_file(path, f32_bytes({ 1, 2 }))
