@@ -28,8 +28,8 @@ typedef struct {
     float *dh, *dpre, *dup;   /* (N,F) */
     float *scratch;           /* (T,2,P,P): one block per thread (attention_backward) */
     float *tile;   /* (NF, cap_cols) one flush's products (flush_scores) */
-    float *G;      /* (J,N,D) the current layer's destination gradients (NULL: they go straight
-                    * into the score gather, see below) */
+    float *G1, *Gm; /* (N,D) one head destination's gradient, and the MLP input's (NULL when
+                     * destination gradients go straight into the score gather, see below) */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
     float *g_attn;  /* (N,D) gradient at the summed attention output A, before its post-norm */
     float *d_mlp;   /* (N,D) gradient at the MLP output before its post-norm */
@@ -63,6 +63,8 @@ typedef struct {
     const eapig_layer_weights *lw; /* the current layer's f32 weights (eapig_layer_view) */
     bwd_scratch s;
     score_gather sg;
+    float *layer_gather; /* the current layer's first column in the gather, or NULL without scores */
+    int direct;          /* destination gradients are written straight into the gather */
     size_t B, P, N, D, Bd, steps, NB, NF, J, H, L;
 } bwd_run;
 
@@ -210,6 +212,23 @@ static void dest_grad(bwd_run *r, float *G, const layer_state *st, size_t j, int
     norm_backward(G, r->s.dxn, hat, rstd, w, N, D, c->norm == EAPIG_NORM_RMSNORM);
 }
 
+/* Where destination j of the current layer gets its gradient: its column of the score gather
+ * (one step, with scores), or a buffer of one destination (the MLP input keeps its own: the
+ * residual gradient needs it after the heads'). */
+static float *dest_buffer(const bwd_run *r, size_t j) {
+    if (r->direct) return r->layer_gather + j * r->N * r->D;
+    return j == 3 * r->H ? r->s.Gm : r->s.G1;
+}
+
+/* Destination j of layer li has its gradient Gj: summed over steps into the gather (when it is
+ * not there already), copied out when asked, and added to the residual gradient when add_to_g. */
+static void dest_done(bwd_run *r, size_t li, size_t j, const float *Gj, int add_to_g) {
+    size_t nd = r->N * r->D;
+    if (r->layer_gather && !r->direct) reduce_into_gather(r, r->layer_gather + j * (nd / r->steps), Gj, 1);
+    if (r->o->dest_grads) memcpy(r->o->dest_grads + (li * r->J + j) * nd, Gj, nd * sizeof(float));
+    if (add_to_g) add_into(r->s.g, Gj, nd);
+}
+
 /* G_m (N,D) from the gradient g at the MLP's output. */
 static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *g, float *G_m) {
     const eapig_config *c = &r->m->cfg;
@@ -234,13 +253,18 @@ static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *
     dest_grad(r, G_m, st, 3 * (size_t)c->n_heads, 1, lw->ln2_w);
 }
 
-/* G (3H,N,D) for every head's q, k and v input from the gradient g at the attention's output. */
-static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, const float *g, float *G) {
+/* Every head's q, k and v input gradient from the gradient g at the attention's output, one
+ * destination at a time (dest_done: gather, copy out, and added to the residual gradient r.s.g). */
+static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, const float *g) {
     const eapig_config *c = &r->m->cfg;
     const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head, group = H / KV;
-    if (r->ws->override_group == eapig_heads_group(l)) {
-        memset(G, 0, 3 * H * N * D * sizeof(float));
+    if (r->ws->override_group == eapig_heads_group(l)) { /* constant outputs: no gradient reaches the inputs */
+        for (size_t j = 0; j < 3 * H; j++) {
+            float *Gj = dest_buffer(r, j);
+            memset(Gj, 0, N * D * sizeof(float));
+            dest_done(r, (size_t)l, j, Gj, 0);
+        }
         return;
     }
     linear_backward_input(r->s.dz, g, lw->wo, N, D, H * Dh, D, 0);
@@ -264,7 +288,9 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
         for (size_t h = 0; h < H; h++) {
             size_t gi = t == 0 ? h : h / group;
             eapig_gemm(0, 0, N, D, Dh, 1.0f, dproj[t] + h * Dh, H * Dh, w[t] + gi * Dh * D, D, 0.0f, r->s.dxn, D);
-            dest_grad(r, G + (t * H + h) * N * D, st, t * H + h, 0, lw->ln1_w);
+            float *Gj = dest_buffer(r, t * H + h);
+            dest_grad(r, Gj, st, t * H + h, 0, lw->ln1_w);
+            dest_done(r, (size_t)l, t * H + h, Gj, 1);
         }
 }
 
@@ -393,7 +419,7 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
-    need += (direct ? 0 : J * nd) + cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
+    need += (direct ? 0 : 2 * nd) + cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
     need += c->final_softcap > 0.0f ? rows * (size_t)c->vocab : 0;
@@ -430,7 +456,9 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.dv = carve(&p, N * H * Dh);
     r.s.dh = carve(&p, N * F), r.s.dpre = carve(&p, N * F), r.s.dup = carve(&p, N * F);
     r.s.scratch = carve(&p, (size_t)eapig_get_num_threads() * 2 * r.P * r.P);
-    r.s.G = direct ? NULL : carve(&p, J * nd);
+    r.s.G1 = direct ? NULL : carve(&p, nd);
+    r.s.Gm = direct ? NULL : carve(&p, nd);
+    r.direct = direct;
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
     r.s.tile = carve(&p, r.NF * r.sg.cap_cols);
     r.s.g_red = nodes && r.steps > 1 ? carve(&p, ndr) : NULL;
@@ -480,18 +508,21 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         status = eapig_layer_view(m, ws, l, &r.lw, "eapig_backward");
         if (status != EAPIG_OK) return status;
         int32_t first_head = (int32_t)eapig_first_node(H, (size_t)l), mlp_node = (int32_t)eapig_mlp_node(H, (size_t)l);
-        float *G_att = direct ? gather_layer(&r, li) : r.s.G, *G_m = G_att + 3 * H * nd;
+        r.layer_gather = scores ? gather_layer(&r, li) : NULL;
+        float *G_m = dest_buffer(&r, 3 * H);
         /* r.s.g is the gradient after the layer; the MLP's output meets it there. */
         accumulate_nodes(&r, r.s.g, mlp_node, 1);
         output_node_grads(&r, r.s.g, mlp_node, 1);
         mlp_backward(&r, l, st, r.s.g, G_m);
         if (gw) mlp_weight_grads(&r, l, st, r.s.g);
-        const float *g_heads = r.s.g;
-        if (!c->parallel_attn_mlp) {
+        /* The heads' output gradient: after the MLP's reader (sequential blocks) or beside it
+         * (parallel); a copy, since the residual gradient r.s.g is rebuilt while the heads run. */
+        if (c->parallel_attn_mlp)
+            memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
+        else
             for (size_t i = 0; i < nd; i++) r.s.g_mid[i] = r.s.g[i] + G_m[i];
-            g_heads = r.s.g_mid;
-        }
-        const float *g_resid = g_heads; /* where the layer's attention output joins the stream */
+        dest_done(&r, li, 3 * H, G_m, 0);
+        const float *g_heads = r.s.g_mid;
         if (c->block_norms != EAPIG_BLOCK_PRE_NORM) {
             /* the heads' outputs (and b_O) are summed, then normalised: their gradient is the
              * post-norm's input gradient. Destination gradients are unaffected. */
@@ -501,21 +532,14 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         }
         accumulate_nodes(&r, g_heads, first_head, H);
         output_node_grads(&r, g_heads, first_head, H);
-        attention_backward_layer(&r, l, st, g_heads, G_att);
-        if (gw) attention_weight_grads(&r, l, st, g_heads);
-
-        if (scores && !direct) reduce_into_gather(&r, gather_layer(&r, li), G_att, J);
-        if (o->dest_grads) memcpy(o->dest_grads + li * J * nd, G_att, J * nd * sizeof(float));
-
-        /* The gradient before the layer: everything after it plus every reader's gradient. */
+        /* The gradient before the layer: everything after it (with the MLP's reader, in g_mid for
+         * sequential blocks), plus every head destination's gradient, added as each is found. */
         if (c->parallel_attn_mlp)
-            for (size_t i = 0; i < nd; i++) r.s.g[i] += G_m[i];
+            add_into(r.s.g, G_m, nd);
         else
-            memcpy(r.s.g, g_resid, nd * sizeof(float));
-        for (size_t j = 0; j < 3 * H; j++) {
-            const float *Gj = G_att + j * nd;
-            for (size_t i = 0; i < nd; i++) r.s.g[i] += Gj[i];
-        }
+            memcpy(r.s.g, r.s.g_mid, nd * sizeof(float));
+        attention_backward_layer(&r, l, st, g_heads);
+        if (gw) attention_weight_grads(&r, l, st, g_heads);
     }
     if (scores) flush_scores(&r);
     accumulate_nodes(&r, r.s.g, 0, 1);

@@ -264,6 +264,20 @@ void act_backward(float *dpre, float *dup, const float *dout, const float *pre, 
         eapig_parallel_for(n, ELEM_GRAIN, act_backward_part, &a);
 }
 
+static void add_range(void *ctx, size_t b, size_t e, size_t index) {
+    const rows_args *a = ctx;
+    (void)index;
+    for (size_t i = b; i < e; i++) a->out[i] += a->inp[i];
+}
+
+void add_into(float *y, const float *x, size_t n) {
+    rows_args a = {.out = y, .inp = x};
+    if (n < SERIAL_BELOW)
+        add_range(&a, 0, n, 0);
+    else
+        eapig_parallel_for(n, ELEM_GRAIN, add_range, &a);
+}
+
 void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, const float *inv_freq,
                 int inverse) {
     size_t half = rot / 2;

@@ -42,6 +42,9 @@ void act_forward(float *out, const float *pre, const float *up, size_t n, int ac
 void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
                   int act);
 
+/* y (n) += x (n), split over the threads (the residual gradient gathering its readers'). */
+void add_into(float *y, const float *x, size_t n);
+
 /* Rotary embedding, half-split layout, on x (B*P rows of H heads of Dh) at positions 0..P-1,
  * angle p * inv_freq[i] for the rot/2 frequencies. inverse != 0 applies the transposed rotation
  * (the backward). */
