@@ -202,6 +202,15 @@ typedef struct {
     float eps;
 } rows_args;
 
+/* fn over [0, n) split over the threads, or on the calling thread when the kernel touches fewer
+ * than SERIAL_BELOW floats per input (a split costs more than it saves). */
+static void split_rows(size_t n, size_t floats, size_t grain, eapig_range_fn fn, rows_args *a) {
+    if (floats < SERIAL_BELOW)
+        fn(a, 0, n, 0);
+    else
+        eapig_parallel_for(n, grain, fn, a);
+}
+
 static void norm_forward_range(void *ctx, size_t r0, size_t r1, size_t index) {
     const rows_args *a = ctx;
     (void)index;
@@ -212,10 +221,7 @@ static void norm_forward_range(void *ctx, size_t r0, size_t r1, size_t index) {
 void norm_forward(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
                   size_t N, size_t D, int rms, float eps) {
     rows_args a = {.out = out, .xhat = xhat, .rstd = rstd, .inp = inp, .w = w, .b = b, .D = D, .rms = rms, .eps = eps};
-    if (N * D < SERIAL_BELOW)
-        norm_forward_range(&a, 0, N, 0);
-    else
-        eapig_parallel_for(N, ROW_GRAIN, norm_forward_range, &a);
+    split_rows(N, N * D, ROW_GRAIN, norm_forward_range, &a);
 }
 
 static void norm_backward_range(void *ctx, size_t r0, size_t r1, size_t index) {
@@ -228,10 +234,7 @@ static void norm_backward_range(void *ctx, size_t r0, size_t r1, size_t index) {
 void norm_backward(float *dinp, const float *dout, const float *xhat, const float *rstd, const float *w,
                    size_t N, size_t D, int rms) {
     rows_args a = {.dinp = dinp, .dout = dout, .c_xhat = xhat, .c_rstd = rstd, .w = w, .D = D, .rms = rms};
-    if (N * D < SERIAL_BELOW)
-        norm_backward_range(&a, 0, N, 0);
-    else
-        eapig_parallel_for(N, ROW_GRAIN, norm_backward_range, &a);
+    split_rows(N, N * D, ROW_GRAIN, norm_backward_range, &a);
 }
 
 static void act_forward_part(void *ctx, size_t i0, size_t i1, size_t index) {
@@ -242,10 +245,7 @@ static void act_forward_part(void *ctx, size_t i0, size_t i1, size_t index) {
 
 void act_forward(float *out, const float *pre, const float *up, size_t n, int act) {
     rows_args a = {.out = out, .pre = pre, .up = up, .act = act};
-    if (n < SERIAL_BELOW)
-        act_forward_part(&a, 0, n, 0);
-    else
-        eapig_parallel_for(n, ELEM_GRAIN, act_forward_part, &a);
+    split_rows(n, n, ELEM_GRAIN, act_forward_part, &a);
 }
 
 static void act_backward_part(void *ctx, size_t i0, size_t i1, size_t index) {
@@ -258,10 +258,7 @@ static void act_backward_part(void *ctx, size_t i0, size_t i1, size_t index) {
 void act_backward(float *dpre, float *dup, const float *dout, const float *pre, const float *up, size_t n,
                   int act) {
     rows_args a = {.dinp = dpre, .dup = dup, .dout = dout, .pre = pre, .up = up, .act = act};
-    if (n < SERIAL_BELOW)
-        act_backward_part(&a, 0, n, 0);
-    else
-        eapig_parallel_for(n, ELEM_GRAIN, act_backward_part, &a);
+    split_rows(n, n, ELEM_GRAIN, act_backward_part, &a);
 }
 
 static void add_range(void *ctx, size_t b, size_t e, size_t index) {
@@ -272,10 +269,7 @@ static void add_range(void *ctx, size_t b, size_t e, size_t index) {
 
 void add_into(float *y, const float *x, size_t n) {
     rows_args a = {.out = y, .inp = x};
-    if (n < SERIAL_BELOW)
-        add_range(&a, 0, n, 0);
-    else
-        eapig_parallel_for(n, ELEM_GRAIN, add_range, &a);
+    split_rows(n, n, ELEM_GRAIN, add_range, &a);
 }
 
 void rope_apply(float *x, size_t B, size_t P, size_t H, size_t Dh, size_t rot, const float *inv_freq,
