@@ -87,10 +87,7 @@ static void reduce_steps(const bwd_run *r, float *dst, const float *src, size_t 
     for (size_t j = 0; j < n_blocks; j++) {
         float *d = dst + j * ndr;
         memcpy(d, src + j * nd, ndr * sizeof(float));
-        for (size_t k = 1; k < r->steps; k++) {
-            const float *blk = src + j * nd + k * ndr;
-            for (size_t i = 0; i < ndr; i++) d[i] += blk[i];
-        }
+        for (size_t k = 1; k < r->steps; k++) add_into(d, src + j * nd + k * ndr, ndr);
     }
 }
 
@@ -519,8 +516,10 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
          * (parallel); a copy, since the residual gradient r.s.g is rebuilt while the heads run. */
         if (c->parallel_attn_mlp)
             memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
-        else
-            for (size_t i = 0; i < nd; i++) r.s.g_mid[i] = r.s.g[i] + G_m[i];
+        else {
+            memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
+            add_into(r.s.g_mid, G_m, nd);
+        }
         dest_done(&r, li, 3 * H, G_m, 0);
         const float *g_heads = r.s.g_mid;
         if (c->block_norms != EAPIG_BLOCK_PRE_NORM) {

@@ -114,15 +114,30 @@ typedef struct {
     size_t B, P, N, D;
 } fwd_run;
 
-/* Writes one node's output block into the capture: the output itself, or its difference with
- * the reference the capture held (sign 1: R - out, -1: out - R). */
-static void capture_node(float *cap, const float *out, size_t n, int32_t sign) {
-    if (sign == 0)
-        memcpy(cap, out, n * sizeof(float));
-    else if (sign > 0)
-        for (size_t i = 0; i < n; i++) cap[i] -= out[i];
+typedef struct {
+    float *cap;
+    const float *out;
+    int32_t sign;
+} capture_job;
+
+static void capture_range(void *ctx, size_t b, size_t e, size_t index) {
+    const capture_job *j = ctx;
+    float *cap = j->cap;
+    const float *out = j->out;
+    (void)index;
+    if (j->sign == 0)
+        memcpy(cap + b, out + b, (e - b) * sizeof(float));
+    else if (j->sign > 0)
+        for (size_t i = b; i < e; i++) cap[i] -= out[i];
     else
-        for (size_t i = 0; i < n; i++) cap[i] = out[i] - cap[i];
+        for (size_t i = b; i < e; i++) cap[i] = out[i] - cap[i];
+}
+
+/* Writes one node's output block into the capture: the output itself, or its difference with
+ * the reference the capture held (sign 1: R - out, -1: out - R); split over the threads. */
+static void capture_node(float *cap, const float *out, size_t n, int32_t sign) {
+    capture_job j = {cap, out, sign};
+    eapig_parallel_for(n, (size_t)1 << 14, capture_range, &j);
 }
 
 /* A source node's output is known: capture it and, when patching, keep R_u - current_u (in
@@ -298,11 +313,11 @@ static void add_attention_output(fwd_run *r, int l, layer_state *st) {
     for (size_t n = 0; n < N; n++)
         for (size_t i = 0; i < D; i++) a[n * D + i] += lw->bo[i];
     if (c->block_norms == EAPIG_BLOCK_PRE_NORM) {
-        for (size_t i = 0; i < nd; i++) r->s.resid[i] += a[i];
+        add_into(r->s.resid, a, nd);
         return;
     }
     model_norm(c, r->s.node, st->attn_post_hat, st->attn_post_rstd, a, lw->attn_post_w, NULL, N, D);
-    for (size_t i = 0; i < nd; i++) r->s.resid[i] += r->s.node[i];
+    add_into(r->s.resid, r->s.node, nd);
     if (r->s.contrib) memcpy(r->s.contrib + (size_t)l * nd, r->s.node, nd * sizeof(float));
 }
 
@@ -322,7 +337,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
         memset(own, 0, 3 * H);
         for (size_t h = 0; h < H; h++) {
             const float *out = r->o->override_value + h * nd;
-            for (size_t i = 0; i < nd; i++) r->s.attn_out[i] += out[i];
+            add_into(r->s.attn_out, out, nd);
             record_node(r, first_head + (int32_t)h, out);
         }
     } else {
@@ -349,7 +364,7 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             /* Each head's output separately: z_h W_O[h]^T, without b_O. */
             for (size_t h = 0; h < H; h++) {
                 eapig_gemm(0, 1, N, D, Dh, 1.0f, z + h * Dh, H * Dh, lw->wo + h * Dh, H * Dh, 0.0f, r->s.node, D);
-                for (size_t i = 0; i < nd; i++) r->s.attn_out[i] += r->s.node[i];
+                add_into(r->s.attn_out, r->s.node, nd);
                 record_node(r, first_head + (int32_t)h, r->s.node);
             }
         } else {
@@ -396,7 +411,7 @@ static void mlp_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const fl
         out = r->s.node;
     }
     record_node(r, node, out);
-    for (size_t i = 0; i < nd; i++) r->s.resid[i] += out[i];
+    add_into(r->s.resid, out, nd);
 }
 
 /* The two arenas of a run of B rows of P positions (flags and diff_B as eapig_workspace_bytes):
