@@ -72,7 +72,7 @@ return function(argv, streams)
   parser:option("--head-sparsity", "Weight of the penalty sum over heads of sqrt(||W_O[:, head]||) (0: none): few heads stay.",
     "0"):argname("X"):convert(cli.number("--head-sparsity", 0))
   parser:option("--seed", "Seed of the initialisation and of the data.", "1"):argname("S"):convert(cli.integer("--seed", 0))
-  parser:option("--threads", "BLAS threads (results depend on it; default: OpenBLAS's choice)."):argname("N")
+  parser:option("--threads", "Threads the core computes with (results depend on it; default: OpenBLAS's count)."):argname("N")
     :convert(cli.integer("--threads", 1, 1024))
   parser:option("--eval-rows", "Held-out sequences for the final evaluation.", "1024"):argname("N")
     :convert(cli.integer("--eval-rows", 1, cli.MAX_ROWS))
