@@ -11,9 +11,10 @@
 #include <stdint.h>
 
 /* The pointwise kernels that run over every activation are compiled for AVX-512 and AVX2 too,
- * the version matching the CPU chosen when the library loads (x86-64 GCC and Clang; elsewhere
- * one portable version). */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+ * the version matching the CPU chosen when the library loads (x86-64 GCC and Clang; elsewhere,
+ * and under ThreadSanitizer, whose runtime is not up yet when the loader picks the version, one
+ * portable version). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_THREAD__)
 #define EAPIG_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define EAPIG_VECTOR_CLONES
