@@ -514,12 +514,8 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         if (gw) mlp_weight_grads(&r, l, st, r.s.g);
         /* The heads' output gradient: after the MLP's reader (sequential blocks) or beside it
          * (parallel); a copy, since the residual gradient r.s.g is rebuilt while the heads run. */
-        if (c->parallel_attn_mlp)
-            memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
-        else {
-            memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
-            add_into(r.s.g_mid, G_m, nd);
-        }
+        memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
+        if (!c->parallel_attn_mlp) add_into(r.s.g_mid, G_m, nd);
         dest_done(&r, li, 3 * H, G_m, 0);
         const float *g_heads = r.s.g_mid;
         if (c->block_norms != EAPIG_BLOCK_PRE_NORM) {

@@ -93,8 +93,8 @@ static const float GELU_C = 0.7978845608f; /* sqrt(2/pi) */
 /* e^x in float without a library call, so that the activation loops vectorise (glibc's expf is
  * a scalar call each element; these loops were a tenth of an attribution's time). Range
  * reduction x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exact n ln2), e^r by its
- * Taylor series to r^7 (truncation below 6e-9 relative), 2^n from the exponent bits. Within 2
- * ulp of expf; x is clamped to [-87, 88], where e^x is a normal float (the activations divide by
+ * Taylor series to r^7 (truncation below 6e-9 relative), 2^n from the exponent bits. Within 1
+ * ulp of expf (checked over [-87, 88] in relative steps of 1e-5); x is clamped to [-87, 88], where e^x is a normal float (the activations divide by
  * 1 + e^x, so the clamp changes no result beyond float's resolution). */
 static inline float exp_vec(float x) {
     x = x > 88.0f ? 88.0f : x;
