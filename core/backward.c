@@ -28,8 +28,10 @@ typedef struct {
     float *dh, *dpre, *dup;   /* (N,F) */
     float *scratch;           /* (T,2,P,P): one block per thread (attention_backward) */
     float *tile;   /* (NF, cap_cols) one flush's products (flush_scores) */
-    float *G1, *Gm; /* (N,D) one head destination's gradient, and the MLP input's (NULL when
-                     * destination gradients go straight into the score gather, see below) */
+    float *Gm;     /* (N,D) the MLP input's gradient (NULL when destination gradients go straight
+                    * into the score gather, see below) */
+    float *dest_tile; /* (T, DEST_ROWS, D) one block of a head destination's gradient per thread */
+    float *g_part; /* (T-1, N,D) the other threads' shares of the heads' residual gradient */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
     float *g_attn;  /* (N,D) gradient at the summed attention output A, before its post-norm */
     float *d_mlp;   /* (N,D) gradient at the MLP output before its post-norm */
@@ -209,21 +211,18 @@ static void dest_grad(bwd_run *r, float *G, const layer_state *st, size_t j, int
     norm_backward(G, r->s.dxn, hat, rstd, w, N, D, c->norm == EAPIG_NORM_RMSNORM);
 }
 
-/* Where destination j of the current layer gets its gradient: its column of the score gather
- * (one step, with scores), or a buffer of one destination (the MLP input keeps its own: the
- * residual gradient needs it after the heads'). */
-static float *dest_buffer(const bwd_run *r, size_t j) {
-    if (r->direct) return r->layer_gather + j * r->N * r->D;
-    return j == 3 * r->H ? r->s.Gm : r->s.G1;
+/* Where the MLP input's gradient goes: its column of the score gather (one step, with scores),
+ * or a buffer of its own (the residual gradient needs it after the heads'). */
+static float *mlp_dest_buffer(const bwd_run *r) {
+    return r->direct ? r->layer_gather + 3 * r->H * r->N * r->D : r->s.Gm;
 }
 
-/* Destination j of layer li has its gradient Gj: summed over steps into the gather (when it is
- * not there already), copied out when asked, and added to the residual gradient when add_to_g. */
-static void dest_done(bwd_run *r, size_t li, size_t j, const float *Gj, int add_to_g) {
-    size_t nd = r->N * r->D;
-    if (r->layer_gather && !r->direct) reduce_into_gather(r, r->layer_gather + j * (nd / r->steps), Gj, 1);
-    if (r->o->dest_grads) memcpy(r->o->dest_grads + (li * r->J + j) * nd, Gj, nd * sizeof(float));
-    if (add_to_g) add_into(r->s.g, Gj, nd);
+/* The MLP input of layer li has its gradient Gm: summed over steps into the gather (when it is
+ * not there already) and copied out when asked. */
+static void mlp_dest_done(bwd_run *r, size_t li, const float *Gm) {
+    size_t nd = r->N * r->D, j = 3 * r->H;
+    if (r->layer_gather && !r->direct) reduce_into_gather(r, r->layer_gather + j * (nd / r->steps), Gm, 1);
+    if (r->o->dest_grads) memcpy(r->o->dest_grads + (li * r->J + j) * nd, Gm, nd * sizeof(float));
 }
 
 /* G_m (N,D) from the gradient g at the MLP's output. */
@@ -250,18 +249,78 @@ static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *
     dest_grad(r, G_m, st, 3 * (size_t)c->n_heads, 1, lw->ln2_w);
 }
 
-/* Every head's q, k and v input gradient from the gradient g at the attention's output, one
- * destination at a time (dest_done: gather, copy out, and added to the residual gradient r.s.g). */
+/* Rows of a head destination's gradient made at a time: a block of them (with its rows of the
+ * saved norm input) stays in the core's L2 cache from the product through the norm backward to
+ * the gather, the copy out and the residual gradient, instead of a pass over memory each. */
+enum { DEST_ROWS = 128 };
+
+/* The heads' q, k and v destinations of one layer, split over the threads (head_dest_range). */
+typedef struct {
+    bwd_run *r;
+    const layer_state *st;
+    const float *dproj[3], *w[3]; /* (N, H*Dh) gradients at q, k and v; their weights */
+    const float *norm_w;          /* the pre-norm's weight */
+    size_t li;
+    uint8_t used[EAPIG_MAX_THREADS]; /* thread p > 0 wrote its share of the residual gradient */
+} head_dests;
+
+/* Destinations [j0, j1) of the layer (j = t*H + h: type t of head h), each row block in turn:
+ * G = dproj_t[:, h] @ W_t[head] (K = d_head), back through the pre-norm at the destination's own
+ * or the shared input, then summed over steps into the destination's gather column, copied out
+ * when asked, and added to this thread's share of the residual gradient. */
+static void head_dest_range(void *ctx, size_t j0, size_t j1, size_t index) {
+    head_dests *a = ctx;
+    bwd_run *r = a->r;
+    const eapig_config *c = &r->m->cfg;
+    const layer_state *st = a->st;
+    size_t N = r->N, D = r->D, H = r->H, Dh = c->d_head, group = H / c->n_kv_heads, nd = N * D;
+    size_t Nd = N / r->steps;
+    int pre_norm = c->block_norms != EAPIG_BLOCK_POST_NORM, rms = c->norm == EAPIG_NORM_RMSNORM;
+    float *g = r->s.g, *tile = r->s.dest_tile + index * DEST_ROWS * D;
+    if (index > 0) {
+        g = r->s.g_part + (index - 1) * nd;
+        memset(g, 0, nd * sizeof(float));
+        a->used[index] = 1;
+    }
+    for (size_t j = j0; j < j1; j++) {
+        size_t t = j / H, h = j % H, head = t == 0 ? h : h / group;
+        const float *hat = st->own_flags[j] ? st->own_hat + j * nd : st->attn_hat;
+        const float *rstd = st->own_flags[j] ? st->own_rstd + j * N : st->attn_rstd;
+        float *col = r->layer_gather ? r->layer_gather + j * Nd * D : NULL; /* (Nd, D), summed over steps */
+        float *out = r->o->dest_grads ? r->o->dest_grads + (a->li * r->J + j) * nd : NULL;
+        for (size_t n0 = 0; n0 < N; n0 += DEST_ROWS) {
+            size_t rows = N - n0 < DEST_ROWS ? N - n0 : DEST_ROWS;
+            eapig_gemm(0, 0, rows, D, Dh, 1.0f, a->dproj[t] + n0 * H * Dh + h * Dh, H * Dh, a->w[t] + head * Dh * D,
+                       D, 0.0f, tile, D);
+            if (pre_norm) norm_backward(tile, tile, hat + n0 * D, rstd + n0, a->norm_w, rows, D, rms);
+            for (size_t i = 0; i < rows; i++) {
+                size_t n = n0 + i;
+                const float *src = tile + i * D;
+                if (col) {
+                    float *dst = col + (n % Nd) * D;
+                    if (n < Nd)
+                        memcpy(dst, src, D * sizeof(float));
+                    else
+                        for (size_t e = 0; e < D; e++) dst[e] += src[e];
+                }
+                float *gr = g + n * D;
+                for (size_t e = 0; e < D; e++) gr[e] += src[e];
+            }
+            if (out) memcpy(out + n0 * D, tile, rows * D * sizeof(float));
+        }
+    }
+}
+
+/* Every head's q, k and v input gradient from the gradient g at the attention's output, added
+ * to the residual gradient r.s.g, gathered and copied out (head_dest_range). */
 static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, const float *g) {
     const eapig_config *c = &r->m->cfg;
     const eapig_layer_weights *lw = r->lw;
-    size_t N = r->N, D = r->D, H = c->n_heads, KV = c->n_kv_heads, Dh = c->d_head, group = H / KV;
+    size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, group = H / c->n_kv_heads, nd = N * D;
     if (r->ws->override_group == eapig_heads_group(l)) { /* constant outputs: no gradient reaches the inputs */
-        for (size_t j = 0; j < 3 * H; j++) {
-            float *Gj = dest_buffer(r, j);
-            memset(Gj, 0, N * D * sizeof(float));
-            dest_done(r, (size_t)l, j, Gj, 0);
-        }
+        size_t ndr = nd / r->steps;
+        if (r->layer_gather) memset(r->layer_gather, 0, 3 * H * ndr * sizeof(float));
+        if (r->o->dest_grads) memset(r->o->dest_grads + (size_t)l * r->J * nd, 0, 3 * H * nd * sizeof(float));
         return;
     }
     linear_backward_input(r->s.dz, g, lw->wo, N, D, H * Dh, D, 0);
@@ -279,16 +338,11 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
         norm_backward(r->s.dq, r->s.dq, st->q_hat, st->q_rstd, lw->q_norm_w, N, H * Dh, 1);
         norm_backward(r->s.dk, r->s.dk, st->k_hat, st->k_rstd, r->s.kw, N, H * Dh, 1);
     }
-    const float *dproj[3] = {r->s.dq, r->s.dk, r->s.dv};
-    const float *w[3] = {lw->wq, lw->wk, lw->wv};
-    for (size_t t = 0; t < 3; t++)
-        for (size_t h = 0; h < H; h++) {
-            size_t gi = t == 0 ? h : h / group;
-            eapig_gemm(0, 0, N, D, Dh, 1.0f, dproj[t] + h * Dh, H * Dh, w[t] + gi * Dh * D, D, 0.0f, r->s.dxn, D);
-            float *Gj = dest_buffer(r, t * H + h);
-            dest_grad(r, Gj, st, t * H + h, 0, lw->ln1_w);
-            dest_done(r, (size_t)l, t * H + h, Gj, 1);
-        }
+    head_dests a = {.r = r, .st = st, .dproj = {r->s.dq, r->s.dk, r->s.dv}, .w = {lw->wq, lw->wk, lw->wv},
+                    .norm_w = lw->ln1_w, .li = (size_t)l};
+    eapig_parallel_for(3 * H, 1, head_dest_range, &a);
+    for (size_t p = 1; p < EAPIG_MAX_THREADS; p++)
+        if (a.used[p]) add_into(r->s.g, r->s.g_part + (p - 1) * nd, nd);
 }
 
 /* Weight gradients of layer l's MLP, from the gradient g at its output; needs the activation
@@ -416,7 +470,7 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
-    need += (direct ? 0 : 2 * nd) + cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
+    need += (direct ? 0 : nd) + T * DEST_ROWS * D + (T - 1) * nd + cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
     need += c->final_softcap > 0.0f ? rows * (size_t)c->vocab : 0;
@@ -452,9 +506,11 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.dz = carve(&p, N * H * Dh), r.s.dq = carve(&p, N * H * Dh), r.s.dk = carve(&p, N * H * Dh);
     r.s.dv = carve(&p, N * H * Dh);
     r.s.dh = carve(&p, N * F), r.s.dpre = carve(&p, N * F), r.s.dup = carve(&p, N * F);
-    r.s.scratch = carve(&p, (size_t)eapig_get_num_threads() * 2 * r.P * r.P);
-    r.s.G1 = direct ? NULL : carve(&p, nd);
+    size_t T = (size_t)eapig_get_num_threads();
+    r.s.scratch = carve(&p, T * 2 * r.P * r.P);
     r.s.Gm = direct ? NULL : carve(&p, nd);
+    r.s.dest_tile = carve(&p, T * DEST_ROWS * D);
+    r.s.g_part = carve(&p, (T - 1) * nd);
     r.direct = direct;
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
     r.s.tile = carve(&p, r.NF * r.sg.cap_cols);
@@ -506,7 +562,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
         if (status != EAPIG_OK) return status;
         int32_t first_head = (int32_t)eapig_first_node(H, (size_t)l), mlp_node = (int32_t)eapig_mlp_node(H, (size_t)l);
         r.layer_gather = scores ? gather_layer(&r, li) : NULL;
-        float *G_m = dest_buffer(&r, 3 * H);
+        float *G_m = mlp_dest_buffer(&r);
         /* r.s.g is the gradient after the layer; the MLP's output meets it there. */
         accumulate_nodes(&r, r.s.g, mlp_node, 1);
         output_node_grads(&r, r.s.g, mlp_node, 1);
@@ -516,7 +572,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
          * (parallel); a copy, since the residual gradient r.s.g is rebuilt while the heads run. */
         memcpy(r.s.g_mid, r.s.g, nd * sizeof(float));
         if (!c->parallel_attn_mlp) add_into(r.s.g_mid, G_m, nd);
-        dest_done(&r, li, 3 * H, G_m, 0);
+        mlp_dest_done(&r, li, G_m);
         const float *g_heads = r.s.g_mid;
         if (c->block_norms != EAPIG_BLOCK_PRE_NORM) {
             /* the heads' outputs (and b_O) are summed, then normalised: their gradient is the

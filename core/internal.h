@@ -135,6 +135,7 @@ struct eapig_model {
 };
 
 /* ---- threads (core/threads.c) ---- */
+enum { EAPIG_MAX_THREADS = 64 }; /* eapig_set_num_threads caps its count here */
 /* A range [begin, end) of some work; index is the range's number (0 runs on the calling thread),
  * for per-thread scratch: index < eapig_get_num_threads(). */
 typedef void (*eapig_range_fn)(void *ctx, size_t begin, size_t end, size_t index);

@@ -25,7 +25,7 @@
 void openblas_set_num_threads(int n);
 int openblas_get_num_threads(void);
 
-enum { MAX_THREADS = 64, SPIN = 20000 };
+enum { MAX_THREADS = EAPIG_MAX_THREADS, SPIN = 20000 };
 
 typedef struct {
     eapig_range_fn fn;
