@@ -307,8 +307,35 @@ int eapig_unembed_forward(const eapig_model *m, eapig_workspace *ws, float *logi
     return EAPIG_OK;
 }
 
-int eapig_unembed_backward(const eapig_model *m, eapig_workspace *ws, float *dy, const float *dlogits, size_t R) {
+/* A metric that reads a few logits per row (a logit difference, an answer's probability) has
+ * a logit gradient of a few non-zeros per row: below one in SPARSE_FROM, dy is the sum of those
+ * entries times their unembedding rows, which reads those rows instead of the whole matrix (a
+ * product with R rows is bound by that read). */
+enum { SPARSE_FROM = 64 };
+
+static int unembed_backward_sparse(const eapig_model *m, eapig_workspace *ws, float *dy, const float *dlogits,
+                                   size_t R) {
     size_t D = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab;
+    memset(dy, 0, R * D * sizeof(float));
+    for (size_t r = 0; r < R; r++)
+        for (size_t v = 0; v < V; v++) {
+            float a = dlogits[r * V + v];
+            if (a == 0.0f) continue;
+            const float *w = m->w.w_unembed ? m->w.w_unembed + v * D : NULL;
+            if (!w) {
+                int status = unembed_chunk_f32(m, ws, v, 1, &w, "eapig_backward");
+                if (status != EAPIG_OK) return status;
+            }
+            float *out = dy + r * D;
+            for (size_t e = 0; e < D; e++) out[e] += a * w[e];
+        }
+    return EAPIG_OK;
+}
+
+int eapig_unembed_backward(const eapig_model *m, eapig_workspace *ws, float *dy, const float *dlogits, size_t R) {
+    size_t D = (size_t)m->cfg.d_model, V = (size_t)m->cfg.vocab, nonzero = 0;
+    for (size_t i = 0; i < R * V; i++) nonzero += dlogits[i] != 0.0f;
+    if (nonzero * SPARSE_FROM < R * V) return unembed_backward_sparse(m, ws, dy, dlogits, R);
     if (!m->stored) {
         linear_backward_input(dy, dlogits, m->w.w_unembed, R, V, D, V, 0);
         return EAPIG_OK;

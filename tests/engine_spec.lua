@@ -220,6 +220,37 @@ describe("engine", function()
     end)
   end
 
+  -- A metric that reads two logits per row (a logit difference) has a logit gradient of two
+  -- non-zeros per row: the backward then sums those unembedding rows instead of the dense
+  -- product. Adding 1e-30 everywhere makes the same gradient dense.
+  describe("a logit gradient with few non-zeros", function()
+    for _, kind in ipairs({ "gpt2", "llama", "gemma2" }) do
+      it(kind .. ": gives the dense product's destination gradients", function()
+        local t = tiny.clean_corrupted(kind, 41, { 5, 3, 4 }, { vocab = 400 })
+        local m, B, V = t.m, t.batch.B, t.m.vocab
+        local blk = m:block_size(B, t.batch.P)
+        local sparse, dense = core.floats(B * V), core.floats(B * V)
+        for b = 0, B - 1 do
+          sparse[b * V + (7 * b + 3) % V], sparse[b * V + (11 * b + 5) % V] = 0.5 + b, -1.25
+        end
+        for i = 0, B * V - 1 do dense[i] = sparse[i] + 1e-30 end
+        local grads = {}
+        for k, c in ipairs({ sparse, dense }) do
+          grads[k] = core.floats(m.n_backward * blk)
+          m:forward(t.batch, { logit_pos = t.pos, keep = true })
+          m:backward(c, { dest_grads = grads[k] })
+        end
+        local worst, scale = 0, 0
+        for i = 0, m.n_backward * blk - 1 do
+          worst = math.max(worst, math.abs(grads[1][i] - grads[2][i]))
+          scale = math.max(scale, math.abs(grads[2][i]))
+        end
+        assert.is_true(scale > 0)
+        assert.is_true(worst <= 1e-5 * scale, ("%g of %g"):format(worst, scale))
+      end)
+    end
+  end)
+
   describe("bad input", function()
     local m = tiny.model("gpt2", 5)
     it("rejects a token id outside the vocabulary, naming row and position", function()
