@@ -62,7 +62,14 @@ typedef struct {
     float *kw;       /* (H*Dh) the k norm weight of each ungrouped key */
     float *final_x;  /* (rows,D) gathered final residual */
     float *final_y;  /* (rows,D) */
+    float *head_tile;  /* (T, HEAD_ROWS, D) one block of a head's output per thread */
+    float *attn_part;  /* (T-1, N,D) the other threads' shares of the attention output */
 } scratch;
+
+/* Rows of a head's output made at a time when each head's output is recorded: a block stays in
+ * the core's L2 cache from its product to the attention output sum, the capture and the
+ * patching difference. */
+enum { HEAD_ROWS = 128 };
 
 /* Carves the saved per-layer state and the scratch; with c->base NULL it only counts. */
 static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, int n_slots, scratch *s,
@@ -98,6 +105,8 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
     *final_capped = cfg->final_softcap > 0.0f ? carve(c, rows * (size_t)cfg->vocab) : NULL;
     s->resid = carve(c, N * D), s->x_in = carve(c, N * D), s->y = carve(c, N * D);
     s->own_in = carve(c, N * D), s->node = carve(c, N * D), s->attn_out = carve(c, N * D);
+    size_t T = (size_t)eapig_get_num_threads();
+    s->head_tile = carve(c, T * HEAD_ROWS * D), s->attn_part = carve(c, (T - 1) * N * D);
     s->grouped = carve(c, N * (size_t)cfg->n_kv_heads * Dh), s->z = carve(c, N * H * Dh);
     s->hidden = carve(c, N * F);
     s->delta = patching ? carve(c, J * N * D) : NULL;
@@ -114,53 +123,57 @@ typedef struct {
     size_t B, P, N, D;
 } fwd_run;
 
-typedef struct {
-    float *cap;
-    const float *out;
-    int32_t sign;
-} capture_job;
-
-static void capture_range(void *ctx, size_t b, size_t e, size_t index) {
-    const capture_job *j = ctx;
-    float *cap = j->cap;
-    const float *out = j->out;
-    (void)index;
-    if (j->sign == 0)
-        memcpy(cap + b, out + b, (e - b) * sizeof(float));
-    else if (j->sign > 0)
-        for (size_t i = b; i < e; i++) cap[i] -= out[i];
+/* Writes n elements of a node's output into its capture: the output itself, or its difference
+ * with the reference the capture held (sign 1: R - out, -1: out - R). */
+static void capture_block(float *cap, const float *out, size_t n, int32_t sign) {
+    if (sign == 0)
+        memcpy(cap, out, n * sizeof(float));
+    else if (sign > 0)
+        for (size_t i = 0; i < n; i++) cap[i] -= out[i];
     else
-        for (size_t i = b; i < e; i++) cap[i] = out[i] - cap[i];
+        for (size_t i = 0; i < n; i++) cap[i] = out[i] - cap[i];
 }
 
-/* Writes one node's output block into the capture: the output itself, or its difference with
- * the reference the capture held (sign 1: R - out, -1: out - R); split over the threads. */
-static void capture_node(float *cap, const float *out, size_t n, int32_t sign) {
-    capture_job j = {cap, out, sign};
-    eapig_parallel_for(n, (size_t)1 << 14, capture_range, &j);
-}
-
-/* A source node's output is known: capture it and, when patching, keep R_u - current_u (in
- * post-norm models a head's output itself instead: head_patch_terms reads it). */
-static void record_node(fwd_run *r, int32_t u, const float *out) {
-    size_t nd = r->N * r->D, off = (size_t)u * nd;
+/* Rows [n0, n0 + rows) of source u's output are known (out: those rows): capture them and, when
+ * patching, keep R_u - current_u there (in post-norm models a head's output itself instead:
+ * head_patch_terms reads it). */
+static void record_rows(fwd_run *r, int32_t u, const float *out, size_t n0, size_t rows) {
+    size_t D = r->D, off = (size_t)u * r->N * D + n0 * D, n = rows * D;
     if (r->s.cur && eapig_node_is_head((size_t)r->m->cfg.n_heads, (size_t)u)) {
-        memcpy(r->s.cur + off, out, nd * sizeof(float));
-        memset(r->s.diff + off, 0, nd * sizeof(float));
-        if (r->o->capture) capture_node(r->o->capture + off, out, nd, r->o->capture_diff);
-        return;
-    }
-    if (r->s.diff) {
+        memcpy(r->s.cur + off, out, n * sizeof(float));
+        memset(r->s.diff + off, 0, n * sizeof(float));
+    } else if (r->s.diff) {
         const float *ref = r->o->patch_ref + off;
         float *d = r->s.diff + off;
-        for (size_t i = 0; i < nd; i++) d[i] = ref[i] - out[i];
+        for (size_t i = 0; i < n; i++) d[i] = ref[i] - out[i];
         if (r->o->patch_scale) {
-            const float *scale = r->o->patch_scale + (size_t)u * r->D;
-            for (size_t i = 0; i < nd; i++) d[i] *= scale[i % r->D];
+            const float *scale = r->o->patch_scale + (size_t)u * D;
+            for (size_t i = 0; i < rows; i++)
+                for (size_t e = 0; e < D; e++) d[i * D + e] *= scale[e];
         }
     }
     /* after the patching difference: capture may be the buffer patch_ref points into */
-    if (r->o->capture) capture_node(r->o->capture + off, out, nd, r->o->capture_diff);
+    if (r->o->capture) capture_block(r->o->capture + off, out, n, r->o->capture_diff);
+}
+
+typedef struct {
+    fwd_run *r;
+    int32_t u;
+    const float *out;
+} record_job;
+
+static void record_range(void *ctx, size_t n0, size_t n1, size_t index) {
+    const record_job *j = ctx;
+    (void)index;
+    record_rows(j->r, j->u, j->out + n0 * j->r->D, n0, n1 - n0);
+}
+
+/* A source node's whole output (N,D) is known: record_rows, split over the threads by rows. */
+static void record_node(fwd_run *r, int32_t u, const float *out) {
+    if (!r->o->capture && !r->s.diff) return;
+    record_job j = {r, u, out};
+    size_t grain = ((size_t)1 << 14) / r->D + 1;
+    eapig_parallel_for(r->N, grain, record_range, &j);
 }
 
 /* A norm of the model's kind (RMSNorm here: post-norm blocks need it). */
@@ -321,6 +334,38 @@ static void add_attention_output(fwd_run *r, int l, layer_state *st) {
     if (r->s.contrib) memcpy(r->s.contrib + (size_t)l * nd, r->s.node, nd * sizeof(float));
 }
 
+/* The heads of one layer whose outputs are recorded one by one (head_outputs_range). */
+typedef struct {
+    fwd_run *r;
+    const float *z, *wo;
+    int32_t first_head;
+    uint8_t used[EAPIG_MAX_THREADS]; /* thread p > 0 wrote its share of the attention output */
+} head_outputs;
+
+/* Heads [h0, h1), each row block in turn: its output z_h W_O[h]^T (without b_O) is added to this
+ * thread's share of the attention output and recorded (captured, and its patching difference
+ * kept). */
+static void head_outputs_range(void *ctx, size_t h0, size_t h1, size_t index) {
+    head_outputs *a = ctx;
+    fwd_run *r = a->r;
+    size_t N = r->N, D = r->D, H = r->m->cfg.n_heads, Dh = r->m->cfg.d_head, nd = N * D;
+    float *sum = r->s.attn_out, *tile = r->s.head_tile + index * HEAD_ROWS * D;
+    if (index > 0) {
+        sum = r->s.attn_part + (index - 1) * nd;
+        memset(sum, 0, nd * sizeof(float));
+        a->used[index] = 1;
+    }
+    for (size_t h = h0; h < h1; h++)
+        for (size_t n0 = 0; n0 < N; n0 += HEAD_ROWS) {
+            size_t rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
+            eapig_gemm(0, 1, rows, D, Dh, 1.0f, a->z + n0 * H * Dh + h * Dh, H * Dh, a->wo + h * Dh, H * Dh, 0.0f,
+                       tile, D);
+            float *dst = sum + n0 * D;
+            for (size_t i = 0; i < rows * D; i++) dst[i] += tile[i];
+            record_rows(r, a->first_head + (int32_t)h, tile, n0, rows);
+        }
+}
+
 /* The attention block of layer l: reads x (N,D), adds its output into resid. */
 static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, const float *x,
                             const int32_t *lengths) {
@@ -361,12 +406,10 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             memcpy(r->o->attn_probs + (size_t)l * per_layer, st->att, per_layer * sizeof(float));
         }
         if (r->o->capture || r->s.diff) {
-            /* Each head's output separately: z_h W_O[h]^T, without b_O. */
-            for (size_t h = 0; h < H; h++) {
-                eapig_gemm(0, 1, N, D, Dh, 1.0f, z + h * Dh, H * Dh, lw->wo + h * Dh, H * Dh, 0.0f, r->s.node, D);
-                add_into(r->s.attn_out, r->s.node, nd);
-                record_node(r, first_head + (int32_t)h, r->s.node);
-            }
+            head_outputs a = {.r = r, .z = z, .wo = lw->wo, .first_head = first_head};
+            eapig_parallel_for(H, 1, head_outputs_range, &a);
+            for (size_t p = 1; p < EAPIG_MAX_THREADS; p++)
+                if (a.used[p]) add_into(r->s.attn_out, r->s.attn_part + (p - 1) * nd, nd);
         } else {
             linear_forward(r->s.attn_out, z, lw->wo, NULL, N, D, H * Dh, D);
         }

@@ -122,30 +122,62 @@ describe("score accumulation", function()
     end)
   end
 
-  -- The heads' destination gradients are made in blocks of 128 rows split over the threads, so a
-  -- run of more rows than that (here 7 rows x 9 positions x 3 steps = 189) has blocks that cross
-  -- the step boundaries and a last block of its own; the result is the same at 1, 2 and 3 threads.
-  describe("row blocks of the head destinations", function()
+  -- The heads' destination gradients (and, in a capturing or patched forward, the heads' outputs)
+  -- are made in blocks of 128 rows split over the threads by head. A batch of 16 rows x 9
+  -- positions (144 rows: a block and a part) must give what its two halves (72 rows, one block
+  -- each) give alone; with 3 batched steps (432 rows) blocks cross the step boundaries. Every
+  -- result is the same at 1, 2 and 3 threads.
+  describe("row blocks of the heads", function()
+    -- rows [first, first + n) of a batch t (tokens, lengths, positions) and of a node-major buffer
+    local function half(t, first, n)
+      local m, P = t.m, t.batch.P
+      local b = { tokens = t.batch.tokens + first * P, lengths = t.batch.lengths + first, B = n, P = P }
+      local rows = function(buf)
+        local out = core.floats(m.n_forward * n * P * m.d_model)
+        local whole, part = m:block_size(t.batch.B, P), m:block_size(n, P)
+        for u = 0, m.n_forward - 1 do
+          ffi.copy(out + u * part, buf + u * whole + first * P * m.d_model, 4 * part)
+        end
+        return out
+      end
+      return b, t.pos + first, rows
+    end
     for _, kind in ipairs({ "gpt2", "llama" }) do
-      it(kind .. ": scores and destination gradients are the same at 1, 2 and 3 threads", function()
+      it(kind .. ": captures, patched logits, destination gradients and scores, at 1, 2 and 3 threads", function()
         local before = C.eapig_get_num_threads()
-        local t = tiny.clean_corrupted(kind, 31, { 9, 7, 9, 8, 9, 6, 9 }, { layers = 2 })
-        local m, NF, NB = t.m, t.m.n_forward, t.m.n_backward
+        local lengths = {}
+        for i = 1, 16 do lengths[i] = 5 + i % 5 end
+        local t = tiny.clean_corrupted(kind, 31, lengths, { layers = 2 })
+        local m, NF, NB, V = t.m, t.m.n_forward, t.m.n_backward, t.m.vocab
         local blk = m:block_size(t.batch.B, t.batch.P)
-        local ref, ref_G
+        local W = core.floats(NF * NB) -- every other real edge reads the corrupted value
+        for i = 0, NF * NB - 1, 2 do W[i] = t.mask[i] end
+        local ref
         for _, threads in ipairs({ 1, 2, 3 }) do
           C.eapig_set_num_threads(threads)
-          local G = core.floats(NB * blk)
-          m:forward(t.batch, { logit_pos = t.pos, keep = true })
-          m:backward(t.c, { dest_grads = G })
-          local one, three = scores(t, nil, 1), scores(t, nil, 3)
-          assert.is_true(worst_rel(three.edges, one.edges, NF * NB, 3) < 1e-4, tostring(threads))
-          if not ref then
-            ref, ref_G = one, G
-          else
-            assert.is_true(worst_rel(one.edges, ref.edges, NF * NB, 1) < 1e-5, tostring(threads))
-            assert.is_true(worst_rel(G, ref_G, NB * blk, 1) < 1e-5, tostring(threads))
+          local got = { cap = core.floats(NF * blk), G = core.floats(NB * blk) }
+          m:forward(t.batch, { logit_pos = t.pos, capture = got.cap })
+          got.logits = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W })
+          for k = 0, 1 do -- each half alone
+            local b, pos, rows = half(t, 8 * k, 8)
+            local cap = core.floats(NF * m:block_size(8, b.P))
+            m:forward(b, { logit_pos = pos, capture = cap })
+            assert.is_true(worst_rel(cap, rows(got.cap), NF * m:block_size(8, b.P), 1) < 1e-5)
+            local logits = m:forward(b, { logit_pos = pos, patch_ref = rows(t.cap_r), patch_w = W })
+            assert.is_true(worst_rel(logits, got.logits + 8 * k * V, 8 * V, 1) < 1e-5)
           end
+          m:forward(t.batch, { logit_pos = t.pos, keep = true })
+          m:backward(t.c, { dest_grads = got.G })
+          got.one = scores(t, nil, 1)
+          local three = scores(t, nil, 3)
+          assert.is_true(worst_rel(three.edges, got.one.edges, NF * NB, 3) < 1e-4, tostring(threads))
+          if ref then
+            assert.is_true(worst_rel(got.cap, ref.cap, NF * blk, 1) < 1e-5, tostring(threads))
+            assert.is_true(worst_rel(got.logits, ref.logits, t.batch.B * V, 1) < 1e-5, tostring(threads))
+            assert.is_true(worst_rel(got.one.edges, ref.one.edges, NF * NB, 1) < 1e-5, tostring(threads))
+            assert.is_true(worst_rel(got.G, ref.G, NB * blk, 1) < 1e-5, tostring(threads))
+          end
+          ref = got
         end
         C.eapig_set_num_threads(before)
       end)
