@@ -153,6 +153,27 @@ describe("engine", function()
         assert.is_true(max_abs_diff(l, t.logits_r, t.batch.B * m.vocab) < 1e-4)
       end)
 
+      it("a circuit's deltas from few terms equal the dense product's", function()
+        -- The engine forms a layer's patching deltas from their few terms when a circuit patches
+        -- almost every edge (the sum of every upstream difference minus the few in the circuit)
+        -- or almost none, and as one dense product otherwise. Nudging the weights off 0 and 1
+        -- (1e-30 on unpatched real edges, the float below 1 on patched ones) leaves the result
+        -- the same to rounding but makes every term count, so the dense product runs instead.
+        local rng = require("eapig.rng").new(17)
+        for _, patched in ipairs({ 0.03, 0.5, 0.97 }) do
+          local W, dense = core.floats(NF * NB), core.floats(NF * NB)
+          for i = 0, NF * NB - 1 do
+            if t.mask[i] == 1 then
+              W[i] = rng:uniform() < patched and 1 or 0
+              dense[i] = W[i] == 1 and 0.99999994 or 1e-30
+            end
+          end
+          local a = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = W })
+          local b = m:forward(t.batch, { logit_pos = t.pos, patch_ref = t.cap_r, patch_w = dense })
+          assert.is_true(max_abs_diff(a, b, t.batch.B * m.vocab) < 1e-4, tostring(patched))
+        end
+      end)
+
       it("patching the edges out of input equals running on the corrupted embeddings", function()
         local W = core.floats(NF * NB)
         for v = 0, NB - 1 do W[v] = 1 end
