@@ -31,7 +31,7 @@ typedef struct {
     float *Gm;     /* (N,D) the MLP input's gradient (NULL when destination gradients go straight
                     * into the score gather, see below) */
     float *dest_tile; /* (T, DEST_ROWS, D) one block of a head destination's gradient per thread */
-    float *g_part; /* (T-1, N,D) the other threads' shares of the heads' residual gradient */
+    float *g_part; /* (EAPIG_SUM_PARTS-1, N,D) partial sums of the heads' residual gradient */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
     float *g_attn;  /* (N,D) gradient at the summed attention output A, before its post-norm */
     float *d_mlp;   /* (N,D) gradient at the MLP output before its post-norm */
@@ -261,52 +261,53 @@ typedef struct {
     const float *dproj[3], *w[3]; /* (N, H*Dh) gradients at q, k and v; their weights */
     const float *norm_w;          /* the pre-norm's weight */
     size_t li;
-    uint8_t used[EAPIG_MAX_THREADS]; /* thread p > 0 wrote its share of the residual gradient */
+    size_t parts; /* partial sums of the residual gradient (the first is r.s.g itself) */
 } head_dests;
 
-/* Destinations [j0, j1) of the layer (j = t*H + h: type t of head h), each row block in turn:
- * G = dproj_t[:, h] @ W_t[head] (K = d_head), back through the pre-norm at the destination's own
- * or the shared input, then summed over steps into the destination's gather column, copied out
- * when asked, and added to this thread's share of the residual gradient. */
-static void head_dest_range(void *ctx, size_t j0, size_t j1, size_t index) {
-    head_dests *a = ctx;
+/* Parts [p0, p1) of the layer's destinations (j = t*H + h: type t of head h), each destination
+ * and row block in turn: G = dproj_t[:, h] @ W_t[head] (K = d_head), back through the pre-norm
+ * at the destination's own or the shared input, then summed over steps into the destination's
+ * gather column, copied out when asked, and added to its part's sum of the residual gradient. */
+static void head_dest_range(void *ctx, size_t p0, size_t p1, size_t index) {
+    const head_dests *a = ctx;
     bwd_run *r = a->r;
     const eapig_config *c = &r->m->cfg;
     const layer_state *st = a->st;
     size_t N = r->N, D = r->D, H = r->H, Dh = c->d_head, group = H / c->n_kv_heads, nd = N * D;
     size_t Nd = N / r->steps;
     int pre_norm = c->block_norms != EAPIG_BLOCK_POST_NORM, rms = c->norm == EAPIG_NORM_RMSNORM;
-    float *g = r->s.g, *tile = r->s.dest_tile + index * DEST_ROWS * D;
-    if (index > 0) {
-        g = r->s.g_part + (index - 1) * nd;
-        memset(g, 0, nd * sizeof(float));
-        a->used[index] = 1;
-    }
-    for (size_t j = j0; j < j1; j++) {
-        size_t t = j / H, h = j % H, head = t == 0 ? h : h / group;
-        const float *hat = st->own_flags[j] ? st->own_hat + j * nd : st->attn_hat;
-        const float *rstd = st->own_flags[j] ? st->own_rstd + j * N : st->attn_rstd;
-        float *col = r->layer_gather ? r->layer_gather + j * Nd * D : NULL; /* (Nd, D), summed over steps */
-        float *out = r->o->dest_grads ? r->o->dest_grads + (a->li * r->J + j) * nd : NULL;
-        for (size_t n0 = 0; n0 < N; n0 += DEST_ROWS) {
-            size_t rows = N - n0 < DEST_ROWS ? N - n0 : DEST_ROWS;
-            eapig_gemm(0, 0, rows, D, Dh, 1.0f, a->dproj[t] + n0 * H * Dh + h * Dh, H * Dh, a->w[t] + head * Dh * D,
-                       D, 0.0f, tile, D);
-            if (pre_norm) norm_backward(tile, tile, hat + n0 * D, rstd + n0, a->norm_w, rows, D, rms);
-            for (size_t i = 0; i < rows; i++) {
-                size_t n = n0 + i;
-                const float *src = tile + i * D;
-                if (col) {
-                    float *dst = col + (n % Nd) * D;
-                    if (n < Nd)
-                        memcpy(dst, src, D * sizeof(float));
-                    else
-                        for (size_t e = 0; e < D; e++) dst[e] += src[e];
+    float *tile = r->s.dest_tile + index * DEST_ROWS * D;
+    for (size_t p = p0; p < p1; p++) {
+        float *g = p == 0 ? r->s.g : r->s.g_part + (p - 1) * nd;
+        if (p > 0) memset(g, 0, nd * sizeof(float));
+        size_t j0, j1;
+        eapig_part(3 * H, a->parts, p, &j0, &j1);
+        for (size_t j = j0; j < j1; j++) {
+            size_t t = j / H, h = j % H, head = t == 0 ? h : h / group;
+            const float *hat = st->own_flags[j] ? st->own_hat + j * nd : st->attn_hat;
+            const float *rstd = st->own_flags[j] ? st->own_rstd + j * N : st->attn_rstd;
+            float *col = r->layer_gather ? r->layer_gather + j * Nd * D : NULL; /* (Nd, D), summed over steps */
+            float *out = r->o->dest_grads ? r->o->dest_grads + (a->li * r->J + j) * nd : NULL;
+            for (size_t n0 = 0; n0 < N; n0 += DEST_ROWS) {
+                size_t rows = N - n0 < DEST_ROWS ? N - n0 : DEST_ROWS;
+                eapig_gemm(0, 0, rows, D, Dh, 1.0f, a->dproj[t] + n0 * H * Dh + h * Dh, H * Dh,
+                           a->w[t] + head * Dh * D, D, 0.0f, tile, D);
+                if (pre_norm) norm_backward(tile, tile, hat + n0 * D, rstd + n0, a->norm_w, rows, D, rms);
+                for (size_t i = 0; i < rows; i++) {
+                    size_t n = n0 + i;
+                    const float *src = tile + i * D;
+                    if (col) {
+                        float *dst = col + (n % Nd) * D;
+                        if (n < Nd)
+                            memcpy(dst, src, D * sizeof(float));
+                        else
+                            for (size_t e = 0; e < D; e++) dst[e] += src[e];
+                    }
+                    float *gr = g + n * D;
+                    for (size_t e = 0; e < D; e++) gr[e] += src[e];
                 }
-                float *gr = g + n * D;
-                for (size_t e = 0; e < D; e++) gr[e] += src[e];
+                if (out) memcpy(out + n0 * D, tile, rows * D * sizeof(float));
             }
-            if (out) memcpy(out + n0 * D, tile, rows * D * sizeof(float));
         }
     }
 }
@@ -339,10 +340,9 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
         norm_backward(r->s.dk, r->s.dk, st->k_hat, st->k_rstd, r->s.kw, N, H * Dh, 1);
     }
     head_dests a = {.r = r, .st = st, .dproj = {r->s.dq, r->s.dk, r->s.dv}, .w = {lw->wq, lw->wk, lw->wv},
-                    .norm_w = lw->ln1_w, .li = (size_t)l};
-    eapig_parallel_for(3 * H, 1, head_dest_range, &a);
-    for (size_t p = 1; p < EAPIG_MAX_THREADS; p++)
-        if (a.used[p]) add_into(r->s.g, r->s.g_part + (p - 1) * nd, nd);
+                    .norm_w = lw->ln1_w, .li = (size_t)l, .parts = EAPIG_SUM_PARTS};
+    eapig_parallel_for(a.parts, 1, head_dest_range, &a);
+    for (size_t p = 1; p < a.parts; p++) add_into(r->s.g, r->s.g_part + (p - 1) * nd, nd);
 }
 
 /* Weight gradients of layer l's MLP, from the gradient g at its output; needs the activation
@@ -470,7 +470,8 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
-    need += (direct ? 0 : nd) + T * DEST_ROWS * D + (T - 1) * nd + cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
+    need += (direct ? 0 : nd) + T * DEST_ROWS * D + (EAPIG_SUM_PARTS - 1) * nd;
+    need += cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
     need += c->final_softcap > 0.0f ? rows * (size_t)c->vocab : 0;
@@ -510,7 +511,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.scratch = carve(&p, T * 2 * r.P * r.P);
     r.s.Gm = direct ? NULL : carve(&p, nd);
     r.s.dest_tile = carve(&p, T * DEST_ROWS * D);
-    r.s.g_part = carve(&p, (T - 1) * nd);
+    r.s.g_part = carve(&p, (EAPIG_SUM_PARTS - 1) * nd);
     r.direct = direct;
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
     r.s.tile = carve(&p, r.NF * r.sg.cap_cols);

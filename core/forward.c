@@ -64,7 +64,7 @@ typedef struct {
     float *final_x;  /* (rows,D) gathered final residual */
     float *final_y;  /* (rows,D) */
     float *head_tile;  /* (T, HEAD_ROWS, D) one block of a head's output per thread */
-    float *attn_part;  /* (T-1, N,D) the other threads' shares of the attention output */
+    float *attn_part;  /* (EAPIG_SUM_PARTS-1, N,D) partial sums of the attention output */
 } scratch;
 
 /* Rows of a head's output made at a time when each head's output is recorded: a block stays in
@@ -107,7 +107,7 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
     s->resid = carve(c, N * D), s->x_in = carve(c, N * D), s->y = carve(c, N * D);
     s->own_in = carve(c, N * D), s->node = carve(c, N * D), s->attn_out = carve(c, N * D);
     size_t T = (size_t)eapig_get_num_threads();
-    s->head_tile = carve(c, T * HEAD_ROWS * D), s->attn_part = carve(c, (T - 1) * N * D);
+    s->head_tile = carve(c, T * HEAD_ROWS * D), s->attn_part = carve(c, (EAPIG_SUM_PARTS - 1) * N * D);
     s->grouped = carve(c, N * (size_t)cfg->n_kv_heads * Dh), s->z = carve(c, N * H * Dh);
     s->hidden = carve(c, N * F);
     s->delta = patching ? carve(c, J * N * D) : NULL;
@@ -376,6 +376,44 @@ static const float *own_input(fwd_run *r, const float *base, const float *delta,
     return r->s.y;
 }
 
+/* The heads of one type (q, k or v) that read their own inputs (own_heads_range). */
+typedef struct {
+    fwd_run *r;
+    layer_state *st;
+    const eapig_layer_weights *lw;
+    int t;
+    const float *x;   /* (N,D) the shared residual input */
+    const uint8_t *own;
+    const float *w, *bias; /* the type's projection */
+    float *out;       /* (N, H*Dh) */
+} own_heads;
+
+/* Heads [h0, h1) of type t, those with their own input, each row block in turn: the input x +
+ * delta, its pre-norm (saving hat and rstd), and its projection into the head's columns of out;
+ * a block stays in the core's L2 cache throughout. */
+static void own_heads_range(void *ctx, size_t h0, size_t h1, size_t index) {
+    const own_heads *a = ctx;
+    fwd_run *r = a->r;
+    const eapig_config *c = &r->m->cfg;
+    size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, group = H / c->n_kv_heads;
+    float *tile = r->s.head_tile + index * HEAD_ROWS * D;
+    for (size_t h = h0; h < h1; h++) {
+        size_t j = (size_t)a->t * H + h, g = a->t == 0 ? h : h / group;
+        if (!a->own[j]) continue;
+        const float *delta = r->s.delta + j * N * D;
+        float *hat = a->st->own_hat + j * N * D, *rstd = a->st->own_rstd + j * N;
+        for (size_t n0 = 0; n0 < N; n0 += HEAD_ROWS) {
+            size_t rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
+            const float *xr = a->x + n0 * D, *dr = delta + n0 * D;
+            for (size_t i = 0; i < rows * D; i++) tile[i] = xr[i] + dr[i];
+            if (c->block_norms != EAPIG_BLOCK_POST_NORM) /* post-norm-only blocks read x itself */
+                model_norm(c, tile, hat + n0 * D, rstd + n0, tile, a->lw->ln1_w, a->lw->ln1_b, rows, D);
+            linear_forward(a->out + n0 * H * Dh + h * Dh, tile, a->w + g * Dh * D, a->bias ? a->bias + g * Dh : NULL,
+                           rows, Dh, D, H * Dh);
+        }
+    }
+}
+
 /* Projects the q, k or v inputs (type t) of every head into out (N, H*Dh), one k/v per query
  * head. Heads without their own input share the one normalised input `shared_y`. */
 static void project_qkv(fwd_run *r, layer_state *st, const eapig_layer_weights *lw, int t, const float *x,
@@ -396,14 +434,8 @@ static void project_qkv(fwd_run *r, layer_state *st, const eapig_layer_weights *
                     if (!own[t * H + h])
                         memcpy(out + (n * H + h) * Dh, r->s.grouped + (n * KV + h / group) * Dh, Dh * sizeof(float));
     }
-    for (size_t h = 0; h < H; h++) {
-        size_t j = t * H + h;
-        if (!own[j]) continue;
-        const float *y = own_input(r, x, r->s.delta + j * N * D, st->own_hat + j * N * D, st->own_rstd + j * N,
-                                   lw->ln1_w, lw->ln1_b);
-        size_t g = t == 0 ? h : h / group;
-        linear_forward(out + h * Dh, y, w + g * Dh * D, bias + g * Dh, N, Dh, D, H * Dh);
-    }
+    own_heads a = {r, st, lw, t, x, own, w, bias, out};
+    eapig_parallel_for(H, 1, own_heads_range, &a);
 }
 
 /* Keeps the residual stream a reader saw, when asked. */
@@ -453,31 +485,32 @@ typedef struct {
     fwd_run *r;
     const float *z, *wo;
     int32_t first_head;
-    uint8_t used[EAPIG_MAX_THREADS]; /* thread p > 0 wrote its share of the attention output */
+    size_t parts; /* partial sums of the attention output (the first is s.attn_out itself) */
 } head_outputs;
 
-/* Heads [h0, h1), each row block in turn: its output z_h W_O[h]^T (without b_O) is added to this
- * thread's share of the attention output and recorded (captured, and its patching difference
- * kept). */
-static void head_outputs_range(void *ctx, size_t h0, size_t h1, size_t index) {
-    head_outputs *a = ctx;
+/* Parts [p0, p1) of the heads, each head and row block in turn: its output z_h W_O[h]^T (without
+ * b_O) is added to its part's sum of the attention output and recorded (captured, and its
+ * patching difference kept). */
+static void head_outputs_range(void *ctx, size_t p0, size_t p1, size_t index) {
+    const head_outputs *a = ctx;
     fwd_run *r = a->r;
     size_t N = r->N, D = r->D, H = r->m->cfg.n_heads, Dh = r->m->cfg.d_head, nd = N * D;
-    float *sum = r->s.attn_out, *tile = r->s.head_tile + index * HEAD_ROWS * D;
-    if (index > 0) {
-        sum = r->s.attn_part + (index - 1) * nd;
-        memset(sum, 0, nd * sizeof(float));
-        a->used[index] = 1;
+    float *tile = r->s.head_tile + index * HEAD_ROWS * D;
+    for (size_t p = p0; p < p1; p++) {
+        float *sum = p == 0 ? r->s.attn_out : r->s.attn_part + (p - 1) * nd;
+        if (p > 0) memset(sum, 0, nd * sizeof(float));
+        size_t h0, h1;
+        eapig_part(H, a->parts, p, &h0, &h1);
+        for (size_t h = h0; h < h1; h++)
+            for (size_t n0 = 0; n0 < N; n0 += HEAD_ROWS) {
+                size_t rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
+                eapig_gemm(0, 1, rows, D, Dh, 1.0f, a->z + n0 * H * Dh + h * Dh, H * Dh, a->wo + h * Dh, H * Dh,
+                           0.0f, tile, D);
+                float *dst = sum + n0 * D;
+                for (size_t i = 0; i < rows * D; i++) dst[i] += tile[i];
+                record_rows(r, a->first_head + (int32_t)h, tile, n0, rows);
+            }
     }
-    for (size_t h = h0; h < h1; h++)
-        for (size_t n0 = 0; n0 < N; n0 += HEAD_ROWS) {
-            size_t rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
-            eapig_gemm(0, 1, rows, D, Dh, 1.0f, a->z + n0 * H * Dh + h * Dh, H * Dh, a->wo + h * Dh, H * Dh, 0.0f,
-                       tile, D);
-            float *dst = sum + n0 * D;
-            for (size_t i = 0; i < rows * D; i++) dst[i] += tile[i];
-            record_rows(r, a->first_head + (int32_t)h, tile, n0, rows);
-        }
 }
 
 /* The attention block of layer l: reads x (N,D), adds its output into resid. */
@@ -520,10 +553,9 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             memcpy(r->o->attn_probs + (size_t)l * per_layer, st->att, per_layer * sizeof(float));
         }
         if (r->o->capture || r->s.diff) {
-            head_outputs a = {.r = r, .z = z, .wo = lw->wo, .first_head = first_head};
-            eapig_parallel_for(H, 1, head_outputs_range, &a);
-            for (size_t p = 1; p < EAPIG_MAX_THREADS; p++)
-                if (a.used[p]) add_into(r->s.attn_out, r->s.attn_part + (p - 1) * nd, nd);
+            head_outputs a = {r, z, lw->wo, first_head, H < EAPIG_SUM_PARTS ? H : EAPIG_SUM_PARTS};
+            eapig_parallel_for(a.parts, 1, head_outputs_range, &a);
+            for (size_t p = 1; p < a.parts; p++) add_into(r->s.attn_out, r->s.attn_part + (p - 1) * nd, nd);
         } else {
             linear_forward(r->s.attn_out, z, lw->wo, NULL, N, D, H * Dh, D);
         }

@@ -136,6 +136,14 @@ struct eapig_model {
 
 /* ---- threads (core/threads.c) ---- */
 enum { EAPIG_MAX_THREADS = 64 }; /* eapig_set_num_threads caps its count here */
+/* A sum over heads split over the threads is made as this many partial sums, whatever the thread
+ * count, added in order at the end: the result does not depend on the number of threads. */
+enum { EAPIG_SUM_PARTS = 4 };
+/* Part p of `parts` over [0, n) (contiguous, in order). */
+static inline void eapig_part(size_t n, size_t parts, size_t p, size_t *begin, size_t *end) {
+    *begin = n * p / parts;
+    *end = n * (p + 1) / parts;
+}
 /* A range [begin, end) of some work; index is the range's number (0 runs on the calling thread),
  * for per-thread scratch: index < eapig_get_num_threads(). */
 typedef void (*eapig_range_fn)(void *ctx, size_t begin, size_t end, size_t index);
