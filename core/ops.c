@@ -38,14 +38,26 @@ void linear_forward_naive(float *out, const float *inp, const float *w, const fl
 EAPIG_VECTOR_CLONES
 static void norm_forward_rows(float *out, float *xhat, float *rstd, const float *inp, const float *w, const float *b,
                               size_t N, size_t D, int rms, float eps) {
+    /* Mean and variance in double, each over eight partial sums: the compiler vectorises them
+     * without reassociating (no fast-math), where one running sum would be a chain of D
+     * dependent additions. */
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * D;
-        double mean = 0.0, var = 0.0;
+        double mean = 0.0, var = 0.0, s[8];
+        size_t i;
         if (!rms) {
-            for (size_t i = 0; i < D; i++) mean += x[i];
+            for (size_t k = 0; k < 8; k++) s[k] = 0.0;
+            for (i = 0; i + 8 <= D; i += 8)
+                for (size_t k = 0; k < 8; k++) s[k] += x[i + k];
+            for (; i < D; i++) mean += x[i];
+            for (size_t k = 0; k < 8; k++) mean += s[k];
             mean /= (double)D;
         }
-        for (size_t i = 0; i < D; i++) var += (x[i] - mean) * (x[i] - mean);
+        for (size_t k = 0; k < 8; k++) s[k] = 0.0;
+        for (i = 0; i + 8 <= D; i += 8)
+            for (size_t k = 0; k < 8; k++) s[k] += (x[i + k] - mean) * (x[i + k] - mean);
+        for (; i < D; i++) var += (x[i] - mean) * (x[i] - mean);
+        for (size_t k = 0; k < 8; k++) var += s[k];
         var /= (double)D;
         float r = (float)(1.0 / sqrt(var + eps));
         float *xh = xhat + n * D, *o = out + n * D;
