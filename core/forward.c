@@ -423,8 +423,8 @@ static void project_qkv(fwd_run *r, layer_state *st, const eapig_layer_weights *
     const float *w = t == 0 ? lw->wq : t == 1 ? lw->wk : lw->wv;
     const float *bias = t == 0 ? lw->bq : t == 1 ? lw->bk : lw->bv;
     size_t n_proj = t == 0 ? H : KV;
-    int any_shared = 0;
-    for (size_t h = 0; h < H; h++) any_shared |= !own[t * H + h];
+    int any_shared = 0, any_own = 0;
+    for (size_t h = 0; h < H; h++) any_shared |= !own[t * H + h], any_own |= own[t * H + h];
     if (any_shared) {
         float *dst = n_proj == H ? out : r->s.grouped;
         linear_forward(dst, shared_y, w, bias, N, n_proj * Dh, D, n_proj * Dh);
@@ -434,8 +434,10 @@ static void project_qkv(fwd_run *r, layer_state *st, const eapig_layer_weights *
                     if (!own[t * H + h])
                         memcpy(out + (n * H + h) * Dh, r->s.grouped + (n * KV + h / group) * Dh, Dh * sizeof(float));
     }
-    own_heads a = {r, st, lw, t, x, own, w, bias, out};
-    eapig_parallel_for(H, 1, own_heads_range, &a);
+    if (any_own) {
+        own_heads a = {r, st, lw, t, x, own, w, bias, out};
+        eapig_parallel_for(H, 1, own_heads_range, &a);
+    }
 }
 
 /* Keeps the residual stream a reader saw, when asked. */
