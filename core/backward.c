@@ -31,7 +31,7 @@ typedef struct {
     float *Gm;     /* (N,D) the MLP input's gradient (NULL when destination gradients go straight
                     * into the score gather, see below) */
     float *dest_tile; /* (T, DEST_ROWS, D) one block of a head destination's gradient per thread */
-    float *g_part; /* (EAPIG_SUM_PARTS-1, N,D) partial sums of the heads' residual gradient */
+    float *g_part; /* (eapig_sum_parts()-1, N,D) partial sums of the heads' residual gradient */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
     float *g_attn;  /* (N,D) gradient at the summed attention output A, before its post-norm */
     float *d_mlp;   /* (N,D) gradient at the MLP output before its post-norm */
@@ -340,7 +340,7 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
         norm_backward(r->s.dk, r->s.dk, st->k_hat, st->k_rstd, r->s.kw, N, H * Dh, 1);
     }
     head_dests a = {.r = r, .st = st, .dproj = {r->s.dq, r->s.dk, r->s.dv}, .w = {lw->wq, lw->wk, lw->wv},
-                    .norm_w = lw->ln1_w, .li = (size_t)l, .parts = EAPIG_SUM_PARTS};
+                    .norm_w = lw->ln1_w, .li = (size_t)l, .parts = eapig_sum_parts()};
     eapig_parallel_for(a.parts, 1, head_dest_range, &a);
     for (size_t p = 1; p < a.parts; p++) add_into(r->s.g, r->s.g_part + (p - 1) * nd, nd);
 }
@@ -470,7 +470,7 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
-    need += (direct ? 0 : nd) + T * DEST_ROWS * D + (EAPIG_SUM_PARTS - 1) * nd;
+    need += (direct ? 0 : nd) + T * DEST_ROWS * D + (eapig_sum_parts() - 1) * nd;
     need += cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
@@ -511,7 +511,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.scratch = carve(&p, T * 2 * r.P * r.P);
     r.s.Gm = direct ? NULL : carve(&p, nd);
     r.s.dest_tile = carve(&p, T * DEST_ROWS * D);
-    r.s.g_part = carve(&p, (EAPIG_SUM_PARTS - 1) * nd);
+    r.s.g_part = carve(&p, (eapig_sum_parts() - 1) * nd);
     r.direct = direct;
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
     r.s.tile = carve(&p, r.NF * r.sg.cap_cols);

@@ -64,7 +64,7 @@ typedef struct {
     float *final_x;  /* (rows,D) gathered final residual */
     float *final_y;  /* (rows,D) */
     float *head_tile;  /* (T, HEAD_ROWS, D) one block of a head's output per thread */
-    float *attn_part;  /* (EAPIG_SUM_PARTS-1, N,D) partial sums of the attention output */
+    float *attn_part;  /* (eapig_sum_parts()-1, N,D) partial sums of the attention output */
 } scratch;
 
 /* Rows of a head's output made at a time when each head's output is recorded: a block stays in
@@ -107,7 +107,7 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
     s->resid = carve(c, N * D), s->x_in = carve(c, N * D), s->y = carve(c, N * D);
     s->own_in = carve(c, N * D), s->node = carve(c, N * D), s->attn_out = carve(c, N * D);
     size_t T = (size_t)eapig_get_num_threads();
-    s->head_tile = carve(c, T * HEAD_ROWS * D), s->attn_part = carve(c, (EAPIG_SUM_PARTS - 1) * N * D);
+    s->head_tile = carve(c, T * HEAD_ROWS * D), s->attn_part = carve(c, (eapig_sum_parts() - 1) * N * D);
     s->grouped = carve(c, N * (size_t)cfg->n_kv_heads * Dh), s->z = carve(c, N * H * Dh);
     s->hidden = carve(c, N * F);
     s->delta = patching ? carve(c, J * N * D) : NULL;
@@ -555,7 +555,8 @@ static void attention_block(fwd_run *r, int l, layer_state *st, uint8_t *own, co
             memcpy(r->o->attn_probs + (size_t)l * per_layer, st->att, per_layer * sizeof(float));
         }
         if (r->o->capture || r->s.diff) {
-            head_outputs a = {r, z, lw->wo, first_head, H < EAPIG_SUM_PARTS ? H : EAPIG_SUM_PARTS};
+            size_t parts = eapig_sum_parts();
+            head_outputs a = {r, z, lw->wo, first_head, H < parts ? H : parts};
             eapig_parallel_for(a.parts, 1, head_outputs_range, &a);
             for (size_t p = 1; p < a.parts; p++) add_into(r->s.attn_out, r->s.attn_part + (p - 1) * nd, nd);
         } else {

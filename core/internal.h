@@ -136,9 +136,7 @@ struct eapig_model {
 
 /* ---- threads (core/threads.c) ---- */
 enum { EAPIG_MAX_THREADS = 64 }; /* eapig_set_num_threads caps its count here */
-/* A sum over heads split over the threads is made as this many partial sums, whatever the thread
- * count, added in order at the end: the result does not depend on the number of threads. */
-enum { EAPIG_SUM_PARTS = 4 };
+
 /* Part p of `parts` over [0, n) (contiguous, in order). */
 static inline void eapig_part(size_t n, size_t parts, size_t p, size_t *begin, size_t *end) {
     *begin = n * p / parts;
@@ -151,6 +149,13 @@ typedef void (*eapig_range_fn)(void *ctx, size_t begin, size_t end, size_t index
  * last takes the remainder), the first on the calling thread; returns when all are done. A call
  * from inside a range runs serially. One calling thread at a time. */
 void eapig_parallel_for(size_t n, size_t grain, eapig_range_fn fn, void *ctx);
+/* A sum over heads split over the threads is made as this many partial sums, added in order at
+ * the end: four up to four threads, so the result is the same bits at one to four threads (one
+ * partial sum per thread beyond). Each part past the first costs a buffer and a pass. */
+static inline size_t eapig_sum_parts(void) {
+    size_t t = (size_t)eapig_get_num_threads();
+    return t > 4 ? t : 4;
+}
 /* Row-major C (M,N) = alpha op(A) op(B) + beta C, op = transpose when trans_* is set, as
  * cblas_sgemm with OpenBLAS single-threaded, split over the core's threads when large enough. */
 void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,

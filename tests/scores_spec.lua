@@ -126,7 +126,7 @@ describe("score accumulation", function()
   -- are made in blocks of 128 rows split over the threads by head. A batch of 16 rows x 9
   -- positions (144 rows: a block and a part) must give what its two halves (72 rows, one block
   -- each) give alone; with 3 batched steps (432 rows) blocks cross the step boundaries. Every
-  -- result is the same at 1, 2 and 3 threads, to the bit.
+  -- result is the same at 1, 2 and 3 threads, to the bit, and at 6 to rounding.
   describe("row blocks of the heads", function()
     -- rows [first, first + n) of a batch t (tokens, lengths, positions) and of a node-major buffer
     local function half(t, first, n)
@@ -143,7 +143,7 @@ describe("score accumulation", function()
       return b, t.pos + first, rows
     end
     for _, kind in ipairs({ "gpt2", "llama" }) do
-      it(kind .. ": captures, patched logits, destination gradients and scores, at 1, 2 and 3 threads", function()
+      it(kind .. ": captures, patched logits, destination gradients and scores, at 1, 2, 3 and 6 threads", function()
         local before = C.eapig_get_num_threads()
         local lengths = {}
         for i = 1, 16 do lengths[i] = 5 + i % 5 end
@@ -153,7 +153,7 @@ describe("score accumulation", function()
         local W = core.floats(NF * NB) -- every other real edge reads the corrupted value
         for i = 0, NF * NB - 1, 2 do W[i] = t.mask[i] end
         local ref
-        for _, threads in ipairs({ 1, 2, 3 }) do
+        for _, threads in ipairs({ 1, 2, 3, 6 }) do
           C.eapig_set_num_threads(threads)
           local got = { cap = core.floats(NF * blk), G = core.floats(NB * blk) }
           m:forward(t.batch, { logit_pos = t.pos, capture = got.cap })
@@ -171,13 +171,16 @@ describe("score accumulation", function()
           got.one = scores(t, nil, 1)
           local three = scores(t, nil, 3)
           assert.is_true(worst_rel(three.edges, got.one.edges, NF * NB, 3) < 1e-4, tostring(threads))
-          if ref then -- the heads' sums are made in the same parts at any thread count: the same bits
-            assert.are.equal(0, worst_rel(got.cap, ref.cap, NF * blk, 1), tostring(threads))
-            assert.are.equal(0, worst_rel(got.logits, ref.logits, t.batch.B * V, 1), tostring(threads))
-            assert.are.equal(0, worst_rel(got.G, ref.G, NB * blk, 1), tostring(threads))
-            assert.are.equal(0, worst_rel(got.one.edges, ref.one.edges, NF * NB, 1), tostring(threads))
+          if ref then
+            -- the heads' sums are made in the same four parts at one to four threads: the same
+            -- bits; beyond, one part per thread (rounding only)
+            local tol = threads <= 4 and 0 or 1e-5
+            assert.is_true(worst_rel(got.cap, ref.cap, NF * blk, 1) <= tol, tostring(threads))
+            assert.is_true(worst_rel(got.logits, ref.logits, t.batch.B * V, 1) <= tol, tostring(threads))
+            assert.is_true(worst_rel(got.G, ref.G, NB * blk, 1) <= tol, tostring(threads))
+            assert.is_true(worst_rel(got.one.edges, ref.one.edges, NF * NB, 1) <= tol, tostring(threads))
           end
-          ref = got
+          ref = ref or got
         end
         C.eapig_set_num_threads(before)
       end)
