@@ -43,6 +43,23 @@ describe("sweep", function()
     end
     local selected, unselected = graph:clone(), eapig.Graph.from_model(model)
     selected:apply_topn(5)
+    -- baselines = true: the model on the clean and corrupted inputs, from the same pass (under
+    -- patching the corrupted values are the reference run's own logits)
+    for _, intervention in ipairs({ "patching", "zero" }) do
+      local opts = { intervention = intervention, quiet = true, batch_size = 3, baselines = true }
+      local many, clean, corrupted = evaluate.evaluate_graphs(model, { selected:clone() }, data, metrics, opts)
+      assert.are.same(evaluate.evaluate_graph(model, selected:clone(), data, metrics,
+        { intervention = intervention, quiet = true, batch_size = 3 }), many[1])
+      local want_clean = evaluate.evaluate_baseline(model, data, metrics, { batch_size = 3 })
+      local want_corrupted = evaluate.evaluate_baseline(model, data, metrics, { batch_size = 3, run_corrupted = true })
+      for i = 1, #metrics do
+        for r = 1, #data do
+          assert.are.equal(want_clean[i][r], clean[i][r])
+          local w, got = want_corrupted[i][r], corrupted[i][r]
+          assert.is_true(math.abs(got - w) <= 1e-5 * (1 + math.abs(w)), ("%s row %d: %g vs %g"):format(intervention, r, got, w))
+        end
+      end
+    end
     assert.has_error(function() evaluate.evaluate_graphs(model, { selected, unselected }, data, "logit_diff") end,
       "evaluate_graphs: graph 2 has no edges selected: choose a circuit first with graph:apply_topn(n), "
       .. "apply_threshold(t) or apply_greedy(n) (apply_topn(0) evaluates the empty circuit on purpose)")

@@ -91,14 +91,18 @@ end
 
 local EVAL_OPTIONS = { "intervention", "intervention_data", "reference", "batch_size", "prune", "quiet",
   "skip_clean", "memory" }
+local GRAPHS_OPTIONS = { "baselines" }
+for _, name in ipairs(EVAL_OPTIONS) do GRAPHS_OPTIONS[#GRAPHS_OPTIONS + 1] = name end
 
 -- The patched runs of several circuits over one pass through the data. Each circuit is
 -- {W =, scale =, any =} (circuit_weights): W = 1 where the edge reads its reference value. Per
 -- batch the reference values and the clean logits are computed once and shared by every circuit,
 -- which is what makes a sweep over circuit sizes cheaper than separate evaluations. The clean
 -- forward runs only for metrics that read the clean logits, for a circuit that patches nothing
--- (its logits are the clean ones), or when skip_clean = false asks for it. Returns, per circuit,
--- the per-metric lists of per-example values.
+-- (its logits are the clean ones), or when skip_clean = false or baselines asks for it. Returns,
+-- per circuit, the per-metric lists of per-example values; with opts.baselines, then the same for
+-- the model on the clean input and on the corrupted input (under patching, the corrupted input is
+-- the reference run itself, whose logits come with its capture).
 local function run_circuits(model, data, list, circuits, opts)
   local intervention = opts.intervention or "patching"
   local batch_size = opts.batch_size or options.DEFAULT_BATCH_SIZE
@@ -109,7 +113,7 @@ local function run_circuits(model, data, list, circuits, opts)
   if intervention:find("^mean") then
     means = runs.compute_means(model, opts.intervention_data, intervention == "mean-positional", batch_size)
   end
-  local need_clean, need_ref = opts.skip_clean == false, false
+  local need_clean, need_ref = opts.skip_clean == false or opts.baselines == true, false
   for _, mt in ipairs(list) do
     if mt.needs_clean then need_clean = true end
   end
@@ -118,13 +122,26 @@ local function run_circuits(model, data, list, circuits, opts)
     if circuit.any then need_ref = true else need_clean = true end
     rows[c] = row_values(#list, #data)
   end
+  local base_rows = opts.baselines and { clean = row_values(#list, #data), corrupted = row_values(#list, #data) }
   local batches = { batch = -1 } -- the batch counter take_batch advances
   local progress = Progress.new("evaluate", #data * #circuits, opts.quiet or not parallel.is_root())
   -- one batch; its reference buffer is freed when it ends (core.with_batch)
   local function run_batch(b)
-    local clean = runs.engine_batches(b)
+    local clean, corrupted = runs.engine_batches(b)
     local clean_logits = need_clean and model:forward(clean, { logit_pos = b.last_pos }) or nil
-    local R = need_ref and runs.reference(model, b, intervention, means, opts.reference) or nil
+    local R, corrupted_logits
+    if base_rows and intervention == "patching" and not opts.reference then
+      R, corrupted_logits = runs.reference(model, b, intervention, means, nil, true)
+    else
+      R = need_ref and runs.reference(model, b, intervention, means, opts.reference) or nil
+      if base_rows then corrupted_logits = model:forward(corrupted, { logit_pos = b.last_pos }) end
+    end
+    if base_rows then
+      for i, mt in ipairs(list) do
+        put_values(base_rows.clean, i, b, runs.metric_values(model, mt, b, clean_logits, clean_logits, b.rows))
+        put_values(base_rows.corrupted, i, b, runs.metric_values(model, mt, b, corrupted_logits, clean_logits, b.rows))
+      end
+    end
     for c, circuit in ipairs(circuits) do
       local logits = clean_logits
       if circuit.any then
@@ -147,11 +164,12 @@ local function run_circuits(model, data, list, circuits, opts)
   progress:finish()
   local results = {}
   for c = 1, #circuits do results[c] = finish_rows(rows[c]) end
+  if base_rows then return results, finish_rows(base_rows.clean), finish_rows(base_rows.corrupted) end
   return results
 end
 
-local function check_eval_opts(opts, where)
-  opts = options.check(opts, EVAL_OPTIONS, where)
+local function check_eval_opts(opts, where, known)
+  opts = options.check(opts, known or EVAL_OPTIONS, where)
   local intervention = opts.intervention or "patching"
   runs.check_intervention(intervention, opts.intervention_data, opts.reference)
   return opts
@@ -189,16 +207,18 @@ end
 -- evaluate_graphs(model, graphs, data, metrics, opts): evaluate_graph of each graph in the list,
 -- in one pass over the data: each batch's reference values (and clean logits, when needed) are
 -- computed once for all the circuits. Returns a list with evaluate_graph's result per graph.
--- opts as evaluate_graph's.
+-- opts as evaluate_graph's, and baselines = true: also returns evaluate_baseline's values of the
+-- clean and of the corrupted input (two more results), from the same pass.
 function M.evaluate_graphs(model, graphs, data, ms, opts)
-  opts = check_eval_opts(opts, "evaluate_graphs")
+  opts = check_eval_opts(opts, "evaluate_graphs", GRAPHS_OPTIONS)
   local list, many = metric_list(ms)
   local circuits = {}
   for k, graph in ipairs(graphs) do
     circuits[k] = graph_circuit(model, graph, opts, ("evaluate_graphs: graph %d"):format(k))
   end
-  local results = run_circuits(model, data, list, circuits, opts)
+  local results, clean, corrupted = run_circuits(model, data, list, circuits, opts)
   for k = 1, #results do results[k] = unwrap(results[k], many) end
+  if opts.baselines then return results, unwrap(clean, many), unwrap(corrupted, many) end
   return results
 end
 

@@ -104,13 +104,15 @@ function runs.compute_means(model, ds, per_position, batch_size)
 end
 
 -- The reference activations R (NF, B, P, D) of a batch for an intervention. For patching it
--- runs the corrupted input (capturing every node); the others need no run. A custom reference
+-- runs the corrupted input (capturing every node; with logits = true it also returns that run's
+-- logits at the last positions); the others need no run. A custom reference
 -- function(model, batch) replaces the built-in interventions (a user-defined ablation).
-function runs.reference(model, b, intervention, means, custom)
+function runs.reference(model, b, intervention, means, custom, logits)
   if custom then return custom(model, b) end
   local R = runs.nodes(model, b.B, b.P)
   if intervention == "patching" then
     local _, corrupted = runs.engine_batches(b)
+    if logits then return R, model:forward(corrupted, { capture = R, logit_pos = b.last_pos }) end
     model:forward(corrupted, { capture = R, no_logits = true })
   elseif intervention == "mean" or intervention == "mean-positional" then
     if means.per_position and b.P > means.P then

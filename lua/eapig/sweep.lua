@@ -95,13 +95,9 @@ function M.run(model, graph, data, metric, opts)
   end
   local eopts = { intervention = opts.intervention, intervention_data = opts.intervention_data,
     reference = opts.reference, batch_size = opts.batch_size, quiet = true }
-  local base = {
-    clean = evaluate.mean(evaluate.evaluate_baseline(model, data, metric, { batch_size = opts.batch_size })),
-    corrupted = evaluate.mean(evaluate.evaluate_baseline(model, data, metric,
-      { batch_size = opts.batch_size, run_corrupted = true })),
-  }
   -- Every circuit of every curve, and the empty circuit first, in one pass over the data: the
-  -- reference values of each batch are computed once for all of them.
+  -- reference values of each batch are computed once for all of them, and the model's values on
+  -- the clean and corrupted inputs come from the same pass (baselines).
   local empty = graph:clone()
   empty:apply_topn(0)
   local curves = {}
@@ -116,11 +112,11 @@ function M.run(model, graph, data, metric, opts)
       if g:count_included_edges() > 0 then all[#all + 1] = g; c[#c + 1] = #all else c[#c + 1] = false end
     end
   end
-  local eopts_pruned = {}
+  local eopts_pruned = { baselines = true }
   for k, v in pairs(eopts) do eopts_pruned[k] = v end
   eopts_pruned.prune = false -- pruned above
-  local values = evaluate.evaluate_graphs(model, all, data, metric, eopts_pruned)
-  base.empty = evaluate.mean(values[1])
+  local values, clean, corrupted = evaluate.evaluate_graphs(model, all, data, metric, eopts_pruned)
+  local base = { clean = evaluate.mean(clean), corrupted = evaluate.mean(corrupted), empty = evaluate.mean(values[1]) }
   local result = { clean = base.clean, corrupted = base.corrupted, empty = base.empty, measure = measure }
   for _, c in ipairs(curves) do
     local means = {}
