@@ -30,7 +30,7 @@ typedef struct {
     float *tile;   /* (NF, cap_cols) one flush's products (flush_scores) */
     float *Gm;     /* (N,D) the MLP input's gradient (NULL when destination gradients go straight
                     * into the score gather, see below) */
-    float *dest_tile; /* (T, DEST_ROWS, D) one block of a head destination's gradient per thread */
+    float *dest_tile; /* (T, EAPIG_TILE_ROWS, D) one block of a head destination's gradient per thread */
     float *g_part; /* (eapig_sum_parts()-1, N,D) partial sums of the heads' residual gradient */
     float *g_red;  /* (Nd,D) a residual gradient summed over batched steps (node scores) */
     float *g_attn;  /* (N,D) gradient at the summed attention output A, before its post-norm */
@@ -249,11 +249,6 @@ static void mlp_backward(bwd_run *r, int l, const layer_state *st, const float *
     dest_grad(r, G_m, st, 3 * (size_t)c->n_heads, 1, lw->ln2_w);
 }
 
-/* Rows of a head destination's gradient made at a time: a block of them (with its rows of the
- * saved norm input) stays in the core's L2 cache from the product through the norm backward to
- * the gather, the copy out and the residual gradient, instead of a pass over memory each. */
-enum { DEST_ROWS = 128 };
-
 /* The heads' q, k and v destinations of one layer, split over the threads (head_dest_range). */
 typedef struct {
     bwd_run *r;
@@ -276,7 +271,7 @@ static void head_dest_range(void *ctx, size_t p0, size_t p1, size_t index) {
     size_t N = r->N, D = r->D, H = r->H, Dh = c->d_head, group = H / c->n_kv_heads, nd = N * D;
     size_t Nd = N / r->steps;
     int pre_norm = c->block_norms != EAPIG_BLOCK_POST_NORM, rms = c->norm == EAPIG_NORM_RMSNORM;
-    float *tile = r->s.dest_tile + index * DEST_ROWS * D;
+    float *tile = r->s.dest_tile + index * EAPIG_TILE_ROWS * D;
     for (size_t p = p0; p < p1; p++) {
         float *g = p == 0 ? r->s.g : r->s.g_part + (p - 1) * nd;
         if (p > 0) memset(g, 0, nd * sizeof(float));
@@ -288,8 +283,8 @@ static void head_dest_range(void *ctx, size_t p0, size_t p1, size_t index) {
             const float *rstd = st->own_flags[j] ? st->own_rstd + j * N : st->attn_rstd;
             float *col = r->layer_gather ? r->layer_gather + j * Nd * D : NULL; /* (Nd, D), summed over steps */
             float *out = r->o->dest_grads ? r->o->dest_grads + (a->li * r->J + j) * nd : NULL;
-            for (size_t n0 = 0; n0 < N; n0 += DEST_ROWS) {
-                size_t rows = N - n0 < DEST_ROWS ? N - n0 : DEST_ROWS;
+            for (size_t n0 = 0; n0 < N; n0 += EAPIG_TILE_ROWS) {
+                size_t rows = N - n0 < EAPIG_TILE_ROWS ? N - n0 : EAPIG_TILE_ROWS;
                 eapig_gemm(0, 0, rows, D, Dh, 1.0f, a->dproj[t] + n0 * H * Dh + h * Dh, H * Dh,
                            a->w[t] + head * Dh * D, D, 0.0f, tile, D);
                 if (pre_norm) norm_backward(tile, tile, hat + n0 * D, rstd + n0, a->norm_w, rows, D, rms);
@@ -470,7 +465,7 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t cap_cols = scores ? gather_columns(ndr, score_memory, NF, J, NB) : 0;
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
-    need += (direct ? 0 : nd) + T * DEST_ROWS * D + (eapig_sum_parts() - 1) * nd;
+    need += (direct ? 0 : nd) + T * EAPIG_TILE_ROWS * D + (eapig_sum_parts() - 1) * nd;
     need += cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
@@ -510,7 +505,7 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     size_t T = (size_t)eapig_get_num_threads();
     r.s.scratch = carve(&p, T * 2 * r.P * r.P);
     r.s.Gm = direct ? NULL : carve(&p, nd);
-    r.s.dest_tile = carve(&p, T * DEST_ROWS * D);
+    r.s.dest_tile = carve(&p, T * EAPIG_TILE_ROWS * D);
     r.s.g_part = carve(&p, (eapig_sum_parts() - 1) * nd);
     r.direct = direct;
     r.sg.buf = carve(&p, r.sg.cap_cols * ndr);

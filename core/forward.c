@@ -63,14 +63,9 @@ typedef struct {
     float *kw;       /* (H*Dh) the k norm weight of each ungrouped key */
     float *final_x;  /* (rows,D) gathered final residual */
     float *final_y;  /* (rows,D) */
-    float *head_tile;  /* (T, HEAD_ROWS, D) one block of a head's output per thread */
+    float *head_tile;  /* (T, EAPIG_TILE_ROWS, D) one block of a head's output per thread */
     float *attn_part;  /* (eapig_sum_parts()-1, N,D) partial sums of the attention output */
 } scratch;
-
-/* Rows of a head's output made at a time when each head's output is recorded: a block stays in
- * the core's L2 cache from its product to the attention output sum, the capture and the
- * patching difference. */
-enum { HEAD_ROWS = 128 };
 
 /* Carves the saved per-layer state and the scratch; with c->base NULL it only counts. */
 static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, int n_slots, scratch *s,
@@ -107,7 +102,7 @@ static void carve_run(carver *c, const eapig_config *cfg, layer_state *layers, i
     s->resid = carve(c, N * D), s->x_in = carve(c, N * D), s->y = carve(c, N * D);
     s->own_in = carve(c, N * D), s->node = carve(c, N * D), s->attn_out = carve(c, N * D);
     size_t T = (size_t)eapig_get_num_threads();
-    s->head_tile = carve(c, T * HEAD_ROWS * D), s->attn_part = carve(c, (eapig_sum_parts() - 1) * N * D);
+    s->head_tile = carve(c, T * EAPIG_TILE_ROWS * D), s->attn_part = carve(c, (eapig_sum_parts() - 1) * N * D);
     s->grouped = carve(c, N * (size_t)cfg->n_kv_heads * Dh), s->z = carve(c, N * H * Dh);
     s->hidden = carve(c, N * F);
     s->delta = patching ? carve(c, J * N * D) : NULL;
@@ -396,14 +391,14 @@ static void own_heads_range(void *ctx, size_t h0, size_t h1, size_t index) {
     fwd_run *r = a->r;
     const eapig_config *c = &r->m->cfg;
     size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, group = H / c->n_kv_heads;
-    float *tile = r->s.head_tile + index * HEAD_ROWS * D;
+    float *tile = r->s.head_tile + index * EAPIG_TILE_ROWS * D;
     for (size_t h = h0; h < h1; h++) {
         size_t j = (size_t)a->t * H + h, g = a->t == 0 ? h : h / group;
         if (!a->own[j]) continue;
         const float *delta = r->s.delta + j * N * D;
         float *hat = a->st->own_hat + j * N * D, *rstd = a->st->own_rstd + j * N;
-        for (size_t n0 = 0; n0 < N; n0 += HEAD_ROWS) {
-            size_t rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
+        for (size_t n0 = 0; n0 < N; n0 += EAPIG_TILE_ROWS) {
+            size_t rows = N - n0 < EAPIG_TILE_ROWS ? N - n0 : EAPIG_TILE_ROWS;
             const float *xr = a->x + n0 * D, *dr = delta + n0 * D;
             for (size_t i = 0; i < rows * D; i++) tile[i] = xr[i] + dr[i];
             if (c->block_norms != EAPIG_BLOCK_POST_NORM) /* post-norm-only blocks read x itself */
@@ -497,15 +492,15 @@ static void head_outputs_range(void *ctx, size_t p0, size_t p1, size_t index) {
     const head_outputs *a = ctx;
     fwd_run *r = a->r;
     size_t N = r->N, D = r->D, H = r->m->cfg.n_heads, Dh = r->m->cfg.d_head, nd = N * D;
-    float *tile = r->s.head_tile + index * HEAD_ROWS * D;
+    float *tile = r->s.head_tile + index * EAPIG_TILE_ROWS * D;
     for (size_t p = p0; p < p1; p++) {
         float *sum = p == 0 ? r->s.attn_out : r->s.attn_part + (p - 1) * nd;
         if (p > 0) memset(sum, 0, nd * sizeof(float));
         size_t h0, h1;
         eapig_part(H, a->parts, p, &h0, &h1);
         for (size_t h = h0; h < h1; h++)
-            for (size_t n0 = 0; n0 < N; n0 += HEAD_ROWS) {
-                size_t rows = N - n0 < HEAD_ROWS ? N - n0 : HEAD_ROWS;
+            for (size_t n0 = 0; n0 < N; n0 += EAPIG_TILE_ROWS) {
+                size_t rows = N - n0 < EAPIG_TILE_ROWS ? N - n0 : EAPIG_TILE_ROWS;
                 eapig_gemm(0, 1, rows, D, Dh, 1.0f, a->z + n0 * H * Dh + h * Dh, H * Dh, a->wo + h * Dh, H * Dh,
                            0.0f, tile, D);
                 float *dst = sum + n0 * D;

@@ -149,6 +149,11 @@ typedef void (*eapig_range_fn)(void *ctx, size_t begin, size_t end, size_t index
  * last takes the remainder), the first on the calling thread; returns when all are done. A call
  * from inside a range runs serially. One calling thread at a time. */
 void eapig_parallel_for(size_t n, size_t grain, eapig_range_fn fn, void *ctx);
+/* Rows of one head's block made at a time (a head's output, its own input, its destination
+ * gradient): a block of EAPIG_TILE_ROWS x d_model floats stays in the core's L2 cache from its
+ * product through the norm, the sums, the capture and the gather, instead of a pass over memory
+ * each. */
+enum { EAPIG_TILE_ROWS = 128 };
 /* A sum over heads split over the threads is made as this many partial sums, added in order at
  * the end: four up to four threads, so the result is the same bits at one to four threads (one
  * partial sum per thread beyond). Each part past the first costs a buffer and a pass. */
