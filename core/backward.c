@@ -27,7 +27,7 @@ typedef struct {
     float *dz, *dq, *dk, *dv; /* (N, H*Dh) */
     float *dh, *dpre, *dup;   /* (N,F) */
     float *scratch;           /* (T,2,P,P): one block per thread (attention_backward) */
-    float *tile;   /* (NF, cap_cols) one flush's products (flush_scores) */
+    float *tile;   /* one flush's partial products (flush_scores, eapig_edge_product_floats) */
     float *Gm;     /* (N,D) the MLP input's gradient (NULL when destination gradients go straight
                     * into the score gather, see below) */
     float *dest_tile; /* (T, EAPIG_TILE_ROWS, D) one block of a head destination's gradient per thread */
@@ -52,8 +52,9 @@ typedef struct {
  * stands for the logits column. Column c lives at slot cap_cols - (hi_col - c), so the layers,
  * gathered from the top down, end up in column order. */
 typedef struct {
-    float *buf;       /* (cap_cols, Nd*D) */
+    float *buf;       /* (cap_cols, ld): a column per destination */
     size_t cap_cols;
+    size_t ld;        /* floats from a column to the next: Nd*D + EAPIG_EDGE_PAD */
     size_t lo, hi;    /* gathered layers; lo == hi: empty */
     size_t hi_col;    /* one past the last gathered column */
 } score_gather;
@@ -122,27 +123,29 @@ static void reduce_into_gather(bwd_run *r, float *dst, const float *src, size_t 
     r->ws->score_seconds += seconds_now() - t0;
 }
 
-/* Reduces the gathered layers into the scores and empties the gather: one product of every
- * source upstream of the last gathered column with all gathered columns, into the small tile,
- * whose real-edge entries (u < col_n_up(c)) are added to the scores. The pairs that are not
- * edges (a later source, an earlier column) are computed and dropped, about a fifth of a GPT-2
- * gather's products: one large product runs several times faster than the staircase of small
- * ones (a row or a layer's 13 sources at a time) that would skip them. Only the real edges' work
- * counts in the score flops. */
+/* The score columns of a flush: column j of the gather is score column c0 + j. */
+typedef struct {
+    const bwd_run *r;
+    size_t c0;
+} flush_columns;
+
+static size_t flush_col_rows(const void *ctx, size_t j) {
+    const flush_columns *f = ctx;
+    return col_n_up(f->r, f->c0 + j);
+}
+
+/* Reduces the gathered layers into the scores and empties the gather: one edge product
+ * (core/edge_product.c) of every source with every gathered column, over the real edges only
+ * (u < col_n_up(c)). */
 static void flush_scores(bwd_run *r) {
     score_gather *sg = &r->sg;
     if (sg->lo == sg->hi) return;
     size_t c0 = layer_col(r, sg->lo), n = sg->hi_col - c0, ndr = r->N * r->D / r->steps;
-    size_t rows = col_n_up(r, sg->hi_col - 1);
-    const float *g = sg->buf + (sg->cap_cols - n) * ndr;
+    const float *g = sg->buf + (sg->cap_cols - n) * sg->ld;
     double t0 = seconds_now(), useful = 0.0;
-    eapig_gemm(0, 1, rows, n, ndr, 1.0f, r->o->diff, ndr, g, ndr, 0.0f, r->s.tile, n);
-    for (size_t j = 0; j < n; j++) {
-        size_t up = col_n_up(r, c0 + j);
-        float *col = r->o->scores + c0 + j;
-        for (size_t u = 0; u < up; u++) col[u * r->NB] += r->s.tile[u * n + j];
-        useful += (double)up;
-    }
+    flush_columns cols = {r, c0};
+    eapig_edge_product(n, flush_col_rows, &cols, ndr, r->o->diff, ndr, g, sg->ld, r->o->scores + c0, r->NB, r->s.tile);
+    for (size_t j = 0; j < n; j++) useful += (double)col_n_up(r, c0 + j);
     r->ws->score_seconds += seconds_now() - t0;
     r->ws->score_flops += 2.0 * useful * (double)ndr;
     sg->lo = sg->hi = 0;
@@ -152,14 +155,13 @@ static void flush_scores(bwd_run *r) {
  * do not fit beside the layers already there. Layers arrive from the top (logits) down. */
 static float *gather_layer(bwd_run *r, size_t l) {
     score_gather *sg = &r->sg;
-    size_t ndr = r->N * r->D / r->steps;
     if (sg->lo != sg->hi && sg->hi_col - layer_col(r, l) > sg->cap_cols) flush_scores(r);
     if (sg->lo == sg->hi) {
         sg->hi = l + 1;
         sg->hi_col = layer_col(r, l) + layer_ncols(r, l);
     }
     sg->lo = l;
-    return sg->buf + (sg->cap_cols - (sg->hi_col - layer_col(r, l))) * ndr;
+    return sg->buf + (sg->cap_cols - (sg->hi_col - layer_col(r, l))) * sg->ld;
 }
 
 /* Node and neuron scores of sources [u0, u0+n) whose outputs all meet the residual gradient g:
@@ -214,14 +216,14 @@ static void dest_grad(bwd_run *r, float *G, const layer_state *st, size_t j, int
 /* Where the MLP input's gradient goes: its column of the score gather (one step, with scores),
  * or a buffer of its own (the residual gradient needs it after the heads'). */
 static float *mlp_dest_buffer(const bwd_run *r) {
-    return r->direct ? r->layer_gather + 3 * r->H * r->N * r->D : r->s.Gm;
+    return r->direct ? r->layer_gather + 3 * r->H * r->sg.ld : r->s.Gm;
 }
 
 /* The MLP input of layer li has its gradient Gm: summed over steps into the gather (when it is
  * not there already) and copied out when asked. */
 static void mlp_dest_done(bwd_run *r, size_t li, const float *Gm) {
     size_t nd = r->N * r->D, j = 3 * r->H;
-    if (r->layer_gather && !r->direct) reduce_into_gather(r, r->layer_gather + j * (nd / r->steps), Gm, 1);
+    if (r->layer_gather && !r->direct) reduce_into_gather(r, r->layer_gather + j * r->sg.ld, Gm, 1);
     if (r->o->dest_grads) memcpy(r->o->dest_grads + (li * r->J + j) * nd, Gm, nd * sizeof(float));
 }
 
@@ -281,7 +283,7 @@ static void head_dest_range(void *ctx, size_t p0, size_t p1, size_t index) {
             size_t t = j / H, h = j % H, head = t == 0 ? h : h / group;
             const float *hat = st->own_flags[j] ? st->own_hat + j * nd : st->attn_hat;
             const float *rstd = st->own_flags[j] ? st->own_rstd + j * N : st->attn_rstd;
-            float *col = r->layer_gather ? r->layer_gather + j * Nd * D : NULL; /* (Nd, D), summed over steps */
+            float *col = r->layer_gather ? r->layer_gather + j * r->sg.ld : NULL; /* (Nd, D), summed over steps */
             float *out = r->o->dest_grads ? r->o->dest_grads + (a->li * r->J + j) * nd : NULL;
             for (size_t n0 = 0; n0 < N; n0 += EAPIG_TILE_ROWS) {
                 size_t rows = N - n0 < EAPIG_TILE_ROWS ? N - n0 : EAPIG_TILE_ROWS;
@@ -314,8 +316,7 @@ static void attention_backward_layer(bwd_run *r, int l, const layer_state *st, c
     const eapig_layer_weights *lw = r->lw;
     size_t N = r->N, D = r->D, H = c->n_heads, Dh = c->d_head, group = H / c->n_kv_heads, nd = N * D;
     if (r->ws->override_group == eapig_heads_group(l)) { /* constant outputs: no gradient reaches the inputs */
-        size_t ndr = nd / r->steps;
-        if (r->layer_gather) memset(r->layer_gather, 0, 3 * H * ndr * sizeof(float));
+        if (r->layer_gather) memset(r->layer_gather, 0, 3 * H * r->sg.ld * sizeof(float));
         if (r->o->dest_grads) memset(r->o->dest_grads + (size_t)l * r->J * nd, 0, 3 * H * nd * sizeof(float));
         return;
     }
@@ -449,7 +450,7 @@ static int check_backward(const eapig_model *m, const eapig_workspace *ws, const
  * many columns as diff has rows (as much memory again as diff), at least one layer's (J) and at
  * most every destination. ndr = floats of one reduced gradient block. */
 static size_t gather_columns(size_t ndr, int64_t score_memory, size_t NF, size_t J, size_t NB) {
-    size_t cols = score_memory > 0 ? (size_t)score_memory / (ndr * sizeof(float)) : NF;
+    size_t cols = score_memory > 0 ? (size_t)score_memory / ((ndr + EAPIG_EDGE_PAD) * sizeof(float)) : NF;
     if (cols < J) cols = J;
     if (cols > NB) cols = NB;
     return cols;
@@ -466,7 +467,7 @@ size_t eapig_backward_floats(const eapig_config *c, size_t B, size_t P, size_t r
     size_t T = (size_t)eapig_get_num_threads();
     size_t need = 3 * nd + 4 * N * H * Dh + 3 * N * F + T * 2 * P * P + 2 * rows * D;
     need += (direct ? 0 : nd) + T * EAPIG_TILE_ROWS * D + (eapig_sum_parts() - 1) * nd;
-    need += cap_cols * ndr + NF * cap_cols + (nodes && steps > 1 ? ndr : 0);
+    need += cap_cols * (ndr + EAPIG_EDGE_PAD) + eapig_edge_product_floats(NF, cap_cols) + (nodes && steps > 1 ? ndr : 0);
     /* post-norm blocks, q/k norms and final soft-capping */
     need += (c->block_norms != EAPIG_BLOCK_PRE_NORM ? 2 * nd : 0) + (c->qk_norm ? H * Dh : 0);
     need += c->final_softcap > 0.0f ? rows * (size_t)c->vocab : 0;
@@ -508,8 +509,9 @@ int eapig_backward(const eapig_model *m, eapig_workspace *ws, const eapig_backwa
     r.s.dest_tile = carve(&p, T * EAPIG_TILE_ROWS * D);
     r.s.g_part = carve(&p, (eapig_sum_parts() - 1) * nd);
     r.direct = direct;
-    r.sg.buf = carve(&p, r.sg.cap_cols * ndr);
-    r.s.tile = carve(&p, r.NF * r.sg.cap_cols);
+    r.sg.ld = ndr + EAPIG_EDGE_PAD;
+    r.sg.buf = carve(&p, r.sg.cap_cols * r.sg.ld);
+    r.s.tile = carve(&p, eapig_edge_product_floats(r.NF, r.sg.cap_cols));
     r.s.g_red = nodes && r.steps > 1 ? carve(&p, ndr) : NULL;
     int post = c->block_norms != EAPIG_BLOCK_PRE_NORM;
     r.s.g_attn = post ? carve(&p, nd) : NULL, r.s.d_mlp = post ? carve(&p, nd) : NULL;

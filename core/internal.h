@@ -166,6 +166,25 @@ static inline size_t eapig_sum_parts(void) {
 void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
                 const float *B, size_t ldb, float beta, float *C, size_t ldc);
 
+/* ---- the edge-score product (core/edge_product.c) ---- */
+/* Rows wanted in column c of an edge product: u < rows(ctx, c), non-decreasing in c. */
+typedef size_t (*eapig_col_rows_fn)(const void *ctx, size_t c);
+/* C[u*ldc + c] += sum over k < K of A[u*lda + k] * B[c*ldb + k], for c < n_cols and
+ * u < rows(ctx, c) only (C's other entries are untouched). partial: scratch of
+ * eapig_edge_product_floats(rows(ctx, n_cols - 1), n_cols) floats. The same bits at one to four
+ * threads. */
+void eapig_edge_product(size_t n_cols, eapig_col_rows_fn rows, const void *ctx, size_t K, const float *A,
+                        size_t lda, const float *B, size_t ldb, float *C, size_t ldc, float *partial);
+size_t eapig_edge_product_floats(size_t n_rows, size_t n_cols);
+/* An edge product's B should have its rows this many floats further apart than their length:
+ * rows a multiple of 4 KiB apart (d_model 768 x 16 rows...) all fall into one set of the L2
+ * cache at the same k, which then holds only a few of them. */
+enum { EAPIG_EDGE_PAD = 16 };
+/* The product's register tiles: which < 0 returns the name of those in use (at first the fastest
+ * this machine runs); which >= 0 switches to instance `which` (0 the fastest kind, the last the
+ * portable one) and returns its name, or NULL when there is none or this machine cannot run it. */
+const char *eapig_edge_product_tiles(int32_t which);
+
 /* ---- files (core/file.c) ---- */
 size_t eapig_dtype_size(int32_t dtype);
 void eapig_file_retain(eapig_file *f);

@@ -2,7 +2,7 @@
  * for the ops whose indexing is easiest to get wrong: norms, RoPE, causal attention with right
  * padding, the MLP activations and the dense products; and core/threads.c's split of them over
  * threads (eapig_gemm by rows, columns and inner dimension; the row-wise kernels by rows), at
- * one, two and three threads.
+ * one, two and three threads; and core/edge_product.c's staircase product of the edge scores.
  *
  * Each forward is compared with a plain double-precision reference written here from the
  * definition; each backward is compared with central differences of that reference applied to
@@ -357,7 +357,67 @@ static void test_attention_split(int threads) {
     free(q), free(k), free(v), free(dz), free(scratch);
 }
 
+/* The staircase of an edge product: column c wants rows u < edge_rows(c) (non-decreasing). */
+static size_t edge_rows(const void *ctx, size_t c) {
+    size_t M = *(const size_t *)ctx, r = 2 + c * 4 / 3;
+    return r < M ? r : M;
+}
+
+/* eapig_edge_product (core/edge_product.c) with every register-tile instance this machine runs,
+ * against a double reference: only the staircase's entries change, the others keep their bits;
+ * k crosses the chunks and ends in a part of a vector; rows and columns are not multiples of any
+ * tile. The same bits at one to four threads, within rounding at six. */
+static void test_edge_product(void) {
+    static const size_t Ks[] = {4183, 5};
+    for (size_t s = 0; s < sizeof Ks / sizeof Ks[0]; s++) {
+        size_t M = 41, n = 37, K = Ks[s], lda = K + 3, ldb = K + EAPIG_EDGE_PAD + 1, ldc = n + 2;
+        float *A = random_floats(M * lda, 1.0f), *B = random_floats(n * ldb, 1.0f), *C0 = random_floats(M * ldc, 1.0f);
+        float *C = malloc(M * ldc * sizeof(float)), *one = malloc(M * ldc * sizeof(float));
+        float *partial = malloc(eapig_edge_product_floats(M, n) * 2 * sizeof(float)); /* room for 6 threads' parts */
+        double *want = malloc(M * ldc * sizeof(double));
+        for (size_t u = 0; u < M; u++)
+            for (size_t c = 0; c < ldc; c++) {
+                double acc = 0.0;
+                for (size_t k = 0; c < n && u < edge_rows(&M, c) && k < K; k++) acc += (double)A[u * lda + k] * B[c * ldb + k];
+                want[u * ldc + c] = C0[u * ldc + c] + acc;
+            }
+        for (int32_t which = 0; which < 8; which++) {
+            const char *name = eapig_edge_product_tiles(which);
+            if (!name) continue;
+            static const int threads[] = {1, 2, 3, 4, 6};
+            for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+                eapig_set_num_threads(threads[t]);
+                memcpy(C, C0, M * ldc * sizeof(float));
+                eapig_edge_product(n, edge_rows, &M, K, A, lda, B, ldb, C, ldc, partial);
+                char label[96];
+                snprintf(label, sizeof label, "edge product %s, K %zu, %d thread%s", name, K, threads[t],
+                         threads[t] > 1 ? "s" : "");
+                check(label, C, want, M * ldc, 1e-5);
+                int untouched = 1;
+                for (size_t u = 0; u < M; u++)
+                    for (size_t c = 0; c < ldc; c++)
+                        if ((c >= n || u >= edge_rows(&M, c)) && memcmp(&C[u * ldc + c], &C0[u * ldc + c], sizeof(float)))
+                            untouched = 0;
+                snprintf(label, sizeof label, "edge product %s, K %zu: no entry off the staircase", name, K);
+                printf("%-56s max rel diff %s (tol 0) %s\n", label, untouched ? "0" : "nonzero", untouched ? "ok" : "FAIL");
+                if (!untouched) failures++;
+                if (threads[t] == 1) memcpy(one, C, M * ldc * sizeof(float));
+                if (threads[t] > 1 && threads[t] <= 4) {
+                    int same = !memcmp(one, C, M * ldc * sizeof(float));
+                    snprintf(label, sizeof label, "edge product %s, K %zu, %d threads = 1 thread", name, K, threads[t]);
+                    printf("%-56s max rel diff %s (tol 0) %s\n", label, same ? "0" : "nonzero", same ? "ok" : "FAIL");
+                    if (!same) failures++;
+                }
+            }
+        }
+        for (int32_t which = 0; !eapig_edge_product_tiles(which); which++) continue; /* back to the fastest */
+        free(A), free(B), free(C0), free(C), free(one), free(partial), free(want);
+    }
+    eapig_set_num_threads(1);
+}
+
 int main(void) {
+    test_edge_product();
     for (int t = 1; t <= 3; t++) test_gemm_splits(t);
     test_attention_split(2);
     test_attention_split(3);
