@@ -73,14 +73,16 @@ local t_fb = time(function()
   m:forward(batch, { logit_pos = pos, keep = true })
   m:backward(dlogits)
 end, 3)
-C.eapig_workspace_score_stats(m.workspace, nil, nil, 1)
+-- The score accumulation is timed inside the engine (its products and step sums) in each run;
+-- like every phase here, the best of the runs counts (the host's other guests only add time).
+local score_stats, best_score = ffi.new("double[2]"), { math.huge, 0 }
 local t_fbs = time(function()
+  C.eapig_workspace_score_stats(m.workspace, nil, nil, 1)
   m:forward(batch, { logit_pos = pos, keep = true })
   m:backward(dlogits, { diff = diff, scores = scores })
+  C.eapig_workspace_score_stats(m.workspace, score_stats, score_stats + 1, 1)
+  if score_stats[0] < best_score[1] then best_score = { score_stats[0], score_stats[1] } end
 end, 3)
--- The score accumulation timed inside the engine (its GEMMs and step sums), over every run above.
-local score_stats = ffi.new("double[2]")
-C.eapig_workspace_score_stats(m.workspace, score_stats, score_stats + 1, 1)
 
 local function line(name, flops, t)
   print(("%-34s %8.1f ms %8.1f GFLOP/s  (%3.0f%% of sgemm)"):format(name, t * 1e3, flops / t / 1e9,
@@ -92,7 +94,7 @@ line("forward (logits at last positions)", fwd_flops, t_fwd)
 line("forward + capture of every node", fwd_flops, t_cap)
 line("forward + backward", fwd_flops + bwd_flops, t_fb)
 line("forward + backward + edge scores", fwd_flops + bwd_flops + score_flops, t_fbs)
-line("  of which score accumulation", score_stats[1] / 3, score_stats[0] / 3) -- per run (3 runs)
+line("  of which score accumulation", best_score[2], best_score[1])
 
 -- End to end: EAP-IG-inputs (5 steps) over 32 examples of 16 tokens, batch 8, through the Lua API.
 local eapig = require("eapig")
