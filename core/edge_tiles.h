@@ -2,7 +2,8 @@
  * and compiled once per instruction set. Before each inclusion the including file defines
  *   TILE(x)    this instance's name for x (TILE(vec), TILE(full), TILE(edge), TILE(lanes)),
  *   TILE_ATTR  the instance's function attributes (its target; empty: the compiler's default),
- *   TILE_W     floats per vector, and TILE_MR x TILE_NR, the dot products kept in registers.
+ *   TILE_W     floats per vector, and TILE_MR x TILE_NR, the dot products kept in registers,
+ * and the file undefines them at its end.
  *
  * A tile adds c[i*ldc + j] += sum over k < kc of a[i*lda + k] * b[j*ldb + k]: rows of a and of b
  * are both contiguous in k, so each of the MR x NR results is a dot product along k, accumulated
@@ -60,3 +61,9 @@ TILE_ATTR static void TILE(edge)(size_t mr, size_t nr, size_t kc, const float *a
         for (size_t j = 0; j < nr; j++) c[i * ldc + j] += TILE(lanes)(acc[j]);
     }
 }
+
+#undef TILE
+#undef TILE_ATTR
+#undef TILE_W
+#undef TILE_MR
+#undef TILE_NR
