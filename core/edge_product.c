@@ -115,8 +115,9 @@ typedef struct {
  * columns at or past the staircase, streamed from the L2 cache. */
 static void product_part(const product_job *j, size_t p) {
     const tile_set *t = j->t;
-    size_t n = j->n_cols, M = j->M, vecs = j->K / t->w;
-    size_t kb = vecs * p / j->parts * t->w, ke = p + 1 == j->parts ? j->K : vecs * (p + 1) / j->parts * t->w;
+    size_t n = j->n_cols, M = j->M, vb, ve;
+    eapig_part(j->K / t->w, j->parts, p, &vb, &ve); /* in whole vectors; the last part takes K's tail */
+    size_t kb = vb * t->w, ke = p + 1 == j->parts ? j->K : ve * t->w;
     float *out = j->partial + p * M * n;
     memset(out, 0, M * n * sizeof(float));
     for (size_t k0 = kb; k0 < ke; k0 += KC) {
