@@ -166,6 +166,18 @@ static inline size_t eapig_sum_parts(void) {
 void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
                 const float *B, size_t ldb, float beta, float *C, size_t ldc);
 
+/* ---- the linear layers' product (core/dense_product.c) ---- */
+/* C (M,N) = A (M,K) @ B, or + C when accumulate, with B (K,N) when trans_b = 0 and B^T for
+ * B (N,K) when trans_b = 1, all row-major, on the core's own AVX-512 tiles, which read B (the
+ * weights) where it lies; split over the threads, the same bits at any thread count. Returns 1
+ * when done, 0 when it leaves the product to OpenBLAS (C untouched): no AVX-512, fewer than 32
+ * rows, turned off, or no memory for the panels of A^T. */
+int eapig_dense_product(int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B,
+                        size_t ldb, int accumulate, float *C, size_t ldc);
+/* on = 1 or 0 turns the tiles on (where the machine has AVX-512) or off (OpenBLAS for every
+ * product), on < 0 only asks; returns whether they are on. */
+int eapig_dense_product_enable(int32_t on);
+
 /* ---- the edge-score product (core/edge_product.c) ---- */
 /* Rows wanted in column c of an edge product: u < rows(ctx, c), non-decreasing in c. */
 typedef size_t (*eapig_col_rows_fn)(const void *ctx, size_t c);

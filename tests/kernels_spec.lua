@@ -1,5 +1,5 @@
--- The C kernels of core/ops.c (with core/threads.c, which splits them, and core/edge_product.c)
--- tested from C (tests/c/test_kernels.c): forwards against double
+-- The C kernels of core/ops.c (with core/threads.c, which splits them, core/edge_product.c and
+-- core/dense_product.c) tested from C (tests/c/test_kernels.c): forwards against double
 -- references written from the definitions, backwards against central differences. The program
 -- is compiled here with the build's flavour (sanitizers in the sanitizer pass) and each of its
 -- checks becomes one test.
@@ -14,8 +14,9 @@ local function compile(flags)
     flags = "-std=c11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -fsanitize=address,undefined -fno-sanitize-recover=undefined"
   end
   flags = flags or "-std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE"
-  local status, out = sh(("%s %s -I core/include -I core tests/c/test_kernels.c core/ops.c core/threads.c core/edge_product.c -o %s " ..
-    "$(pkg-config --cflags --libs openblas) -lm -lpthread"):format(os.getenv("CC") or "cc", flags, bin))
+  local sources = "tests/c/test_kernels.c core/ops.c core/threads.c core/edge_product.c core/dense_product.c"
+  local status, out = sh(("%s %s -I core/include -I core %s -o %s $(pkg-config --cflags --libs openblas) -lm -lpthread")
+    :format(os.getenv("CC") or "cc", flags, sources, bin))
   return status == 0 and bin or nil, out
 end
 

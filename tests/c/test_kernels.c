@@ -416,7 +416,77 @@ static void test_edge_product(void) {
     eapig_set_num_threads(1);
 }
 
+/* The linear layers' own product (core/dense_product.c) against a double reference: C = A B and
+ * C = A B^T, written and added, with rows and columns that are not multiples of its tiles, k
+ * across its chunks, leading dimensions wider than the rows, each of its three paths for A B^T
+ * (A transposed; B's rows copied for a short k; the same when B's rows are a multiple of 4 KiB
+ * apart), at 1 to 3 threads, which must give the same bits. Entries past C's columns keep theirs. */
+static void test_dense_product(void) {
+    if (!eapig_dense_product_enable(-1)) {
+        printf("dense product: this machine has no AVX-512; every product is OpenBLAS's (nothing to check)\n");
+        return;
+    }
+    /* M, N, K, ldb extra: K = 1025 crosses a chunk, N = 389 a block of C^T, M = 131 a panel of A^T;
+     * M = 140, K = 64 takes the short-k path; ldb = 1024 the 4 KiB one. */
+    static const size_t shapes[][4] = {{37, 65, 1025, 3}, {131, 389, 70, 1}, {64, 64, 1, 0}, {140, 130, 64, 5},
+                                       {33, 7, 1000, 24}, {96, 200, 2100, 2}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int add = 0; add < 2; add++) {
+                size_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                size_t lda = K + 3, ldb = (tb ? K : N) + shapes[s][3], ldc = N + 5;
+                float *A = random_floats(M * lda, 1.0f), *B = random_floats((tb ? N : K) * ldb, 1.0f);
+                float *C0 = random_floats(M * ldc, 1.0f), *C = malloc(M * ldc * sizeof(float));
+                float *one = malloc(M * ldc * sizeof(float));
+                double *want = malloc(M * N * sizeof(double));
+                float *got = malloc(M * N * sizeof(float));
+                for (size_t i = 0; i < M; i++)
+                    for (size_t j = 0; j < N; j++) {
+                        double acc = add ? C0[i * ldc + j] : 0.0;
+                        for (size_t k = 0; k < K; k++)
+                            acc += (double)A[i * lda + k] * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+                        want[i * N + j] = acc;
+                    }
+                char label[96];
+                int same = 1, kept = 1;
+                for (int threads = 1; threads <= 3; threads++) {
+                    eapig_set_num_threads(threads);
+                    memcpy(C, C0, M * ldc * sizeof(float));
+                    if (!eapig_dense_product(tb, M, N, K, A, lda, B, ldb, add, C, ldc)) kept = 0;
+                    for (size_t i = 0; i < M; i++)
+                        if (memcmp(C + i * ldc + N, C0 + i * ldc + N, (ldc - N) * sizeof(float))) kept = 0;
+                    if (threads == 1) {
+                        for (size_t i = 0; i < M; i++) memcpy(got + i * N, C + i * ldc, N * sizeof(float));
+                        snprintf(label, sizeof label, "dense product %zux%zux%zu %s%s", M, N, K, tb ? "A B^T" : "A B",
+                                 add ? " added" : "");
+                        check(label, got, want, M * N, 1e-5);
+                        memcpy(one, C, M * ldc * sizeof(float));
+                    } else if (memcmp(one, C, M * ldc * sizeof(float))) {
+                        same = 0;
+                    }
+                }
+                snprintf(label, sizeof label, "dense product %zux%zux%zu %s%s: 2, 3 threads = 1", M, N, K,
+                         tb ? "A B^T" : "A B", add ? " added" : "");
+                printf("%-56s max rel diff %s (tol 0) %s\n", label, same && kept ? "0" : "nonzero",
+                       same && kept ? "ok" : "FAIL");
+                if (!same || !kept) failures++;
+                free(A), free(B), free(C0), free(C), free(one), free(want), free(got);
+            }
+    /* Turned off, or with too few rows, it leaves the product to OpenBLAS and C as it was. */
+    float a[64] = {1.0f}, b[64] = {1.0f}, c[64] = {0.0f};
+    int small = eapig_dense_product(0, 8, 8, 8, a, 8, b, 8, 0, c, 8);
+    eapig_dense_product_enable(0);
+    int off = eapig_dense_product(0, 64, 1, 1, a, 1, b, 1, 0, c, 1);
+    eapig_dense_product_enable(1);
+    int declined = !small && !off && c[0] == 0.0f;
+    printf("%-56s max rel diff %s (tol 0) %s\n", "dense product: declines 8 rows, and when off", declined ? "0" : "nonzero",
+           declined ? "ok" : "FAIL");
+    if (!declined) failures++;
+    eapig_set_num_threads(1);
+}
+
 int main(void) {
+    test_dense_product();
     test_edge_product();
     for (int t = 1; t <= 3; t++) test_gemm_splits(t);
     test_attention_split(2);

@@ -1,0 +1,271 @@
+/* dense_product.c: the products of the linear layers, on register tiles that read the weights
+ * where they lie,
+ *
+ *     C = A B     (trans_b = 0: B (K, N) row-major; the backward's dX = dY W, a head's dY_h W_h)
+ *     C = A B^T   (trans_b = 1: B (N, K) row-major; the forward's Y = X W^T)
+ *
+ * with C either overwritten or added to.
+ *
+ * Why not OpenBLAS's sgemm here: at the row counts of attribution (B x P = 128 to 768 rows) each
+ * weight matrix meets only those rows, and OpenBLAS first copies ("packs") every block of the
+ * weights into its own layout, reading them from memory in a pass of their own: 15-20% of a
+ * forward + backward's time on GPT-2-small. Here the weights are read once, as the tiles use them,
+ * so the memory traffic overlaps the multiply-adds.
+ *
+ * One tile shape does both: MR rows of a "broadcast" operand times NV vectors of 16 columns of a
+ * "streamed" operand, contiguous along its rows, accumulated in MR x NV registers over k:
+ *   C = A B    A is broadcast (dY, a row per token), B streamed (W's rows, contiguous in the
+ *              output's columns): the tile writes C directly.
+ *   C = A B^T  the roles swap: B (W) is broadcast a weight row at a time, and A^T is streamed; A
+ *              (the layer's input, a few hundred rows) is transposed into a panel of 64 of its
+ *              rows first, and the tile, a block of C^T, is written transposed.
+ * Each output element is one chain of fused multiply-adds in k order within a chunk of KC, and
+ * chunks are added in order, so the result does not depend on the tiling or the thread count.
+ *
+ * AVX-512 only (its 32 registers hold the 6 x 4 accumulators); other machines, and shapes too
+ * small to pay for a tile (fewer than MIN_ROWS rows: the unembedding at the metric positions),
+ * stay with OpenBLAS: eapig_dense_product then returns 0 and eapig_gemm calls sgemm.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+enum {
+    MR = 6,       /* broadcast rows per tile */
+    NV = 4,       /* vectors of 16 floats per tile: 64 streamed columns */
+    NC = NV * 16, /* columns of a tile */
+    KC = 1024,    /* k per chunk: a streamed panel of KC x 64 floats (256 KiB) stays in the L2 cache */
+    NT = 384,     /* C = A B^T: columns of C per block of C^T made in a thread's scratch (96 KiB) */
+    MIN_ROWS = 32 /* fewer rows of A than this: OpenBLAS (its small-matrix kernels) */
+};
+
+static pthread_once_t detected = PTHREAD_ONCE_INIT;
+static int machine_can;           /* this machine runs AVX-512, found once */
+static atomic_int turned_on = 1;  /* the tiles run unless turned off (tests and benchmarks compare) */
+
+static void detect(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    machine_can = __builtin_cpu_supports("avx512f");
+#endif
+}
+
+int eapig_dense_product_enable(int32_t on) {
+    pthread_once(&detected, detect);
+    if (on >= 0) atomic_store(&turned_on, on != 0);
+    return machine_can && atomic_load(&turned_on);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f")))
+
+/* The accumulators of one tile: acc[i][v] holds columns 16v..16v+15 of broadcast row i. */
+typedef struct {
+    __m512 v[MR][NV];
+} tile_acc;
+
+/* acc = sum over k < kc of a[i*lda + k] * b[k*ldb + 16v + lane], for i < mr. b's columns beyond
+ * `cols` (< NC) are not read. Inlined with a constant mr, so each row count gets its own loop. */
+AVX512 static inline __attribute__((always_inline)) void tile_sum(tile_acc *t, int mr, size_t kc, const float *a,
+                                                                 size_t lda, const float *b, size_t ldb, size_t cols) {
+    __m512 acc[MR][NV];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+    if (cols >= NC) {
+        for (size_t k = 0; k < kc; k++) {
+            __m512 bv[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                __m512 av = _mm512_set1_ps(a[i * lda + k]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+            }
+        }
+    } else { /* the last columns of C = A B: masked loads stop at B's edge */
+        __mmask16 m[NV];
+        for (int v = 0; v < NV; v++) {
+            size_t left = cols > 16u * v ? cols - 16u * v : 0;
+            m[v] = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        }
+        for (size_t k = 0; k < kc; k++) {
+            __m512 bv[NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) bv[v] = _mm512_maskz_loadu_ps(m[v], b + k * ldb + 16 * v);
+#pragma GCC unroll 6
+            for (int i = 0; i < mr; i++) {
+                __m512 av = _mm512_set1_ps(a[i * lda + k]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+            }
+        }
+    }
+    memcpy(t->v, acc, sizeof acc);
+}
+
+/* tile_sum specialised for each row count (the full tile first). */
+AVX512 static void tile_rows(tile_acc *t, int mr, size_t kc, const float *a, size_t lda, const float *b, size_t ldb,
+                             size_t cols) {
+    switch (mr) {
+    case 6: tile_sum(t, 6, kc, a, lda, b, ldb, cols); break;
+    case 5: tile_sum(t, 5, kc, a, lda, b, ldb, cols); break;
+    case 4: tile_sum(t, 4, kc, a, lda, b, ldb, cols); break;
+    case 3: tile_sum(t, 3, kc, a, lda, b, ldb, cols); break;
+    case 2: tile_sum(t, 2, kc, a, lda, b, ldb, cols); break;
+    default: tile_sum(t, 1, kc, a, lda, b, ldb, cols); break;
+    }
+}
+
+/* C[i*ldc + j] (+)= tile[i][j] for i < mr, j < cols. */
+AVX512 static void store_rows(const tile_acc *t, int mr, size_t cols, int add, float *c, size_t ldc) {
+    for (int i = 0; i < mr; i++)
+        for (int v = 0; v < NV && 16u * v < cols; v++) {
+            size_t left = cols - 16u * v;
+            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+            float *p = c + i * ldc + 16 * v;
+            __m512 x = t->v[i][v];
+            if (add) x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), x);
+            _mm512_mask_storeu_ps(p, m, x);
+        }
+}
+
+typedef struct {
+    int trans_b, add;
+    int short_k; /* C = A B^T with k so short that B^T is copied and C written directly */
+    size_t M, N, K;
+    const float *A, *B;
+    size_t lda, ldb, ldc;
+    float *C;
+    float *panels; /* C = A B^T: a KC x NC panel of A^T per thread */
+} dense_job;
+
+/* C = A B, columns [NC*p0, NC*p1) of C: per chunk of k, each row tile of A against the panel. */
+AVX512 static void range_nn(const dense_job *j, size_t p0, size_t p1) {
+    tile_acc t;
+    for (size_t p = p0; p < p1; p++) {
+        size_t c0 = p * NC, cols = j->N - c0 < NC ? j->N - c0 : NC;
+        for (size_t k0 = 0; k0 < j->K; k0 += KC) {
+            size_t kc = j->K - k0 < KC ? j->K - k0 : KC;
+            int add = j->add || k0 > 0;
+            for (size_t r = 0; r < j->M; r += MR) {
+                int mr = j->M - r < MR ? (int)(j->M - r) : MR;
+                tile_rows(&t, mr, kc, j->A + r * j->lda + k0, j->lda, j->B + k0 * j->ldb + c0, j->ldb, cols);
+                store_rows(&t, mr, cols, add, j->C + r * j->ldc + c0, j->ldc);
+            }
+        }
+    }
+}
+
+/* C = A B^T, columns [MR*q0, MR*q1) of C (rows of B): for each panel of 64 rows of A and block
+ * of NT columns of C, a block of C^T (NT x 64) is made in this thread's scratch, a chunk of k at
+ * a time from A's chunk transposed into the panel (zeros past A's last row), and written into C
+ * transposed at the end, 16 columns at a time (written one tile at a time into C's rows, 6
+ * floats each, the rows of a tile fall into a few sets of the L1 cache and evict each other). */
+AVX512 static void range_nt(const dense_job *j, size_t q0, size_t q1, size_t index) {
+    float *panel = j->panels + index * (size_t)(KC + NT) * NC, *ct = panel + (size_t)KC * NC;
+    size_t n_end = q1 * MR < j->N ? q1 * MR : j->N;
+    tile_acc t;
+    for (size_t r0 = 0; r0 < j->M; r0 += NC) {
+        size_t rows = j->M - r0 < NC ? j->M - r0 : NC;
+        for (size_t nb = q0 * MR; nb < n_end; nb += NT) {
+            size_t nt = n_end - nb < NT ? n_end - nb : NT;
+            for (size_t k0 = 0; k0 < j->K; k0 += KC) {
+                size_t kc = j->K - k0 < KC ? j->K - k0 : KC;
+                for (size_t k = 0; k < kc; k++) {
+                    float *dst = panel + k * NC;
+                    for (size_t r = 0; r < rows; r++) dst[r] = j->A[(r0 + r) * j->lda + k0 + k];
+                    for (size_t r = rows; r < NC; r++) dst[r] = 0.0f; /* unused lanes; garbage could be slow denormals */
+                }
+                for (size_t n = 0; n < nt; n += MR) {
+                    int mr = nt - n < MR ? (int)(nt - n) : MR;
+                    tile_rows(&t, mr, kc, j->B + (nb + n) * j->ldb + k0, j->ldb, panel, NC, NC);
+                    store_rows(&t, mr, NC, k0 > 0, ct + n * NC, NC);
+                }
+            }
+            for (size_t n0 = 0; n0 < nt; n0 += 16) {
+                size_t n1 = nt - n0 < 16 ? nt : n0 + 16;
+                for (size_t r = 0; r < rows; r++) {
+                    float *row = j->C + (r0 + r) * j->ldc + nb;
+                    if (j->add)
+                        for (size_t n = n0; n < n1; n++) row[n] += ct[n * NC + r];
+                    else
+                        for (size_t n = n0; n < n1; n++) row[n] = ct[n * NC + r];
+                }
+            }
+        }
+    }
+}
+
+/* C = A B^T with a short k (a head's d_head): columns [NC*p0, NC*p1) of C as in range_nn, from
+ * B^T's panel copied into this thread's panel (B's rows are only k long, so the copy is cheap
+ * beside the products, and C is written directly instead of transposed). */
+AVX512 static void range_nt_short(const dense_job *j, size_t p0, size_t p1, size_t index) {
+    float *panel = j->panels + index * (size_t)(KC + NT) * NC;
+    tile_acc t;
+    for (size_t p = p0; p < p1; p++) {
+        size_t c0 = p * NC, cols = j->N - c0 < NC ? j->N - c0 : NC;
+        for (size_t k0 = 0; k0 < j->K; k0 += KC) {
+            size_t kc = j->K - k0 < KC ? j->K - k0 : KC;
+            int add = j->add || k0 > 0;
+            for (size_t c = 0; c < cols; c++) {
+                const float *src = j->B + (c0 + c) * j->ldb + k0;
+                for (size_t k = 0; k < kc; k++) panel[k * NC + c] = src[k];
+            }
+            for (size_t r = 0; r < j->M; r += MR) {
+                int mr = j->M - r < MR ? (int)(j->M - r) : MR;
+                tile_rows(&t, mr, kc, j->A + r * j->lda + k0, j->lda, panel, NC, cols);
+                store_rows(&t, mr, cols, add, j->C + r * j->ldc + c0, j->ldc);
+            }
+        }
+    }
+}
+
+static void dense_range(void *ctx, size_t begin, size_t end, size_t index) {
+    const dense_job *j = ctx;
+    if (!j->trans_b)
+        range_nn(j, begin, end);
+    else if (j->short_k)
+        range_nt_short(j, begin, end, index);
+    else
+        range_nt(j, begin, end, index);
+}
+
+int eapig_dense_product(int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B,
+                        size_t ldb, int accumulate, float *C, size_t ldc) {
+    if (eapig_dense_product_enable(-1) != 1 || M < MIN_ROWS || N == 0 || K == 0) return 0;
+    /* C = A B^T: transposing A's panels costs M x K copies; copying B^T instead costs N x K but
+     * writes C directly, and reads B's rows in order, which matters when they are a multiple of
+     * 4 KiB apart (MR rows read side by side would share a few sets of the L1 cache). */
+    int short_k = trans_b && (K * 2 <= M || ldb % 1024 == 0);
+    dense_job j = {trans_b, accumulate, short_k, M, N, K, A, B, lda, ldb, ldc, C, NULL};
+    if (trans_b) {
+        j.panels = malloc((size_t)eapig_get_num_threads() * (KC + NT) * NC * sizeof(float));
+        if (!j.panels) return 0;
+        if (j.short_k)
+            eapig_parallel_for((N + NC - 1) / NC, 1, dense_range, &j);
+        else
+            eapig_parallel_for((N + MR - 1) / MR, 4, dense_range, &j);
+        free(j.panels);
+    } else {
+        eapig_parallel_for((N + NC - 1) / NC, 1, dense_range, &j);
+    }
+    return 1;
+}
+
+#else /* no AVX-512 tiles on this compiler or machine: OpenBLAS does every product */
+
+int eapig_dense_product(int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B,
+                        size_t ldb, int accumulate, float *C, size_t ldc) {
+    (void)trans_b, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)accumulate, (void)C,
+        (void)ldc;
+    return 0;
+}
+#endif
