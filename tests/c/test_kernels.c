@@ -426,10 +426,10 @@ static void test_dense_product(void) {
         printf("dense product: this machine has no AVX-512; every product is OpenBLAS's (nothing to check)\n");
         return;
     }
-    /* M, N, K, ldb extra: K = 1025 crosses a chunk, N = 389 a block of C^T, M = 131 a panel of A^T;
-     * M = 140, K = 64 takes the short-k path; ldb = 1024 the 4 KiB one. */
+    /* M, N, K, ldb extra: K = 1025 and 2100 cross chunks, N = 389 a block of C^T, M = 131 and 260
+     * panels of A^T; for A B^T, M = 140 with K = 64 copies B^T's panels. */
     static const size_t shapes[][4] = {{37, 65, 1025, 3}, {131, 389, 70, 1}, {64, 64, 1, 0}, {140, 130, 64, 5},
-                                       {33, 7, 1000, 24}, {96, 200, 2100, 2}};
+                                       {33, 7, 1000, 24}, {96, 200, 2100, 2}, {260, 70, 300, 1}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int tb = 0; tb < 2; tb++)
             for (int add = 0; add < 2; add++) {
