@@ -179,21 +179,6 @@ AVX512 static void range_nn(const dense_job *j, size_t u0, size_t u1) {
     }
 }
 
-/* A^T's panel: panel[k*NC + r] = A[(r0 + r)*lda + k0 + k] for k < kc, r < rows, and zeros in
- * the lanes past A's last row (unused, but garbage there could be slow denormals). Blocks of 64
- * k keep both sides' cache lines in the L1 cache while they are filled. */
-static void pack_at(float *panel, const float *A, size_t lda, size_t r0, size_t rows, size_t k0, size_t kc) {
-    for (size_t kb = 0; kb < kc; kb += 64) {
-        size_t ke = kc - kb < 64 ? kc : kb + 64;
-        for (size_t r = 0; r < rows; r++) {
-            const float *src = A + (r0 + r) * lda + k0;
-            for (size_t k = kb; k < ke; k++) panel[k * NC + r] = src[k];
-        }
-        for (size_t k = kb; k < ke; k++)
-            for (size_t r = rows; r < NC; r++) panel[k * NC + r] = 0.0f;
-    }
-}
-
 /* Transposes the 16 x 16 floats in r: r[i][j] becomes r[j][i]. */
 AVX512 static inline void transpose16(__m512 r[16]) {
     __m512 t[16];
@@ -218,6 +203,25 @@ AVX512 static inline void transpose16(__m512 r[16]) {
     for (int i = 0; i < 8; i++) {
         r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
         r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+}
+
+/* A^T's panel: panel[k*NC + r] = A[(r0 + r)*lda + k0 + k] for k < kc, r < rows, and zeros in
+ * the lanes past A's last row (unused, but garbage there could be slow denormals), in blocks of
+ * 16 x 16 transposed in registers. */
+AVX512 static void pack_at(float *panel, const float *A, size_t lda, size_t r0, size_t rows, size_t k0, size_t kc) {
+    __m512 v[16];
+    for (size_t kb = 0; kb < kc; kb += 16) {
+        size_t left = kc - kb;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        for (size_t rb = 0; rb < NC; rb += 16) {
+            for (size_t i = 0; i < 16; i++) {
+                const float *src = A + (r0 + rb + i) * lda + k0 + kb;
+                v[i] = rb + i < rows ? _mm512_maskz_loadu_ps(m, src) : _mm512_setzero_ps();
+            }
+            transpose16(v);
+            for (size_t k = 0; k < 16 && kb + k < kc; k++) _mm512_storeu_ps(panel + (kb + k) * NC + rb, v[k]);
+        }
     }
 }
 
