@@ -143,9 +143,9 @@ AVX512 static void store_rows(const tile_acc *t, int mr, size_t cols, int add, f
 
 typedef struct {
     int trans_b, add;
-    int copy_bt; /* C = A B^T from copies of B^T (range_nt_copied), not from A^T (range_nt) */
+    int copy_bt; /* C = A B^T from copies of B^T (range_panels), not from A^T (range_nt) */
     size_t M, N, K;
-    size_t row_blocks; /* units per panel of C's columns (range_nn, range_nt_copied) */
+    size_t row_blocks; /* units per panel of C's columns (range_panels) */
     const float *A, *B;
     size_t lda, ldb, ldc;
     float *C;
@@ -160,19 +160,29 @@ static void unit_rows(const dense_job *j, size_t u, size_t *r0, size_t *r1) {
     *r1 = block + 1 == j->row_blocks ? j->M : *r0 + RB;
 }
 
-/* C = A B, units [u0, u1) (a panel of 64 columns of C, or a block of its rows): per chunk of k,
- * each row tile of A against the panel of B. */
-AVX512 static void range_nn(const dense_job *j, size_t u0, size_t u1) {
+/* C = A B, or C = A B^T from copies of B^T: units [u0, u1) (a panel of 64 columns of C, or a
+ * block of its rows), per chunk of k each row tile of A against the panel of B: B itself for
+ * A B; for A B^T, 64 of B's rows (a chunk of k) copied transposed into this thread's scratch. */
+AVX512 static void range_panels(const dense_job *j, size_t u0, size_t u1, size_t index) {
+    float *copy = j->trans_b ? j->panels + index * (size_t)(KC + NT) * NC : NULL;
     tile_acc t;
     for (size_t u = u0; u < u1; u++) {
         size_t c0 = u / j->row_blocks * NC, cols = j->N - c0 < NC ? j->N - c0 : NC, r0, r1;
         unit_rows(j, u, &r0, &r1);
         for (size_t k0 = 0; k0 < j->K; k0 += KC) {
-            size_t kc = j->K - k0 < KC ? j->K - k0 : KC;
+            size_t kc = j->K - k0 < KC ? j->K - k0 : KC, ldb = j->ldb;
             int add = j->add || k0 > 0;
+            const float *b = j->B + k0 * ldb + c0;
+            if (copy) {
+                for (size_t c = 0; c < cols; c++) {
+                    const float *src = j->B + (c0 + c) * j->ldb + k0;
+                    for (size_t k = 0; k < kc; k++) copy[k * NC + c] = src[k];
+                }
+                b = copy, ldb = NC;
+            }
             for (size_t r = r0; r < r1; r += MR) {
                 int mr = r1 - r < MR ? (int)(r1 - r) : MR;
-                tile_rows(&t, mr, kc, j->A + r * j->lda + k0, j->lda, j->B + k0 * j->ldb + c0, j->ldb, cols);
+                tile_rows(&t, mr, kc, j->A + r * j->lda + k0, j->lda, b, ldb, cols);
                 store_rows(&t, mr, cols, add, j->C + r * j->ldc + c0, j->ldc);
             }
         }
@@ -274,38 +284,12 @@ AVX512 static void range_nt(const dense_job *j, size_t q0, size_t q1, size_t ind
     }
 }
 
-/* C = A B^T, units [u0, u1) as in range_nn, from a panel of B^T copied into this thread's
- * scratch (64 of B's rows, a chunk of k): C is written directly. */
-AVX512 static void range_nt_copied(const dense_job *j, size_t u0, size_t u1, size_t index) {
-    float *panel = j->panels + index * (size_t)(KC + NT) * NC;
-    tile_acc t;
-    for (size_t u = u0; u < u1; u++) {
-        size_t c0 = u / j->row_blocks * NC, cols = j->N - c0 < NC ? j->N - c0 : NC, r0, r1;
-        unit_rows(j, u, &r0, &r1);
-        for (size_t k0 = 0; k0 < j->K; k0 += KC) {
-            size_t kc = j->K - k0 < KC ? j->K - k0 : KC;
-            int add = j->add || k0 > 0;
-            for (size_t c = 0; c < cols; c++) {
-                const float *src = j->B + (c0 + c) * j->ldb + k0;
-                for (size_t k = 0; k < kc; k++) panel[k * NC + c] = src[k];
-            }
-            for (size_t r = r0; r < r1; r += MR) {
-                int mr = r1 - r < MR ? (int)(r1 - r) : MR;
-                tile_rows(&t, mr, kc, j->A + r * j->lda + k0, j->lda, panel, NC, cols);
-                store_rows(&t, mr, cols, add, j->C + r * j->ldc + c0, j->ldc);
-            }
-        }
-    }
-}
-
 static void dense_range(void *ctx, size_t begin, size_t end, size_t index) {
     const dense_job *j = ctx;
-    if (!j->trans_b)
-        range_nn(j, begin, end);
-    else if (j->copy_bt)
-        range_nt_copied(j, begin, end, index);
-    else
+    if (j->trans_b && !j->copy_bt)
         range_nt(j, begin, end, index);
+    else
+        range_panels(j, begin, end, index);
 }
 
 int eapig_dense_product(int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B,
