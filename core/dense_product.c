@@ -73,25 +73,27 @@ typedef struct {
     __m512 v[MR][NV];
 } tile_acc;
 
-/* acc = sum over k < kc of a[i*lda + k] * b[k*ldb + 16v + lane], for i < mr. b's columns beyond
- * `cols` (< NC) are not read. Inlined with a constant mr, so each row count gets its own loop. */
-AVX512 static inline __attribute__((always_inline)) void tile_sum(tile_acc *t, int mr, size_t kc, const float *a,
-                                                                 size_t lda, const float *b, size_t ldb, size_t cols) {
+/* acc = sum over k < kc of a[i*lda + k] * b[k*ldb + 16v + lane], for i < mr and v < nv; the
+ * other accumulators stay zero, and b's columns from `cols` (<= 16 nv) on are not read. Inlined
+ * with constant mr and nv, so each shape gets its own unrolled loop. */
+AVX512 static inline __attribute__((always_inline)) void tile_sum(tile_acc *t, int mr, int nv, size_t kc,
+                                                                 const float *a, size_t lda, const float *b,
+                                                                 size_t ldb, size_t cols) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
-    if (cols >= NC) {
+    if (cols == 16u * (size_t)nv) {
         for (size_t k = 0; k < kc; k++) {
             __m512 bv[NV];
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
+            for (int v = 0; v < nv; v++) bv[v] = _mm512_loadu_ps(b + k * ldb + 16 * v);
 #pragma GCC unroll 6
             for (int i = 0; i < mr; i++) {
                 __m512 av = _mm512_set1_ps(a[i * lda + k]);
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+                for (int v = 0; v < nv; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
             }
         }
     } else { /* the last columns of C = A B: masked loads stop at B's edge */
@@ -103,28 +105,38 @@ AVX512 static inline __attribute__((always_inline)) void tile_sum(tile_acc *t, i
         for (size_t k = 0; k < kc; k++) {
             __m512 bv[NV];
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) bv[v] = _mm512_maskz_loadu_ps(m[v], b + k * ldb + 16 * v);
+            for (int v = 0; v < nv; v++) bv[v] = _mm512_maskz_loadu_ps(m[v], b + k * ldb + 16 * v);
 #pragma GCC unroll 6
             for (int i = 0; i < mr; i++) {
                 __m512 av = _mm512_set1_ps(a[i * lda + k]);
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+                for (int v = 0; v < nv; v++) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
             }
         }
     }
     memcpy(t->v, acc, sizeof acc);
 }
 
-/* tile_sum specialised for each row count (the full tile first). */
+/* tile_sum specialised by shape: the full tile, full rows with fewer vectors (C's last columns,
+ * or A's last rows in a panel of A^T), and fewer rows at full width. cols <= NC. */
 AVX512 static void tile_rows(tile_acc *t, int mr, size_t kc, const float *a, size_t lda, const float *b, size_t ldb,
                              size_t cols) {
+    int nv = (int)((cols + 15) / 16);
+    if (mr == MR) {
+        switch (nv) {
+        case 4: tile_sum(t, 6, 4, kc, a, lda, b, ldb, cols); break;
+        case 3: tile_sum(t, 6, 3, kc, a, lda, b, ldb, cols); break;
+        case 2: tile_sum(t, 6, 2, kc, a, lda, b, ldb, cols); break;
+        default: tile_sum(t, 6, 1, kc, a, lda, b, ldb, cols); break;
+        }
+        return;
+    }
     switch (mr) {
-    case 6: tile_sum(t, 6, kc, a, lda, b, ldb, cols); break;
-    case 5: tile_sum(t, 5, kc, a, lda, b, ldb, cols); break;
-    case 4: tile_sum(t, 4, kc, a, lda, b, ldb, cols); break;
-    case 3: tile_sum(t, 3, kc, a, lda, b, ldb, cols); break;
-    case 2: tile_sum(t, 2, kc, a, lda, b, ldb, cols); break;
-    default: tile_sum(t, 1, kc, a, lda, b, ldb, cols); break;
+    case 5: tile_sum(t, 5, 4, kc, a, lda, b, ldb, cols); break;
+    case 4: tile_sum(t, 4, 4, kc, a, lda, b, ldb, cols); break;
+    case 3: tile_sum(t, 3, 4, kc, a, lda, b, ldb, cols); break;
+    case 2: tile_sum(t, 2, 4, kc, a, lda, b, ldb, cols); break;
+    default: tile_sum(t, 1, 4, kc, a, lda, b, ldb, cols); break;
     }
 }
 
@@ -267,6 +279,7 @@ AVX512 static void range_nt(const dense_job *j, size_t q0, size_t q1, size_t ind
     tile_acc t;
     for (size_t r0 = 0; r0 < j->M; r0 += NC) {
         size_t rows = j->M - r0 < NC ? j->M - r0 : NC;
+        size_t lanes = (rows + 15) / 16 * 16; /* the panel's vectors that hold rows of A */
         for (size_t nb = q0 * MR; nb < n_end; nb += NT) {
             size_t nt = n_end - nb < NT ? n_end - nb : NT;
             for (size_t k0 = 0; k0 < j->K; k0 += KC) {
@@ -275,7 +288,7 @@ AVX512 static void range_nt(const dense_job *j, size_t q0, size_t q1, size_t ind
                 packed_r0 = r0, packed_k0 = k0;
                 for (size_t n = 0; n < nt; n += MR) {
                     int mr = nt - n < MR ? (int)(nt - n) : MR;
-                    tile_rows(&t, mr, kc, j->B + (nb + n) * j->ldb + k0, j->ldb, panel, NC, NC);
+                    tile_rows(&t, mr, kc, j->B + (nb + n) * j->ldb + k0, j->ldb, panel, NC, lanes);
                     store_rows(&t, mr, NC, k0 > 0, ct + n * NC, NC);
                 }
             }
