@@ -48,7 +48,7 @@ enum {
 
 static pthread_once_t detected = PTHREAD_ONCE_INIT;
 static int machine_can;           /* this machine runs AVX-512, found once */
-static atomic_int turned_on = 1;  /* the tiles run unless turned off (tests and benchmarks compare) */
+static atomic_int turned_on = 1;  /* the tiles run unless turned off (a test checks the fallback) */
 
 static void detect(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -161,7 +161,8 @@ typedef struct {
     const float *A, *B;
     size_t lda, ldb, ldc;
     float *C;
-    float *panels; /* C = A B^T: a KC x NC panel of A^T per thread */
+    float *panels;     /* C = A B^T: per_thread floats of scratch for each thread */
+    size_t per_thread;
 } dense_job;
 
 /* The rows of A that unit u of a product split by C's column panels covers: a panel's rows are
@@ -176,7 +177,7 @@ static void unit_rows(const dense_job *j, size_t u, size_t *r0, size_t *r1) {
  * block of its rows), per chunk of k each row tile of A against the panel of B: B itself for
  * A B; for A B^T, 64 of B's rows (a chunk of k) copied transposed into this thread's scratch. */
 AVX512 static void range_panels(const dense_job *j, size_t u0, size_t u1, size_t index) {
-    float *copy = j->trans_b ? j->panels + index * (size_t)(KC + NT) * NC : NULL;
+    float *copy = j->trans_b ? j->panels + index * j->per_thread : NULL;
     tile_acc t;
     for (size_t u = u0; u < u1; u++) {
         size_t c0 = u / j->row_blocks * NC, cols = j->N - c0 < NC ? j->N - c0 : NC, r0, r1;
@@ -273,7 +274,7 @@ AVX512 static void write_transposed(const float *ct, size_t rows, size_t nt, int
  * (written a tile at a time, 6 floats into each of 64 rows of C, the rows fall into a few sets
  * of the L1 cache and evict each other). */
 AVX512 static void range_nt(const dense_job *j, size_t q0, size_t q1, size_t index) {
-    float *panel = j->panels + index * (size_t)(KC + NT) * NC, *ct = panel + (size_t)KC * NC;
+    float *panel = j->panels + index * j->per_thread, *ct = panel + (j->K < KC ? j->K : KC) * NC;
     size_t n_end = q1 * MR < j->N ? q1 * MR : j->N;
     size_t packed_r0 = SIZE_MAX, packed_k0 = SIZE_MAX; /* what the panel holds */
     tile_acc t;
@@ -315,9 +316,10 @@ int eapig_dense_product(int trans_b, size_t M, size_t N, size_t K, const float *
     int copy_bt = trans_b && K * 2 <= M;
     size_t panels = (N + NC - 1) / NC, threads = (size_t)eapig_get_num_threads();
     size_t row_blocks = panels >= 2 * threads ? 1 : (M + RB - 1) / RB;
-    dense_job j = {trans_b, accumulate, copy_bt, M, N, K, row_blocks, A, B, lda, ldb, ldc, C, NULL};
-    if (trans_b) {
-        j.panels = malloc(threads * (KC + NT) * NC * sizeof(float));
+    dense_job j = {trans_b, accumulate, copy_bt, M, N, K, row_blocks, A, B, lda, ldb, ldc, C, NULL, 0};
+    if (trans_b) { /* per thread: a chunk of k of A^T's or B^T's panel, and a block of C^T */
+        j.per_thread = ((K < KC ? K : KC) + (copy_bt ? 0 : NT)) * NC;
+        j.panels = malloc(threads * j.per_thread * sizeof(float));
         if (!j.panels) return 0;
     }
     if (trans_b && !copy_bt)
