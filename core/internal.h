@@ -162,7 +162,9 @@ static inline size_t eapig_sum_parts(void) {
     return t > 4 ? t : 4;
 }
 /* Row-major C (M,N) = alpha op(A) op(B) + beta C, op = transpose when trans_* is set, as
- * cblas_sgemm with OpenBLAS single-threaded, split over the core's threads when large enough. */
+ * cblas_sgemm: the linear layers' forms (A not transposed, alpha 1, beta 0 or 1) on the core's
+ * own tiles (eapig_dense_product) where the machine has them, anything else with OpenBLAS
+ * single-threaded, split over the core's threads when large enough. */
 void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
                 const float *B, size_t ldb, float beta, float *C, size_t ldc);
 
@@ -171,7 +173,7 @@ void eapig_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float al
  * B (N,K) when trans_b = 1, all row-major, on the core's own AVX-512 tiles, which read B (the
  * weights) where it lies; split over the threads, the same bits at any thread count. Returns 1
  * when done, 0 when it leaves the product to OpenBLAS (C untouched): no AVX-512, fewer than 32
- * rows, turned off, or no memory for the panels of A^T. */
+ * rows, turned off, or no memory for its scratch. */
 int eapig_dense_product(int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B,
                         size_t ldb, int accumulate, float *C, size_t ldc);
 /* on = 1 or 0 turns the tiles on (where the machine has AVX-512) or off (OpenBLAS for every

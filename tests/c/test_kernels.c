@@ -472,6 +472,22 @@ static void test_dense_product(void) {
                 if (!same || !kept) failures++;
                 free(A), free(B), free(C0), free(C), free(one), free(want), free(got);
             }
+    /* eapig_gemm hands it the linear layers' forms (A not transposed, alpha 1, beta 0 or 1). */
+    for (int tb = 0; tb < 2; tb++) {
+        /* k past one chunk: there OpenBLAS and the tiles sum in other orders, so a fallback shows */
+        size_t M = 45, N = 70, K = 1100;
+        float *A = random_floats(M * K, 1.0f), *B = random_floats(N * K, 1.0f), *C0 = random_floats(M * N, 1.0f);
+        float *via_gemm = malloc(M * N * sizeof(float)), *direct = malloc(M * N * sizeof(float));
+        memcpy(via_gemm, C0, M * N * sizeof(float));
+        memcpy(direct, C0, M * N * sizeof(float));
+        eapig_gemm(0, tb, M, N, K, 1.0f, A, K, B, tb ? K : N, 1.0f, via_gemm, N);
+        eapig_dense_product(tb, M, N, K, A, K, B, tb ? K : N, 1, direct, N);
+        int same = !memcmp(via_gemm, direct, M * N * sizeof(float));
+        printf("%-56s max rel diff %s (tol 0) %s\n", tb ? "eapig_gemm A B^T + C takes the dense product" :
+               "eapig_gemm A B + C takes the dense product", same ? "0" : "nonzero", same ? "ok" : "FAIL");
+        if (!same) failures++;
+        free(A), free(B), free(C0), free(via_gemm), free(direct);
+    }
     /* Turned off, or with too few rows, it leaves the product to OpenBLAS and C as it was. */
     float a[64] = {1.0f}, b[64] = {1.0f}, c[64] = {0.0f};
     int small = eapig_dense_product(0, 8, 8, 8, a, 8, b, 8, 0, c, 8);
