@@ -16,11 +16,10 @@
  * "streamed" operand, contiguous along its rows, accumulated in MR x NV registers over k:
  *   C = A B    A is broadcast (dY, a row per token), B streamed (W's rows, contiguous in the
  *              output's columns): the tile writes C directly.
- *   C = A B^T  either B^T's panels are copied first (for a few hundred rows of A or more,
- *              where the copy is cheap beside the products) and the tile writes C directly, or
- *              the roles swap: B (W) is broadcast a weight row at a time and A^T streamed, from
+ *   C = A B^T  the roles swap: B (W) is broadcast a weight row at a time and A^T streamed, from
  *              A's rows transposed into a panel of 64; the tiles make a block of C^T, written into
- *              C transposed.
+ *              C transposed. For a short k (a head's d_head), B^T's panels are copied first
+ *              instead and the tile writes C directly.
  * Each output element is one chain of fused multiply-adds in k order within a chunk of KC, and
  * chunks are added in order, so the result does not depend on the tiling or the thread count.
  *
@@ -73,6 +72,9 @@ typedef struct {
     __m512 v[MR][NV];
 } tile_acc;
 
+/* The mask of a vector's first n lanes (all 16 for n >= 16): the loads and stores at an edge. */
+static inline __mmask16 first_lanes(size_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+
 /* acc = sum over k < kc of a[i*lda + k] * b[k*ldb + 16v + lane], for i < mr and v < nv; the
  * other accumulators stay zero, and b's columns from `cols` (<= 16 nv) on are not read. Inlined
  * with constant mr and nv, so each shape gets its own unrolled loop. */
@@ -98,10 +100,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_sum(tile_acc *t, i
         }
     } else { /* the last columns of C = A B: masked loads stop at B's edge */
         __mmask16 m[NV];
-        for (int v = 0; v < NV; v++) {
-            size_t left = cols > 16u * v ? cols - 16u * v : 0;
-            m[v] = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-        }
+        for (int v = 0; v < NV; v++) m[v] = first_lanes(cols > 16u * v ? cols - 16u * v : 0);
         for (size_t k = 0; k < kc; k++) {
             __m512 bv[NV];
 #pragma GCC unroll 4
@@ -144,8 +143,7 @@ AVX512 static void tile_rows(tile_acc *t, int mr, size_t kc, const float *a, siz
 AVX512 static void store_rows(const tile_acc *t, int mr, size_t cols, int add, float *c, size_t ldc) {
     for (int i = 0; i < mr; i++)
         for (int v = 0; v < NV && 16u * v < cols; v++) {
-            size_t left = cols - 16u * v;
-            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+            __mmask16 m = first_lanes(cols - 16u * v);
             float *p = c + i * ldc + 16 * v;
             __m512 x = t->v[i][v];
             if (add) x = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), x);
@@ -235,8 +233,7 @@ AVX512 static inline void transpose16(__m512 r[16]) {
 AVX512 static void pack_at(float *panel, const float *A, size_t lda, size_t r0, size_t rows, size_t k0, size_t kc) {
     __m512 v[16];
     for (size_t kb = 0; kb < kc; kb += 16) {
-        size_t left = kc - kb;
-        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        __mmask16 m = first_lanes(kc - kb);
         for (size_t rb = 0; rb < NC; rb += 16) {
             for (size_t i = 0; i < 16; i++) {
                 const float *src = A + (r0 + rb + i) * lda + k0 + kb;
@@ -253,8 +250,7 @@ AVX512 static void pack_at(float *panel, const float *A, size_t lda, size_t r0, 
 AVX512 static void write_transposed(const float *ct, size_t rows, size_t nt, int add, float *C, size_t ldc) {
     __m512 v[16];
     for (size_t n0 = 0; n0 < nt; n0 += 16) {
-        size_t left = nt - n0;
-        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        __mmask16 m = first_lanes(nt - n0);
         for (size_t rb = 0; rb < rows; rb += 16) {
             for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_ps(ct + (n0 + i) * NC + rb);
             transpose16(v);
@@ -270,9 +266,9 @@ AVX512 static void write_transposed(const float *ct, size_t rows, size_t nt, int
 
 /* C = A B^T, columns [MR*q0, MR*q1) of C (rows of B): for each panel of 64 rows of A and block
  * of NT columns of C, a block of C^T (NT x 64) is made in this thread's scratch, a chunk of k at
- * a time from A's chunk transposed into the panel, and written into C transposed at the end
- * (written a tile at a time, 6 floats into each of 64 rows of C, the rows fall into a few sets
- * of the L1 cache and evict each other). */
+ * a time from A's chunk transposed into the panel, and written into C transposed at the end.
+ * (Written a tile at a time instead, 6 floats into each of 64 rows of C, those rows fell into a
+ * few sets of the L1 cache and evicted each other.) */
 AVX512 static void range_nt(const dense_job *j, size_t q0, size_t q1, size_t index) {
     float *panel = j->panels + index * j->per_thread, *ct = panel + (j->K < KC ? j->K : KC) * NC;
     size_t n_end = q1 * MR < j->N ? q1 * MR : j->N;
